@@ -1,0 +1,81 @@
+"""POST /v1/artifacts (raw stream or multipart) and GET /v1/artifacts/{sha256}."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from app.artifacts import service
+from app.artifacts.schemas import ArtifactOut
+from app.artifacts.store import UploadError
+from app.artifacts.streaming import stream_multipart, stream_raw
+from app.auth import Tenant
+from app.deps import AppSettings, DbSession, Store
+from app.problems import Problem, problem_responses
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+SHA256_RE = r"^[0-9a-fA-F]{64}$"
+ExpectedSha = Annotated[str | None, Query(pattern=SHA256_RE, description="Refuse (422, nothing kept) unless the bytes hash to this.")]
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    """Refuse early when the client announces a body over the limit; the stream is still counted."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 64 * 1024:  # slack for multipart framing
+        raise Problem(413, "Upload too large", f"Content-Length {length} exceeds the limit of {limit} bytes.")
+
+
+def as_problem(exc: UploadError) -> Problem:
+    return Problem(exc.status, exc.title, str(exc))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ArtifactOut,
+    summary="Upload an artifact (model or dataset)",
+    description="Send the file as the raw request body (`application/octet-stream`, name in `?filename=`), "
+    "or as multipart/form-data in a field named `file`. The SHA-256 is computed while streaming; the response's "
+    "`sha256` is the artifact id. Same bytes twice give the same artifact (200 the second time).",
+    responses=problem_responses(400, 401, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
+    }}},
+)
+async def upload_artifact(
+    request: Request, response: Response, tenant: Tenant, session: DbSession, store: Store, settings: AppSettings,
+    filename: Annotated[str | None, Query(max_length=255)] = None, expected_sha256: ExpectedSha = None,
+) -> ArtifactOut:
+    check_declared_length(request, settings.max_upload_bytes)
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            parts = await stream_multipart(request.stream(), content_type, store, settings.max_upload_bytes, {"file"})
+            if "file" not in parts.files:
+                parts.discard()
+                raise Problem(400, "Missing file", "The multipart body has no field named 'file'.")
+            part = parts.files["file"]
+            writer, filename = part.writer, filename or part.filename
+        else:
+            writer = store.writer(settings.max_upload_bytes)
+            try:
+                await stream_raw(request.stream(), writer)
+            except BaseException:
+                writer.discard()
+                raise
+        sha, size, path = await run_in_threadpool(writer.commit, expected_sha256)
+    except UploadError as exc:
+        raise as_problem(exc) from exc
+    row, created = await run_in_threadpool(service.register, session, tenant, sha, size, path, filename)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/artifacts/{sha}"
+    return service.to_out(row)
+
+
+@router.get("/{sha256}", response_model=ArtifactOut, summary="Describe an artifact", responses=problem_responses(401, 404, 422))
+def get_artifact(sha256: Annotated[str, Path(pattern=SHA256_RE)], tenant: Tenant, session: DbSession) -> ArtifactOut:
+    row = service.get(session, tenant, sha256)
+    if row is None:
+        raise Problem(404, "Artifact not found", f"No artifact {sha256} for this API key's tenant. Upload it with POST /v1/artifacts.")
+    return service.to_out(row)

@@ -1,0 +1,43 @@
+"""Artifacts: one row per (tenant, sha256); the bytes live once in the content-addressed store."""
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.artifacts.schemas import ArtifactOut
+from app.models import Artifact
+from worker.formats import sniff
+
+
+def register(session: Session, tenant: str, sha256: str, size: int, path: Path, filename: str | None) -> tuple[Artifact, bool]:
+    """Record an upload for a tenant; return (artifact, created). The same bytes twice give the same artifact."""
+    existing = get(session, tenant, sha256)
+    if existing is not None:
+        return existing, False
+    row = Artifact(tenant=tenant, sha256=sha256, size=size, filename=_clean_name(filename), kind=sniff(path))
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent upload of the same bytes won the insert
+        session.rollback()
+        return get(session, tenant, sha256), False
+    return row, True
+
+
+def get(session: Session, tenant: str, sha256: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.tenant == tenant, Artifact.sha256 == sha256.lower()))
+
+
+def _clean_name(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    return filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or None
+
+
+def to_out(row: Artifact) -> ArtifactOut:
+    return ArtifactOut(
+        sha256=row.sha256, size=row.size, filename=row.filename, kind=row.kind, created_at=row.created_at,
+        links={"self": f"/v1/artifacts/{row.sha256}"},
+    )

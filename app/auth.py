@@ -1,0 +1,67 @@
+"""API keys: generated once, shown once, stored only as a SHA-256 hash; each key belongs to a tenant."""
+
+import hashlib
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.deps import DbSession, get_app_settings
+from app.models import ApiKey, utcnow
+from app.problems import Problem
+from app.settings import Settings
+
+KEY_HEADER = "X-API-Key"
+ANONYMOUS_TENANT = "anonymous"
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256-bit random tokens, so a plain SHA-256 is enough (no password-style stretching needed).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, tenant: str | None = None) -> tuple[ApiKey, str]:
+    """Create and store a key; return the row and the plaintext, which is never stored."""
+    plaintext = "psk_" + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, tenant=tenant or name, prefix=plaintext[:12], key_hash=hash_key(plaintext))
+    session.add(row)
+    session.commit()
+    return row, plaintext
+
+
+def revoke_key(session: Session, prefix: str) -> bool:
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
+    if row is None:
+        return False
+    row.revoked_at = utcnow()
+    session.commit()
+    return True
+
+
+def tenant_for_key(session: Session, key: str) -> str | None:
+    return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+
+
+def _presented_key(request: Request) -> str | None:
+    key = request.headers.get(KEY_HEADER)
+    auth = request.headers.get("authorization", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    return key or None
+
+
+def current_tenant(request: Request, session: DbSession, settings: Annotated[Settings, Depends(get_app_settings)]) -> str:
+    key = _presented_key(request)
+    if key is None:
+        if settings.allow_anonymous:
+            return ANONYMOUS_TENANT
+        raise Problem(401, "API key required", f"Send your API key in the {KEY_HEADER} header (create one with `poisonscan keys create NAME`).")
+    tenant = tenant_for_key(session, key)
+    if tenant is None:
+        raise Problem(401, "Invalid API key", "The API key is unknown or revoked. Check it, or create a new one with `poisonscan keys create NAME`.")
+    return tenant
+
+
+Tenant = Annotated[str, Depends(current_tenant)]

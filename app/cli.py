@@ -1,0 +1,247 @@
+"""The ``poisonscan`` command line.
+
+Exit codes for ``scan`` and ``submit`` (a CI/CD gate): 0 pass (and warn, unless --fail-on-warn),
+1 fail, 2 error.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("POISONSCAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+class CliError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="poisonscan", description="Scan datasets and models for poisoning, backdoors and supply-chain compromise.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the embedded service: SQLite, filesystem broker, API and a worker child process")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", type=Path, help="state folder (default: $POISONSCAN_DATA_DIR or ./poisonscan-data)")
+    s.add_argument("--no-worker", action="store_true", help="do not start a worker child")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("api", help="run only the API (production: migrations and workers run separately)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_api)
+
+    s = sub.add_parser("worker", help="run a Celery worker")
+    s.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu, gpu (default both)")
+    s.add_argument("--concurrency", type=int, default=1)
+    s.add_argument("--beat", action="store_true", help="also run the periodic reaper (one per deployment)")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    s.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("reap", help="re-enqueue or fail scans stuck in queued/running (what the periodic reaper does)")
+    s.set_defaults(func=cmd_reap)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    k.add_argument("name")
+    k.add_argument("--tenant", help="tenant the key belongs to (default: the name)")
+    k.set_defaults(func=cmd_keys_create)
+    k = keys.add_parser("list", help="list keys (prefixes only)")
+    k.set_defaults(func=cmd_keys_list)
+    k = keys.add_parser("revoke", help="revoke a key by its prefix")
+    k.add_argument("prefix")
+    k.set_defaults(func=cmd_keys_revoke)
+
+    for name, func, hlp in (("scan", cmd_scan, "scan local files with the same pipeline, no server"), ("submit", cmd_submit, "upload to a server, wait, print the verdict")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("--model", type=Path)
+        s.add_argument("--dataset", type=Path)
+        s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
+        s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
+        s.add_argument("--format", choices=("text", "json"), default="text")
+        s.add_argument("--fail-on-warn", action="store_true", help="exit 1 on a warn verdict too")
+        s.set_defaults(func=func)
+        if name == "submit":
+            s.add_argument("--server", default=os.environ.get("POISONSCAN_SERVER", "http://127.0.0.1:8000"))
+            s.add_argument("--api-key", default=os.environ.get("POISONSCAN_API_KEY"))
+            s.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the verdict")
+    return p
+
+
+def _settings(data_dir: Path | None = None):
+    from app.settings import Settings, get_settings
+
+    if data_dir is not None:
+        os.environ["POISONSCAN_DATA_DIR"] = str(data_dir.resolve())
+        get_settings.cache_clear()
+    settings: Settings = get_settings()
+    return settings
+
+
+def cmd_migrate(args) -> int:
+    from app.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.sqlalchemy_url)
+    print(f"database at head: {_redact(settings.sqlalchemy_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_serve(args) -> int:
+    from app.embedded import serve
+
+    return serve(_settings(args.data_dir), args.host, args.port, start_worker=not args.no_worker)
+
+
+def cmd_api(args) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(_settings()), host=args.host, port=args.port, proxy_headers=True)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from app.embedded import worker_argv
+
+    argv = worker_argv(_settings(), args.queues, args.concurrency, beat=args.beat)
+    os.execv(argv[0], argv)  # become the Celery worker: signals reach it directly
+
+
+def cmd_reap(args) -> int:
+    from app.db import get_sessionmaker
+    from worker.broker import enqueue_scan, make_celery
+    from worker.reaper import reap_stuck_scans
+
+    settings = _settings()
+    celery = make_celery(settings)
+    with get_sessionmaker()() as session:
+        counts = reap_stuck_scans(session, settings, lambda sid, q: enqueue_scan(celery, sid, q))
+    print(json.dumps(counts))
+    return 0
+
+
+def cmd_keys_create(args) -> int:
+    from app.auth import create_key
+    from app.db import get_sessionmaker
+
+    _settings()
+    with get_sessionmaker()() as session:
+        row, plaintext = create_key(session, args.name, args.tenant)
+    print(f"created key '{row.name}' for tenant '{row.tenant}' (prefix {row.prefix}). It is shown only now:\n{plaintext}")
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    from sqlalchemy import select
+
+    from app.db import get_sessionmaker
+    from app.models import ApiKey
+
+    _settings()
+    with get_sessionmaker()() as session:
+        for k in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            print(f"{k.prefix}  {k.name:20} tenant={k.tenant:20} created {k.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    from app.auth import revoke_key
+    from app.db import get_sessionmaker
+
+    _settings()
+    with get_sessionmaker()() as session:
+        if not revoke_key(session, args.prefix):
+            raise CliError(f"no active key with prefix {args.prefix!r} (see `poisonscan keys list`)")
+    print(f"revoked {args.prefix}")
+    return 0
+
+
+def _options(args):
+    from pydantic import ValidationError
+
+    from worker.options import ScanOptions
+
+    raw: dict = {}
+    if args.policy:
+        text = Path(args.policy).read_text() if Path(args.policy).is_file() else args.policy
+        try:
+            raw["policy"] = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"--policy is neither a JSON object nor a readable JSON file: {exc}") from exc
+    if args.detectors:
+        raw["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    try:
+        return ScanOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise CliError(f"invalid options: {exc}") from exc
+
+
+def _inputs_given(args) -> dict[str, Path]:
+    files = {role: getattr(args, role) for role in ("model", "dataset") if getattr(args, role)}
+    if not files:
+        raise CliError("give --model, --dataset, or both")
+    for role, path in files.items():
+        if not path.is_file():
+            raise CliError(f"--{role} {path}: no such file")
+    return files
+
+
+def cmd_scan(args) -> int:
+    from app.cli_output import ProgressBar, exit_code, render
+    from worker.local import scan_local_files
+
+    options = _options(args)
+    bar = ProgressBar()
+    try:
+        report = scan_local_files(_inputs_given(args), options, progress=bar.update)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        bar.close()
+    print(render(report, args.format))
+    return exit_code(report["verdict"], args.fail_on_warn)
+
+
+def cmd_submit(args) -> int:
+    from app.cli_output import exit_code, render
+    from app.client import ClientError, submit_and_wait
+
+    options = _options(args)
+    try:
+        report = submit_and_wait(args.server, args.api_key, _inputs_given(args), options, timeout_s=args.timeout)
+    except ClientError as exc:
+        raise CliError(str(exc)) from exc
+    print(render(report, args.format))
+    return exit_code(report["verdict"], args.fail_on_warn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""HTTP client for ``poisonscan submit``: stream uploads, start a scan, poll with a progress bar."""
+
+import time
+from pathlib import Path
+
+import httpx
+
+from app.cli_output import ProgressBar
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ClientError(Exception):
+    pass
+
+
+def _check(resp: httpx.Response, what: str) -> dict:
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+            detail = f"{body.get('title')}: {body.get('detail')}"
+        except ValueError:
+            detail = resp.text[:300]
+        raise ClientError(f"{what} failed with HTTP {resp.status_code}: {detail}")
+    return resp.json()
+
+
+def _file_chunks(path: Path, size: int = 1 << 20):
+    with path.open("rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def upload(client: httpx.Client, path: Path) -> str:
+    resp = client.post("/v1/artifacts", params={"filename": path.name}, content=_file_chunks(path),
+                       headers={"content-type": "application/octet-stream", "content-length": str(path.stat().st_size)})
+    return _check(resp, f"upload of {path}")["sha256"]
+
+
+def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], options, timeout_s: float = 3600.0, poll_s: float = 0.5) -> dict:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        with httpx.Client(base_url=server, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)) as client:
+            body = {role: upload(client, path) for role, path in files.items()}
+            body["options"] = options.model_dump(mode="json", exclude_defaults=True)
+            scan = _check(client.post("/v1/scans", json=body), "starting the scan")
+            scan = _poll(client, scan, timeout_s, poll_s)
+            if scan["status"] != "succeeded":
+                raise ClientError(f"scan {scan['id']} {scan['status']}: {scan.get('error') or 'no reason given'}")
+            return _check(client.get(f"/v1/scans/{scan['id']}/report"), "fetching the report")
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach {server}: {exc}") from exc
+
+
+def _poll(client: httpx.Client, scan: dict, timeout_s: float, poll_s: float) -> dict:
+    bar, deadline = ProgressBar(), time.monotonic() + timeout_s
+    try:
+        while scan["status"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise ClientError(f"scan {scan['id']} still {scan['status']} after {timeout_s:.0f} s; it keeps running, poll GET /v1/scans/{scan['id']}")
+            bar.update(f"{scan['status']}: {scan.get('stage') or ''}", scan.get("percent") or 0.0)
+            time.sleep(poll_s)
+            scan = _check(client.get(f"/v1/scans/{scan['id']}"), "polling the scan")
+        bar.update(scan["status"], 100.0 if scan["status"] == "succeeded" else scan.get("percent") or 0.0)
+    finally:
+        bar.close()
+    return scan

@@ -1,0 +1,143 @@
+"""POST/GET /v1/scans, cancel and report."""
+
+import logging
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from app.artifacts import service as artifacts
+from app.artifacts.endpoints import as_problem, check_declared_length
+from app.artifacts.store import UploadError
+from app.artifacts.streaming import stream_multipart
+from app.auth import Tenant
+from app.deps import AppSettings, DbSession, Store
+from app.problems import Problem, problem_responses
+from app.scans import service
+from app.scans.schemas import ScanCreate, ScanOut, ScanPage
+from worker.broker import enqueue_scan
+
+router = APIRouter(prefix="/v1/scans", tags=["scans"])
+log = logging.getLogger(__name__)
+MAX_JSON_BODY = 256 * 1024
+ROLES = ("model", "dataset")
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ScanOut,
+    summary="Start a scan",
+    description="JSON: artifact ids and options (`ScanCreate`). Or multipart/form-data with file fields `model` and/or "
+    "`dataset`, optional `model_sha256` / `dataset_sha256` (expected hashes) and `options` (JSON). Answers at once with "
+    "202, the scan resource and a `Location` header; poll it for status and progress.",
+    responses=problem_responses(400, 401, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ScanCreate"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "model": {"type": "string", "format": "binary"}, "dataset": {"type": "string", "format": "binary"},
+            "model_sha256": {"type": "string"}, "dataset_sha256": {"type": "string"},
+            "options": {"type": "string", "description": "ScanOptions as JSON"},
+        }}},
+    }}},
+)
+async def create_scan(request: Request, response: Response, tenant: Tenant, session: DbSession, store: Store, settings: AppSettings) -> ScanOut:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        body = await _body_from_multipart(request, content_type, tenant, session, store, settings)
+    elif content_type.split(";")[0].strip() in ("application/json", ""):
+        body = await _body_from_json(request)
+    else:
+        raise Problem(415, "Unsupported media type", f"Send application/json or multipart/form-data, not {content_type!r}.")
+    found = await run_in_threadpool(service.resolve_inputs, session, tenant, {"model": body.model, "dataset": body.dataset})
+    scan = await run_in_threadpool(service.create_scan, session, tenant, found, body.options)
+    try:
+        enqueue_scan(request.app.state.celery, str(scan.id), scan.queue)
+    except Exception:  # the row is committed: the reaper re-enqueues it once the broker is back
+        log.exception("could not enqueue scan %s; the reaper will retry", scan.id)
+    response.headers["Location"] = f"/v1/scans/{scan.id}"
+    return service.to_out(scan)
+
+
+async def _body_from_json(request: Request) -> ScanCreate:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise Problem(413, "Request too large", f"A scan request body is at most {MAX_JSON_BODY} bytes; upload files with POST /v1/artifacts.")
+    return _validate(ScanCreate.model_validate_json, bytes(raw) or b"{}")
+
+
+def _validate(fn, value):
+    try:
+        return fn(value)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise Problem(400, "Malformed JSON", f"The request body is not valid JSON: {errors[0]['msg']}.") from exc
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        raise Problem(422, "Invalid scan request", detail, errors=[{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]) from exc
+
+
+async def _body_from_multipart(request, content_type, tenant, session, store, settings) -> ScanCreate:
+    check_declared_length(request, settings.max_upload_bytes)
+    try:
+        parts = await stream_multipart(request.stream(), content_type, store, settings.max_upload_bytes, set(ROLES))
+    except UploadError as exc:
+        raise as_problem(exc) from exc
+    unknown = set(parts.fields) - {"options", "model_sha256", "dataset_sha256"}
+    if unknown:
+        parts.discard()
+        raise Problem(422, "Unknown form fields", f"Unexpected multipart fields {sorted(unknown)}; expected model, dataset, model_sha256, dataset_sha256, options.")
+    refs = {}
+    try:
+        for role in ROLES:
+            if role in parts.files:
+                part = parts.files.pop(role)
+                sha, size, path = await run_in_threadpool(part.writer.commit, parts.fields.get(f"{role}_sha256") or None)
+                await run_in_threadpool(artifacts.register, session, tenant, sha, size, path, part.filename)
+                refs[role] = sha
+    except UploadError as exc:
+        parts.discard()
+        raise as_problem(exc) from exc
+    options = parts.fields.get("options") or "{}"
+    return _validate(lambda o: ScanCreate.model_validate({**refs, "options": _validate(_json_options, o)}), options)
+
+
+def _json_options(text: str):
+    from worker.options import ScanOptions
+
+    return ScanOptions.model_validate_json(text)
+
+
+@router.get("", response_model=ScanPage, summary="List scans, newest first", responses=problem_responses(400, 401, 422))
+def list_scans(
+    tenant: Tenant, session: DbSession,
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+    verdict: Literal["pass", "warn", "fail"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> ScanPage:
+    rows, next_cursor = service.list_scans(session, tenant, status, verdict, limit, cursor)
+    return ScanPage(items=[service.to_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{scan_id}", response_model=ScanOut, summary="Scan status, progress, timings and verdict", responses=problem_responses(401, 404, 422))
+def get_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanOut:
+    return service.to_out(service.get_scan(session, tenant, scan_id))
+
+
+@router.post("/{scan_id}/cancel", response_model=ScanOut, summary="Cancel a queued or running scan", responses=problem_responses(401, 404, 409, 422))
+def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanOut:
+    return service.to_out(service.cancel_scan(session, tenant, scan_id))
+
+
+@router.get(
+    "/{scan_id}/report",
+    summary="The scan's JSON report (409 until the scan has succeeded)",
+    responses={200: {"description": "Report (schema_version 1.0)", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+)
+def get_report(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
+    return service.get_report(session, tenant, scan_id)

@@ -1,0 +1,125 @@
+"""Scans: create (commit, then enqueue), read, list, cancel, report."""
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from app.artifacts import service as artifacts
+from app.models import Artifact, Report, Scan, ScanStatus, utcnow
+from app.problems import Problem
+from app.scans.schemas import ScanOut, Timings
+from app.scans.state import TERMINAL, transition
+from worker.findings import InputFile, ScanInputs
+from worker.formats import DATASET_KINDS, MODEL_KINDS
+from worker.options import ScanOptions
+from worker.registry import default_registry
+
+log = logging.getLogger(__name__)
+ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}
+
+
+def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -> dict[str, Artifact]:
+    """Look up the referenced artifacts for this tenant and check each is the right kind for its role."""
+    if not any(refs.values()):
+        raise Problem(422, "Nothing to scan", "Give a model, a dataset, or both (artifact ids from POST /v1/artifacts).")
+    found = {}
+    for role, sha in refs.items():
+        if not sha:
+            continue
+        row = artifacts.get(session, tenant, sha)
+        if row is None:
+            raise Problem(422, "Unknown artifact", f"The {role} artifact {sha} does not exist for this API key's tenant; upload it first.")
+        if row.kind not in ROLE_KINDS[role]:
+            allowed = ", ".join(sorted(ROLE_KINDS[role]))
+            raise Problem(422, f"Wrong kind of {role}", f"Artifact {sha} is {row.kind}, which cannot be scanned as a {role}; expected one of: {allowed}.")
+        found[role] = row
+    return found
+
+
+def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions) -> Scan:
+    inputs = {role: {"sha256": a.sha256, "filename": a.filename, "kind": a.kind, "size": a.size} for role, a in found.items()}
+    probe = ScanInputs(**{role: InputFile(role, path=None, sha256=a.sha256, kind=a.kind) for role, a in found.items()})  # type: ignore[arg-type]
+    queue = default_registry().queue_for(probe, options.detectors)
+    scan = Scan(
+        tenant=tenant, status=ScanStatus.queued, queue=queue, stage="queued", percent=0.0, attempts=1,
+        inputs=inputs, options=options.model_dump(mode="json"),
+    )
+    session.add(scan)
+    session.commit()  # commit first: a worker must never receive a job whose row it cannot see
+    return scan
+
+
+def get_scan(session: Session, tenant: str, scan_id: uuid.UUID) -> Scan:
+    scan = session.scalar(select(Scan).where(Scan.id == scan_id, Scan.tenant == tenant))
+    if scan is None:
+        raise Problem(404, "Scan not found", f"No scan {scan_id} for this API key's tenant.")
+    return scan
+
+
+def list_scans(session: Session, tenant: str, status: str | None, verdict: str | None, limit: int, cursor: str | None) -> tuple[list[Scan], str | None]:
+    stmt = select(Scan).where(Scan.tenant == tenant)
+    if status:
+        stmt = stmt.where(Scan.status == status)
+    if verdict:
+        stmt = stmt.where(Scan.verdict == verdict)
+    if cursor:
+        created, last_id = _decode_cursor(cursor)
+        stmt = stmt.where(or_(Scan.created_at < created, and_(Scan.created_at == created, Scan.id < last_id)))
+    rows = list(session.scalars(stmt.order_by(Scan.created_at.desc(), Scan.id.desc()).limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def _encode_cursor(scan: Scan) -> str:
+    raw = json.dumps([scan.created_at.isoformat(), str(scan.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), uuid.UUID(last_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise Problem(400, "Invalid cursor", "The cursor is not one this API returned; start again without ?cursor=.") from exc
+
+
+def cancel_scan(session: Session, tenant: str, scan_id: uuid.UUID) -> Scan:
+    scan = get_scan(session, tenant, scan_id)
+    if not transition(session, scan.id, ScanStatus.canceled, stage="canceled", error="canceled by the user"):
+        session.rollback()
+        session.refresh(scan)
+        raise Problem(409, "Scan already finished", f"Scan {scan_id} is {scan.status}; only queued or running scans can be canceled.")
+    session.commit()
+    session.refresh(scan)
+    return scan
+
+
+def get_report(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
+    scan = get_scan(session, tenant, scan_id)
+    if scan.status != ScanStatus.succeeded:
+        why = f" ({scan.error})" if scan.error else ""
+        hint = "poll GET /v1/scans/{id} until it has succeeded" if scan.status not in TERMINAL else "it ended without a report"
+        raise Problem(409, "Report not available", f"Scan {scan_id} is {scan.status}{why}; {hint}.", scan_status=scan.status)
+    report = session.get(Report, scan.id)
+    return report.body
+
+
+def to_out(scan: Scan) -> ScanOut:
+    end = scan.finished_at or (utcnow() if scan.status == ScanStatus.running else None)
+    timings = Timings(
+        created_at=scan.created_at, started_at=scan.started_at, finished_at=scan.finished_at, last_progress_at=scan.heartbeat_at,
+        queued_s=(scan.started_at - scan.created_at).total_seconds() if scan.started_at else None,
+        run_s=(end - scan.started_at).total_seconds() if scan.started_at and end else None,
+    )
+    base = f"/v1/scans/{scan.id}"
+    return ScanOut(
+        id=scan.id, status=scan.status, stage=scan.stage, percent=round(scan.percent, 1), attempts=scan.attempts, queue=scan.queue,
+        verdict=scan.verdict, error=scan.error, inputs=scan.inputs, options=scan.options, timings=timings,
+        links={"self": base, "report": f"{base}/report", "cancel": f"{base}/cancel"},
+    )

@@ -1,0 +1,66 @@
+"""Configuration, read once from environment variables (prefix ``POISONSCAN_``).
+
+With nothing set, poisonscan runs on the embedded default: SQLite and kombu's
+``filesystem://`` transport, all state in one data folder. Production sets
+``POISONSCAN_DATABASE_URL=postgresql+psycopg://...`` and
+``POISONSCAN_BROKER_URL=redis://...``.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POISONSCAN_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./poisonscan-data"), description="All local state: database, broker, artifacts.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in the data folder.")
+    broker_url: str | None = Field(default=None, description="Celery broker URL; default: filesystem transport in the data folder.")
+
+    max_upload_bytes: int = Field(default=8 * 1024**3, description="Uploads above this are refused with 413 while streaming.")
+    allow_anonymous: bool = Field(default=False, description="Accept requests without an API key (tenant 'anonymous').")
+
+    # Worker behaviour.
+    task_soft_time_limit_s: int = 3600
+    task_hard_time_limit_s: int = 3900
+    worker_max_tasks_per_child: int = 50
+    # Reaper: a scan queued or running without progress past these deadlines is re-enqueued,
+    # or failed once it has been dispatched max_attempts times.
+    queued_timeout_s: int = 600
+    running_timeout_s: int = 900
+    max_attempts: int = 3
+    reaper_interval_s: int = 30
+    # Seconds the pipeline sleeps after each stage; only for tests and demos that must catch a scan mid-flight.
+    stage_delay_s: float = 0.0
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.resolved_data_dir / "artifacts"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'poisonscan.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.celery_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

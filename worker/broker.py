@@ -1,0 +1,64 @@
+"""Celery configuration: queues ``cpu`` and ``gpu``, at-least-once delivery, bounded task lifetimes.
+
+The API builds an instance with ``make_celery(settings)`` only to send tasks by name, so it
+never imports the detectors or TensorFlow; the worker's instance lives in ``worker.celery_app``.
+"""
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from app.settings import Settings
+
+RUN_SCAN = "poisonscan.run_scan"
+REAP = "poisonscan.reap"
+QUEUES = ("cpu", "gpu")
+
+
+def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
+    app = Celery("poisonscan", broker=settings.celery_broker_url)
+    app.conf.update(
+        task_acks_late=True,  # ack after the task ran: a worker that dies mid-scan leaves the message for another
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # scans are long; don't let one worker hoard several
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_hard_time_limit_s,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,  # TensorFlow leaks; recycle children
+        task_ignore_result=True,  # results live in the database, not in a result backend
+        task_default_queue="cpu",
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
+        task_routes={REAP: {"queue": "cpu"}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={"reap-stuck-scans": {"task": REAP, "schedule": float(settings.reaper_interval_s)}},
+    )
+    if settings.uses_filesystem_broker:
+        queue_dir = settings.broker_dir / "queue"
+        processed = settings.broker_dir / "processed"
+        for d in (queue_dir, processed):
+            d.mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(queue_dir), "data_folder_out": str(queue_dir),
+            "processed_folder": str(processed), "store_processed": False,
+        }
+        # The filesystem transport has no fanout, so remote control (inspect/ping) is off in the embedded mode.
+        app.conf.worker_enable_remote_control = False
+    else:
+        # Redis re-delivers unacked messages after this; it must exceed the hard limit or a slow scan runs twice.
+        app.conf.broker_transport_options = {"visibility_timeout": settings.task_hard_time_limit_s + 600}
+    if with_tasks:
+        app.conf.imports = ("worker.tasks",)
+    return app
+
+
+def enqueue_scan(app: Celery, scan_id: str, queue: str) -> None:
+    app.send_task(RUN_SCAN, args=[scan_id], queue=queue)
+
+
+def broker_reachable(app: Celery) -> tuple[bool, str]:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        return True, "ok"
+    except Exception as exc:  # any transport error means "not ready"
+        return False, f"{type(exc).__name__}: {exc}"
+

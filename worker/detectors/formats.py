@@ -1,0 +1,47 @@
+"""Supply chain: identify each input's format by content and flag what the name or format hides."""
+
+from worker.findings import Finding, ScanInputs, Severity
+from worker.formats import DATASET_KINDS, MODEL_KINDS, PICKLE_KINDS, extension_matches, sniff
+from worker.registry import registry
+
+ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}
+
+
+@registry.register(name="format_identification", layer="supply_chain", technique="AML.T0010")
+def format_identification(inputs: ScanInputs, config: dict) -> list[Finding]:
+    """Identifies each input's format from its magic bytes, not its extension."""
+    findings = []
+    for f in inputs.files:
+        kind = sniff(f.path)
+        evidence = {"role": f.role, "filename": f.filename, "detected_kind": kind}
+        findings.append(Finding(f"{f.role} is {kind}", Severity.info, 0.0, f"Content-based identification says {kind}.", evidence=evidence))
+        if not extension_matches(f.filename, kind):
+            findings.append(Finding(
+                title=f"{f.role} name '{f.filename}' does not match its content ({kind})",
+                severity=Severity.medium,
+                score=0.8,
+                explanation="The file's extension promises one format while its bytes are another. Loaders pick a parser by "
+                "extension, so a disguised file can reach a loader that executes code.",
+                remediation="Find out why the file is misnamed before using it; load it only with a loader for its real format.",
+                evidence=evidence,
+            ))
+        if kind not in ROLE_KINDS[f.role]:
+            findings.append(Finding(
+                title=f"{f.role} is {kind}, not a supported {f.role} format",
+                severity=Severity.medium,
+                score=0.5,
+                explanation=f"poisonscan cannot analyse a {kind} file as a {f.role}.",
+                remediation=f"Upload the {f.role} in one of: {', '.join(sorted(ROLE_KINDS[f.role]))}.",
+                evidence=evidence,
+            ))
+        if kind in PICKLE_KINDS:
+            findings.append(Finding(
+                title=f"{f.role} uses pickle serialization",
+                severity=Severity.medium,
+                score=0.6,
+                explanation="Loading a pickle runs whatever code it names. poisonscan never loads it; treat it as untrusted "
+                "until its imports have been reviewed.",
+                remediation="Prefer safetensors (or Keras .keras with safe mode) for weights.",
+                evidence=evidence,
+            ))
+    return findings

@@ -1,0 +1,64 @@
+"""What detectors return: findings with a severity, a score and evidence."""
+
+import enum
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ATLAS_TECHNIQUES = {
+    "AML.T0010": "ML Supply Chain Compromise",
+    "AML.T0018": "Backdoor ML Model",
+    "AML.T0020": "Poison Training Data",
+}
+
+
+class Severity(enum.StrEnum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+@dataclass
+class Finding:
+    title: str
+    severity: Severity
+    score: float  # 0..1, how strongly the evidence supports the title
+    explanation: str
+    remediation: str = ""
+    evidence: dict = field(default_factory=dict)
+    technique: str | None = None  # defaults to the detector's technique
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["severity"] = str(self.severity)
+        return d
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One artifact handed to a scan: where its bytes are and what the caller claims about them."""
+
+    role: str  # "model" | "dataset"
+    path: Path
+    sha256: str  # the content address the bytes were stored under
+    filename: str | None = None
+    kind: str | None = None
+    expected_sha256: str | None = None  # what the caller says the bytes must hash to
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    model: InputFile | None = None
+    dataset: InputFile | None = None
+
+    @property
+    def files(self) -> list[InputFile]:
+        return [f for f in (self.model, self.dataset) if f is not None]
+
+    def has(self, role: str) -> bool:
+        return getattr(self, role) is not None

@@ -1,0 +1,120 @@
+"""Run one scan job against the database: claim, run the pipeline, store the result.
+
+The Celery task is a thin wrapper around ``execute_scan``; tests call it directly too.
+"""
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.models import Finding, Report, Scan, ScanStatus, utcnow
+from app.scans.state import transition
+from app.settings import Settings
+from worker.findings import InputFile, ScanInputs
+from worker.options import ScanOptions
+from worker.pipeline import REPORT_SCHEMA_VERSION, run_pipeline
+
+log = logging.getLogger(__name__)
+
+
+class ScanStopped(Exception):
+    """The scan left ``running`` under us (canceled, or re-queued by the reaper): stop quietly."""
+
+
+class InputMissing(Exception):
+    pass
+
+
+class ProgressWriter:
+    """Writes (stage, percent) and the heartbeat; raises ScanStopped if the scan is no longer ours."""
+
+    def __init__(self, sessions: sessionmaker[Session], scan_id: uuid.UUID, min_interval_s: float = 0.5) -> None:
+        self.sessions, self.scan_id, self.min_interval_s = sessions, scan_id, min_interval_s
+        self._last_stage, self._last_write = None, 0.0
+
+    def __call__(self, stage: str, percent: float) -> None:
+        now = time.monotonic()
+        if stage == self._last_stage and now - self._last_write < self.min_interval_s:
+            return
+        with self.sessions() as session:
+            stmt = (
+                update(Scan)
+                .where(Scan.id == self.scan_id, Scan.status == ScanStatus.running)
+                .values(stage=stage[:64], percent=min(max(percent, 0.0), 100.0), heartbeat_at=utcnow())
+            )
+            moved = session.execute(stmt).rowcount
+            session.commit()
+        if not moved:
+            raise ScanStopped(f"scan {self.scan_id} is no longer running")
+        self._last_stage, self._last_write = stage, now
+
+
+def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: Settings) -> str:
+    """Returns what happened: 'succeeded', 'failed', 'stopped' or 'skipped' (not claimable)."""
+    with sessions() as session:
+        claimed = transition(session, scan_id, ScanStatus.running, only_from={ScanStatus.queued}, started_at=utcnow(), stage="starting", percent=0.0)
+        session.commit()
+        if not claimed:  # duplicate delivery, canceled, or already done: nothing to do
+            log.info("scan %s not claimable; skipping", scan_id)
+            return "skipped"
+        scan = session.get(Scan, scan_id)
+    try:
+        inputs = load_inputs(scan.inputs, settings.artifacts_dir)
+        options = ScanOptions.model_validate(scan.options)
+        report = run_pipeline(inputs, options, scan_id=str(scan_id), progress=ProgressWriter(sessions, scan_id), stage_delay_s=settings.stage_delay_s)
+    except ScanStopped:
+        log.info("scan %s stopped (canceled or re-queued)", scan_id)
+        return "stopped"
+    except Exception as exc:  # anything else fails the scan with a reason instead of leaving it running
+        log.exception("scan %s failed", scan_id)
+        return fail_scan(sessions, scan_id, reason_for(exc))
+    return store_result(sessions, scan_id, report)
+
+
+def reason_for(exc: BaseException) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "The scan exceeded its time limit (POISONSCAN_TASK_SOFT_TIME_LIMIT_S); scan smaller inputs or raise the limit."
+    if isinstance(exc, InputMissing):
+        return str(exc)
+    return f"Internal error while scanning: {type(exc).__name__}: {exc}. The worker log has the traceback."
+
+
+def load_inputs(inputs: dict, artifacts_dir: Path) -> ScanInputs:
+    files = {}
+    for role, info in inputs.items():
+        path = artifacts_dir / info["sha256"][:2] / info["sha256"]
+        if not path.is_file():
+            raise InputMissing(f"The {role} artifact {info['sha256']} is missing from the artifact store ({artifacts_dir}); upload it again.")
+        files[role] = InputFile(role, path, info["sha256"], info.get("filename"), info.get("kind"), info.get("expected_sha256"))
+    return ScanInputs(**files)
+
+
+def fail_scan(sessions: sessionmaker[Session], scan_id: uuid.UUID, reason: str) -> str:
+    with sessions() as session:
+        moved = transition(session, scan_id, ScanStatus.failed, only_from={ScanStatus.running}, error=reason, stage="failed")
+        session.commit()
+    return "failed" if moved else "stopped"
+
+
+def store_result(sessions: sessionmaker[Session], scan_id: uuid.UUID, report: dict) -> str:
+    """Findings, report and the final status in one transaction: all of it lands, or none."""
+    with sessions() as session:
+        if not transition(session, scan_id, ScanStatus.succeeded, only_from={ScanStatus.running}, verdict=report["verdict"], stage="done", percent=100.0):
+            session.rollback()  # canceled or re-queued while we ran: keep nothing
+            return "stopped"
+        session.add(Report(scan_id=scan_id, schema_version=REPORT_SCHEMA_VERSION, body=report))
+        session.add_all(
+            Finding(
+                scan_id=scan_id, detector=f["detector"], layer=f["layer"], technique=f["technique"], severity=f["severity"],
+                score=float(f["score"]), title=f["title"][:300], explanation=f["explanation"], evidence=f["evidence"],
+            )
+            for d in report["detectors"] for f in d["findings"]
+        )
+        session.commit()
+    return "succeeded"

@@ -1,0 +1,94 @@
+"""The scan pipeline: run the detectors that apply, isolate failures, decide, write the report.
+
+Plain Python over files and arrays: the CLI, the Celery task and the benchmarks all call
+``run_pipeline``. Progress goes to a callback; raising from the callback (e.g. the scan was
+canceled) stops the pipeline.
+"""
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from worker.findings import ATLAS_TECHNIQUES, ScanInputs, Severity
+from worker.options import ScanOptions
+from worker.policy import decide
+from worker.registry import Registry, default_registry
+
+REPORT_SCHEMA_VERSION = "1.0"
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(stage: str, percent: float) -> None:
+    pass
+
+
+def run_pipeline(
+    inputs: ScanInputs,
+    options: ScanOptions,
+    *,
+    scan_id: str | None = None,
+    progress: Progress = _no_progress,
+    registry: Registry | None = None,
+    stage_delay_s: float = 0.0,
+) -> dict:
+    registry = registry or default_registry()
+    specs = registry.select(inputs, options.detectors)
+    results = []
+    for i, spec in enumerate(specs):
+        progress(f"{spec.layer}:{spec.name}", 100.0 * i / max(len(specs), 1))
+        results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {})))
+        if stage_delay_s:
+            time.sleep(stage_delay_s)
+    progress("verdict", 99.0)
+    return build_report(scan_id, inputs, options, results)
+
+
+def _run_detector(spec, inputs: ScanInputs, config: dict) -> dict:
+    started = time.perf_counter()
+    entry = {"name": spec.name, "layer": spec.layer, "technique": spec.technique, "status": "ok", "error": None, "findings": []}
+    try:
+        findings = spec.detect(inputs, config)
+        entry["findings"] = [_finding_record(spec, f) for f in findings]
+    except Exception as exc:  # one broken detector must not sink the scan: record it, go on
+        log.exception("detector %s failed", spec.name)
+        entry["status"] = "error"
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+        entry["traceback"] = traceback.format_exc(limit=5)
+    entry["duration_s"] = round(time.perf_counter() - started, 6)
+    return entry
+
+
+def _finding_record(spec, finding) -> dict:
+    record = finding.to_dict()
+    record["technique"] = finding.technique or spec.technique
+    record["technique_name"] = ATLAS_TECHNIQUES.get(record["technique"], "")
+    record["detector"] = spec.name
+    record["layer"] = spec.layer
+    return record
+
+
+def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, results: list[dict]) -> dict:
+    findings = [f for r in results for f in r["findings"]]
+    errors = sum(r["status"] == "error" for r in results)
+    verdict, reason = decide(options.policy, [Severity(f["severity"]) for f in findings], errors)
+    by_severity: dict[str, int] = {}
+    for f in findings:
+        by_severity[f["severity"]] = by_severity.get(f["severity"], 0) + 1
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "scan_id": scan_id,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "inputs": [
+            {"role": f.role, "filename": f.filename, "sha256": f.sha256, "expected_sha256": f.expected_sha256, "kind": f.kind, "size": f.path.stat().st_size}
+            for f in inputs.files
+        ],
+        "policy": options.policy.model_dump(mode="json"),
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "summary": {"findings_by_severity": by_severity, "detectors_run": len(results), "detectors_failed": errors},
+        "atlas": {t: ATLAS_TECHNIQUES[t] for t in sorted({f["technique"] for f in findings}) if t in ATLAS_TECHNIQUES},
+        "detectors": results,
+    }

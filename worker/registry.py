@@ -1,0 +1,69 @@
+"""The detector registry: each detector says its name, layer, ATLAS technique, inputs and queue."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker.findings import Finding, ScanInputs
+
+LAYERS = ("supply_chain", "data", "model")
+DetectFn = Callable[[ScanInputs, dict], list[Finding]]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    layer: str
+    technique: str
+    needs: frozenset[str]  # roles that must all be present; empty means "any input"
+    queue: str  # "cpu" or "gpu" (runs the model)
+    detect: DetectFn
+    summary: str
+
+    def applies_to(self, inputs: ScanInputs) -> bool:
+        if not self.needs:
+            return bool(inputs.files)
+        return all(inputs.has(role) for role in self.needs)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, DetectorSpec] = {}
+
+    def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu"):
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
+
+        def decorator(fn: DetectFn) -> DetectFn:
+            if name in self._specs:
+                raise ValueError(f"detector {name!r} registered twice")
+            summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary)
+            return fn
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> DetectorSpec:
+        return self._specs[name]
+
+    def select(self, inputs: ScanInputs, names: list[str] | None = None) -> list[DetectorSpec]:
+        """The detectors to run, in pipeline order (supply chain, then data, then model)."""
+        chosen = [self._specs[n] for n in names] if names else list(self._specs.values())
+        applicable = [s for s in chosen if s.applies_to(inputs)]
+        return sorted(applicable, key=lambda s: LAYERS.index(s.layer))
+
+    def queue_for(self, inputs: ScanInputs, names: list[str] | None = None) -> str:
+        """A scan goes to the gpu queue when any of its detectors runs the model."""
+        return "gpu" if any(s.queue == "gpu" for s in self.select(inputs, names)) else "cpu"
+
+
+registry = Registry()
+
+
+def default_registry() -> Registry:
+    """The registry with every built-in detector imported (imports stay light: no TensorFlow here)."""
+    import worker.detectors  # noqa: F401  (registers on import)
+
+    return registry
