@@ -32,13 +32,13 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
         beat_schedule={"reap-stuck-scans": {"task": REAP, "schedule": float(settings.reaper_interval_s)}},
     )
     if settings.uses_filesystem_broker:
-        queue_dir = settings.broker_dir / "queue"
-        processed = settings.broker_dir / "processed"
-        for d in (queue_dir, processed):
+        queue_dir, processed, control = (settings.broker_dir / d for d in ("queue", "processed", "control"))
+        for d in (queue_dir, processed, control):
             d.mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {
             "data_folder_in": str(queue_dir), "data_folder_out": str(queue_dir),
             "processed_folder": str(processed), "store_processed": False,
+            "control_folder": str(control),  # kombu's default is ./control, relative to wherever the process started
         }
         # The filesystem transport has no fanout, so remote control (inspect/ping) is off in the embedded mode.
         app.conf.worker_enable_remote_control = False
