@@ -78,6 +78,13 @@ def _openapi(app: FastAPI) -> dict:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(create.pop("$defs", {}))
     components["ScanCreate"] = create
+    # Validation errors are answered as problem details too (app.problems), so say so.
+    for item in schema["paths"].values():
+        for op in item.values():
+            if "422" in op.get("responses", {}):
+                op["responses"]["422"] = problems.PROBLEM_SCHEMA
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
     schema.setdefault("components", {})["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
     schema["security"] = [{"ApiKey": []}]
     app.openapi_schema = schema

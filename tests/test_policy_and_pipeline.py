@@ -1,0 +1,83 @@
+import numpy as np
+
+from worker.findings import Finding, InputFile, ScanInputs, Severity
+from worker.options import ScanOptions
+from worker.pipeline import run_pipeline
+from worker.policy import Policy, decide
+from worker.registry import Registry, default_registry
+
+
+def test_verdicts_follow_the_policy():
+    p = Policy()
+    assert decide(p, [], 0)[0] == "pass"
+    assert decide(p, [Severity.info, Severity.low], 0)[0] == "pass"
+    assert decide(p, [Severity.medium], 0)[0] == "warn"
+    assert decide(p, [Severity.high], 0)[0] == "fail"
+    assert decide(Policy(fail_at="medium"), [Severity.medium], 0)[0] == "fail"
+    assert decide(Policy(warn_at="critical", fail_at="critical"), [Severity.high], 0)[0] == "pass"
+    # a crashed detector means an incomplete scan: never a clean pass by default
+    assert decide(p, [], 1)[0] == "warn"
+    assert decide(Policy(on_detector_error="fail"), [], 1)[0] == "fail"
+
+
+def _dataset(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
+    from worker.detectors.integrity import sha256_file
+
+    return ScanInputs(dataset=InputFile("dataset", path, sha256_file(path), "d.npz", "npz"))
+
+
+def test_failing_detector_is_isolated_and_reported(tmp_path):
+    reg = Registry()
+
+    @reg.register(name="boom", layer="data", technique="AML.T0020", needs=("dataset",))
+    def boom(inputs, config):
+        raise RuntimeError("detector exploded")
+
+    @reg.register(name="ok", layer="supply_chain", technique="AML.T0010")
+    def ok(inputs, config):
+        return [Finding("fine", Severity.low, 0.1, "all good")]
+
+    stages = []
+    report = run_pipeline(_dataset(tmp_path), ScanOptions(), registry=reg, progress=lambda s, p: stages.append((s, p)))
+    by_name = {d["name"]: d for d in report["detectors"]}
+    assert [d["name"] for d in report["detectors"]] == ["ok", "boom"]  # supply chain runs first
+    assert by_name["boom"]["status"] == "error" and "detector exploded" in by_name["boom"]["error"]
+    assert by_name["ok"]["findings"][0]["technique"] == "AML.T0010"
+    assert report["verdict"] == "warn" and report["summary"]["detectors_failed"] == 1
+    assert [s for s, _ in stages] == ["supply_chain:ok", "data:boom", "verdict"]
+
+
+def test_detectors_that_do_not_apply_are_not_run(tmp_path):
+    reg = Registry()
+
+    @reg.register(name="needs_model", layer="model", technique="AML.T0018", needs=("model",), queue="gpu")
+    def needs_model(inputs, config):
+        raise AssertionError("must not run without a model")
+
+    report = run_pipeline(_dataset(tmp_path), ScanOptions(), registry=reg)
+    assert report["detectors"] == [] and report["verdict"] == "pass"
+    model_inputs = ScanInputs(model=InputFile("model", tmp_path, "0" * 64))
+    assert reg.queue_for(model_inputs) == "gpu"
+    assert reg.queue_for(_dataset(tmp_path)) == "cpu"
+
+
+def test_integrity_detector_catches_altered_bytes(tmp_path):
+    inputs = _dataset(tmp_path)
+    clean = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"]))
+    assert clean["verdict"] == "pass"
+    inputs.dataset.path.write_bytes(inputs.dataset.path.read_bytes() + b"tampered")
+    tampered = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"]))
+    assert tampered["verdict"] == "fail"
+    finding = tampered["detectors"][0]["findings"][0]
+    assert finding["severity"] == "critical" and finding["technique"] == "AML.T0010"
+
+
+def test_report_schema(tmp_path):
+    report = run_pipeline(_dataset(tmp_path), ScanOptions(), scan_id="abc")
+    assert report["schema_version"] == "1.0"
+    assert report["inputs"][0]["sha256"] and report["inputs"][0]["kind"] == "npz"
+    assert {d["name"] for d in report["detectors"]} == set(default_registry().names())
+    assert all(d["duration_s"] >= 0 for d in report["detectors"])
+    assert report["policy"]["fail_at"] == "high"
