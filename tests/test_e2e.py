@@ -1,0 +1,116 @@
+"""End to end on real processes, in both configurations: upload, scan, poll, report; the CLI's
+exit codes; a worker killed with SIGKILL mid-scan."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.conftest import CONFIGS
+from tests.stack import Stack, wait_for_scan
+
+
+def stack_for(config, tmp_path, request, **env) -> Stack:
+    urls = (request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")) if config == "postgres" else (None, None)
+    return Stack(config, tmp_path, *urls, **env)
+
+
+@pytest.fixture(params=CONFIGS)
+def stack(request, tmp_path):
+    s = stack_for(request.param, tmp_path, request)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def files(tmp_path):
+    d = tmp_path / "inputs"
+    d.mkdir()
+    np.savez(d / "train.npz", x=np.random.default_rng(1).random((20, 4)).astype(np.float32), y=np.arange(20) % 3)
+    save_file({"dense/kernel": np.ones((4, 3), np.float32)}, str(d / "model.safetensors"))
+    (d / "model.pkl").write_bytes(pickle.dumps({"w": [0.5, 0.25]}))
+    (d / "disguised.safetensors").write_bytes(pickle.dumps({"w": [0.5]}))
+    return d
+
+
+def upload(client, path):
+    resp = client.post("/v1/artifacts", params={"filename": path.name}, content=path.read_bytes(), headers={"content-type": "application/octet-stream"})
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()["sha256"]
+
+
+def test_upload_scan_poll_report(stack, files):
+    with stack.client() as client:
+        model, dataset = upload(client, files / "model.pkl"), upload(client, files / "train.npz")
+        resp = client.post("/v1/scans", json={"model": model, "dataset": dataset})
+        assert resp.status_code == 202
+        scan = wait_for_scan(client, resp.json()["id"])
+        assert scan["status"] == "succeeded", stack.logs()
+        assert scan["percent"] == 100.0 and scan["stage"] == "done" and scan["verdict"] == "warn"
+        assert scan["timings"]["started_at"] and scan["timings"]["run_s"] >= 0
+        report = client.get(scan["links"]["report"]).json()
+    assert report["schema_version"] == "1.0" and report["scan_id"] == scan["id"]
+    assert {i["role"]: i["sha256"] for i in report["inputs"]} == {"model": model, "dataset": dataset}
+    titles = [f["title"] for d in report["detectors"] for f in d["findings"]]
+    assert "model uses pickle serialization" in titles and "dataset SHA-256 verified" in titles
+    assert report["verdict"] == "warn" and report["atlas"] == {"AML.T0010": "ML Supply Chain Compromise"}
+
+
+def test_cli_submit_exit_codes(stack, files):
+    def submit(*args):
+        return stack.cli("submit", "--server", stack.base_url, "--api-key", stack.api_key, *args, check=False)
+
+    ok = submit("--model", str(files / "model.safetensors"), "--dataset", str(files / "train.npz"), "--format", "json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["verdict"] == "pass"
+    assert "%" in ok.stderr  # the progress bar
+    disguised = submit("--model", str(files / "disguised.safetensors"), "--policy", '{"fail_at": "medium"}')
+    assert disguised.returncode == 1, disguised.stderr
+    assert "does not match its content" in disguised.stdout and "FAIL" in disguised.stdout
+    wrong_kind = submit("--dataset", str(files / "model.pkl"))
+    assert wrong_kind.returncode == 2 and "wrong kind of dataset" in wrong_kind.stderr.lower()
+    bad_key = stack.cli("submit", "--server", stack.base_url, "--api-key", "psk_nope", "--dataset", str(files / "train.npz"), check=False)
+    assert bad_key.returncode == 2 and "401" in bad_key.stderr
+
+
+def test_local_scan_matches_the_service(stack, files):
+    local = stack.cli("scan", "--model", str(files / "model.pkl"), "--dataset", str(files / "train.npz"), "--format", "json", check=False)
+    assert local.returncode == 0
+    remote = stack.cli("submit", "--server", stack.base_url, "--api-key", stack.api_key, "--model", str(files / "model.pkl"),
+                       "--dataset", str(files / "train.npz"), "--format", "json", check=False)
+    strip = lambda r: [(d["name"], [(f["title"], f["severity"]) for f in d["findings"]]) for d in json.loads(r.stdout)["detectors"]]  # noqa: E731
+    assert strip(local) == strip(remote)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("max_attempts", [2, 1])
+def test_worker_killed_mid_scan_is_never_stuck(config, max_attempts, tmp_path, request, files):
+    """SIGKILL the worker (and its pool) while a scan runs: the reaper re-dispatches it to a new
+    worker, or, with no attempts left, fails it with a reason."""
+    stack = stack_for(config, tmp_path, request, stage_delay_s=1.5, running_timeout_s=4, max_attempts=max_attempts)
+    try:
+        stack.start(with_worker=False)
+        first = stack.start_worker()
+        with stack.client() as client:
+            dataset = upload(client, files / "train.npz")
+            scan_id = client.post("/v1/scans", json={"dataset": dataset}).json()["id"]
+            wait_for_scan(client, scan_id, until=("running",), timeout=60)
+            stack.kill_worker(first)
+            stack.start_worker()
+            import time
+
+            time.sleep(5)  # past running_timeout_s with no heartbeat
+            counts = json.loads(stack.cli("reap").stdout)
+            scan = wait_for_scan(client, scan_id, timeout=60)
+        if max_attempts == 2:
+            assert counts == {"requeued": 1, "failed": 0}
+            assert scan["status"] == "succeeded" and scan["attempts"] == 2, stack.logs()
+        else:
+            assert counts == {"requeued": 0, "failed": 1}
+            assert scan["status"] == "failed" and "Gave up after 1 dispatches" in scan["error"]
+    finally:
+        stack.stop()
