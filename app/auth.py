@@ -2,6 +2,8 @@
 
 import hashlib
 import secrets
+import threading
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -32,16 +34,51 @@ def create_key(session: Session, name: str, tenant: str | None = None) -> tuple[
 
 
 def revoke_key(session: Session, prefix: str) -> bool:
+    """Revoke at once in this process; other API processes stop accepting the key within auth_cache_ttl_s."""
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
     if row is None:
         return False
     row.revoked_at = utcnow()
     session.commit()
+    _tenant_cache.clear()
     return True
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
-    return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+class _TenantCache:
+    """key hash -> (tenant, expiry). Saves a database round trip on every request of a polling client."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> str | None:
+        entry = self._entries.get(digest)
+        if entry and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def put(self, digest: str, tenant: str, ttl_s: float) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (tenant, time.monotonic() + ttl_s)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_tenant_cache = _TenantCache()
+
+
+def tenant_for_key(session: Session, key: str, cache_ttl_s: float = 0.0) -> str | None:
+    digest = hash_key(key)
+    if cache_ttl_s and (tenant := _tenant_cache.get(digest)):
+        return tenant
+    tenant = session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    if tenant and cache_ttl_s:
+        _tenant_cache.put(digest, tenant, cache_ttl_s)  # only valid keys are cached: a bad key always reaches the database
+    return tenant
 
 
 def _presented_key(request: Request) -> str | None:
@@ -58,7 +95,7 @@ def current_tenant(request: Request, session: DbSession, settings: Annotated[Set
         if settings.allow_anonymous:
             return ANONYMOUS_TENANT
         raise Problem(401, "API key required", f"Send your API key in the {KEY_HEADER} header (create one with `poisonscan keys create NAME`).")
-    tenant = tenant_for_key(session, key)
+    tenant = tenant_for_key(session, key, settings.auth_cache_ttl_s)
     if tenant is None:
         raise Problem(401, "Invalid API key", "The API key is unknown or revoked. Check it, or create a new one with `poisonscan keys create NAME`.")
     return tenant

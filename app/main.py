@@ -30,18 +30,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Upload artifacts, start a scan, poll it, fetch its report. Authenticate with the `X-API-Key` header. "
         "Errors are RFC 9457 problem details (`application/problem+json`).",
     )
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url, pool_size=settings.api_db_pool_size)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
     app.state.store = ArtifactStore(settings.artifacts_dir)
-    app.state.celery = make_celery(settings)
+    app.state.celery = LazyCelery(settings)
     problems.install(app)
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     _health_routes(app)
     app.openapi = lambda: _openapi(app)
     return app
+
+
+class LazyCelery:
+    """Builds the Celery producer on first use: importing Celery costs start-up time the API does not need yet."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings, self._app = settings, None
+
+    def __getattr__(self, name: str):
+        if self._app is None:
+            self._app = make_celery(self._settings)
+        return getattr(self._app, name)
 
 
 def _health_routes(app: FastAPI) -> None:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=8 * 1024**3, description="Uploads above this are refused with 413 while streaming.")
     allow_anonymous: bool = Field(default=False, description="Accept requests without an API key (tenant 'anonymous').")
+    auth_cache_ttl_s: float = Field(default=5.0, description="How long an API process trusts a key it has checked; a revocation elsewhere takes at most this long.")
+
+    api_db_pool_size: int = Field(default=30, description="Database connections each API process keeps open.")
 
     # Worker behaviour.
     task_soft_time_limit_s: int = 3600

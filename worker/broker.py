@@ -4,17 +4,22 @@ The API builds an instance with ``make_celery(settings)`` only to send tasks by 
 never imports the detectors or TensorFlow; the worker's instance lives in ``worker.celery_app``.
 """
 
-from celery import Celery
-from kombu import Exchange, Queue
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 RUN_SCAN = "poisonscan.run_scan"
 REAP = "poisonscan.reap"
 QUEUES = ("cpu", "gpu")
 
 
-def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
+def make_celery(settings: Settings, *, with_tasks: bool = False) -> "Celery":
+    from celery import Celery  # imported here: the API builds its instance only when it first sends a task
+    from kombu import Exchange, Queue
+
     app = Celery("poisonscan", broker=settings.celery_broker_url)
     app.conf.update(
         task_acks_late=True,  # ack after the task ran: a worker that dies mid-scan leaves the message for another
@@ -50,11 +55,11 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
     return app
 
 
-def enqueue_scan(app: Celery, scan_id: str, queue: str) -> None:
+def enqueue_scan(app: "Celery", scan_id: str, queue: str) -> None:
     app.send_task(RUN_SCAN, args=[scan_id], queue=queue)
 
 
-def broker_reachable(app: Celery) -> tuple[bool, str]:
+def broker_reachable(app: "Celery") -> tuple[bool, str]:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
