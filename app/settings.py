@@ -30,9 +30,11 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = 3600
     task_hard_time_limit_s: int = 3900
     worker_max_tasks_per_child: int = 50
-    # Reaper: a scan queued or running without progress past these deadlines is re-enqueued,
-    # or failed once it has been dispatched max_attempts times.
+    # Reaper: a running scan with no progress for running_timeout_s is re-queued, or failed once it
+    # has been started max_attempts times; a queued one is re-sent every queued_timeout_s (its
+    # message may be lost), and failed once it has waited queued_max_wait_s for a worker.
     queued_timeout_s: int = 600
+    queued_max_wait_s: int = 86400
     running_timeout_s: int = 900
     max_attempts: int = 3
     reaper_interval_s: int = 30

@@ -111,6 +111,25 @@ def test_worker_killed_mid_scan_is_never_stuck(config, max_attempts, tmp_path, r
             assert scan["status"] == "succeeded" and scan["attempts"] == 2, stack.logs()
         else:
             assert counts == {"requeued": 0, "failed": 1}
-            assert scan["status"] == "failed" and "Gave up after 1 dispatches" in scan["error"]
+            assert scan["status"] == "failed" and "Gave up after 1 attempt(s)" in scan["error"] and scan["attempts"] == 1
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_cancel_a_running_scan(config, tmp_path, request, files):
+    stack = stack_for(config, tmp_path, request, stage_delay_s=1.5)
+    try:
+        stack.start()
+        with stack.client() as client:
+            scan_id = client.post("/v1/scans", json={"dataset": upload(client, files / "train.npz")}).json()["id"]
+            wait_for_scan(client, scan_id, until=("running",), timeout=60)
+            assert client.post(f"/v1/scans/{scan_id}/cancel").json()["status"] == "canceled"
+            # the worker notices at its next progress write and moves on to the next scan
+            follow_up = client.post("/v1/scans", json={"dataset": upload(client, files / "train.npz")}).json()["id"]
+            assert wait_for_scan(client, follow_up)["status"] == "succeeded", stack.logs()
+            scan = client.get(f"/v1/scans/{scan_id}").json()
+            assert scan["status"] == "canceled" and scan["verdict"] is None
+            assert client.get(f"/v1/scans/{scan_id}/report").status_code == 409
     finally:
         stack.stop()

@@ -58,9 +58,8 @@ def test_detectors_that_do_not_apply_are_not_run(tmp_path):
 
     report = run_pipeline(_dataset(tmp_path), ScanOptions(), registry=reg)
     assert report["detectors"] == [] and report["verdict"] == "pass"
-    model_inputs = ScanInputs(model=InputFile("model", tmp_path, "0" * 64))
-    assert reg.queue_for(model_inputs) == "gpu"
-    assert reg.queue_for(_dataset(tmp_path)) == "cpu"
+    assert reg.queue_for({"model"}) == "gpu" and reg.queue_for({"model", "dataset"}) == "gpu"
+    assert reg.queue_for({"dataset"}) == "cpu"
 
 
 def test_integrity_detector_catches_altered_bytes(tmp_path):

@@ -60,5 +60,6 @@ class ScanInputs:
     def files(self) -> list[InputFile]:
         return [f for f in (self.model, self.dataset) if f is not None]
 
-    def has(self, role: str) -> bool:
-        return getattr(self, role) is not None
+    @property
+    def roles(self) -> set[str]:
+        return {f.role for f in self.files}

@@ -56,7 +56,10 @@ class ProgressWriter:
 def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: Settings) -> str:
     """Returns what happened: 'succeeded', 'failed', 'stopped' or 'skipped' (not claimable)."""
     with sessions() as session:
-        claimed = transition(session, scan_id, ScanStatus.running, only_from={ScanStatus.queued}, started_at=utcnow(), stage="starting", percent=0.0)
+        claimed = transition(
+            session, scan_id, ScanStatus.running, only_from={ScanStatus.queued},
+            started_at=utcnow(), stage="starting", percent=0.0, attempts=Scan.attempts + 1,
+        )
         session.commit()
         if not claimed:  # duplicate delivery, canceled, or already done: nothing to do
             log.info("scan %s not claimable; skipping", scan_id)

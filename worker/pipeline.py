@@ -35,7 +35,7 @@ def run_pipeline(
     stage_delay_s: float = 0.0,
 ) -> dict:
     registry = registry or default_registry()
-    specs = registry.select(inputs, options.detectors)
+    specs = registry.select(inputs.roles, options.detectors)
     results = []
     for i, spec in enumerate(specs):
         progress(f"{spec.layer}:{spec.name}", 100.0 * i / max(len(specs), 1))

@@ -19,10 +19,9 @@ class DetectorSpec:
     detect: DetectFn
     summary: str
 
-    def applies_to(self, inputs: ScanInputs) -> bool:
-        if not self.needs:
-            return bool(inputs.files)
-        return all(inputs.has(role) for role in self.needs)
+    def applies_to(self, roles: set[str]) -> bool:
+        """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
+        return self.needs <= roles if self.needs else bool(roles)
 
 
 class Registry:
@@ -48,15 +47,15 @@ class Registry:
     def get(self, name: str) -> DetectorSpec:
         return self._specs[name]
 
-    def select(self, inputs: ScanInputs, names: list[str] | None = None) -> list[DetectorSpec]:
+    def select(self, roles: set[str], names: list[str] | None = None) -> list[DetectorSpec]:
         """The detectors to run, in pipeline order (supply chain, then data, then model)."""
         chosen = [self._specs[n] for n in names] if names else list(self._specs.values())
-        applicable = [s for s in chosen if s.applies_to(inputs)]
+        applicable = [s for s in chosen if s.applies_to(roles)]
         return sorted(applicable, key=lambda s: LAYERS.index(s.layer))
 
-    def queue_for(self, inputs: ScanInputs, names: list[str] | None = None) -> str:
+    def queue_for(self, roles: set[str], names: list[str] | None = None) -> str:
         """A scan goes to the gpu queue when any of its detectors runs the model."""
-        return "gpu" if any(s.queue == "gpu" for s in self.select(inputs, names)) else "cpu"
+        return "gpu" if any(s.queue == "gpu" for s in self.select(roles, names)) else "cpu"
 
 
 registry = Registry()

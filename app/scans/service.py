@@ -15,7 +15,6 @@ from app.models import Artifact, Report, Scan, ScanStatus, utcnow
 from app.problems import Problem
 from app.scans.schemas import ScanOut, Timings
 from app.scans.state import TERMINAL, transition
-from worker.findings import InputFile, ScanInputs
 from worker.formats import DATASET_KINDS, MODEL_KINDS
 from worker.options import ScanOptions
 from worker.registry import default_registry
@@ -44,10 +43,9 @@ def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -
 
 def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions) -> Scan:
     inputs = {role: {"sha256": a.sha256, "filename": a.filename, "kind": a.kind, "size": a.size} for role, a in found.items()}
-    probe = ScanInputs(**{role: InputFile(role, path=None, sha256=a.sha256, kind=a.kind) for role, a in found.items()})  # type: ignore[arg-type]
-    queue = default_registry().queue_for(probe, options.detectors)
+    queue = default_registry().queue_for(set(found), options.detectors)
     scan = Scan(
-        tenant=tenant, status=ScanStatus.queued, queue=queue, stage="queued", percent=0.0, attempts=1,
+        tenant=tenant, status=ScanStatus.queued, queue=queue, stage="queued", percent=0.0, attempts=0,
         inputs=inputs, options=options.model_dump(mode="json"),
     )
     session.add(scan)

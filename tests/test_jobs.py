@@ -1,0 +1,97 @@
+"""The job adapter and the reaper, in-process, on SQLite and PostgreSQL."""
+
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.artifacts.store import ArtifactStore
+from app.models import Finding, Report, Scan, ScanStatus, utcnow
+from app.scans.state import transition
+from worker.jobs import ProgressWriter, ScanStopped, execute_scan, store_result
+from worker.reaper import reap_stuck_scans
+
+
+@pytest.fixture
+def dataset(settings, tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((6, 2)), y=np.array([0, 1] * 3))
+    writer = ArtifactStore(settings.artifacts_dir).writer(10**6)
+    writer.write(path.read_bytes())
+    sha, size, _ = writer.commit()
+    return {"dataset": {"sha256": sha, "filename": "d.npz", "kind": "npz", "size": size}}
+
+
+def new_scan(sessions, inputs, **values) -> uuid.UUID:
+    with sessions() as session:
+        defaults = {"status": "queued", "stage": "queued", "attempts": 0}
+        scan = Scan(tenant=f"jobs-{uuid.uuid4().hex[:6]}", queue="cpu", percent=0, inputs=inputs, options={}, **(defaults | values))
+        session.add(scan)
+        session.commit()
+        return scan.id
+
+
+def load(sessions, scan_id) -> Scan:
+    with sessions() as session:
+        return session.get(Scan, scan_id)
+
+
+def test_execute_claims_once_and_stores_everything(sessions, settings, dataset):
+    scan_id = new_scan(sessions, dataset)
+    assert execute_scan(scan_id, sessions, settings) == "succeeded"
+    assert execute_scan(scan_id, sessions, settings) == "skipped"  # duplicate delivery
+    scan = load(sessions, scan_id)
+    assert (scan.status, scan.verdict, scan.percent, scan.attempts) == ("succeeded", "pass", 100.0, 1)
+    with sessions() as session:
+        report = session.get(Report, scan_id).body
+        stored = session.scalar(select(func.count()).select_from(Finding).where(Finding.scan_id == scan_id))
+    assert stored == sum(len(d["findings"]) for d in report["detectors"]) > 0
+
+
+def test_missing_artifact_fails_with_a_reason(sessions, settings):
+    scan_id = new_scan(sessions, {"dataset": {"sha256": "ab" * 32, "kind": "npz"}})
+    assert execute_scan(scan_id, sessions, settings) == "failed"
+    scan = load(sessions, scan_id)
+    assert scan.status == "failed" and "missing from the artifact store" in scan.error and scan.finished_at
+
+
+def test_cancel_stops_progress_and_nothing_is_stored(sessions, settings, dataset):
+    scan_id = new_scan(sessions, dataset)
+    with sessions() as session:
+        transition(session, scan_id, ScanStatus.running, only_from={ScanStatus.queued})
+        session.commit()
+    progress = ProgressWriter(sessions, scan_id)
+    progress("data:x", 10)
+    assert load(sessions, scan_id).stage == "data:x"
+    with sessions() as session:
+        transition(session, scan_id, ScanStatus.canceled)
+        session.commit()
+    with pytest.raises(ScanStopped):
+        progress("data:y", 50)
+    assert store_result(sessions, scan_id, {"verdict": "pass", "detectors": []}) == "stopped"
+    with sessions() as session:
+        assert session.get(Report, scan_id) is None
+    assert load(sessions, scan_id).status == "canceled"
+
+
+def test_reaper(sessions, settings):
+    sent = []
+    now = utcnow()
+    old = now - timedelta(seconds=settings.running_timeout_s + 60)
+    dead_worker = new_scan(sessions, {}, status="running", attempts=1, heartbeat_at=old)
+    out_of_attempts = new_scan(sessions, {}, status="running", attempts=settings.max_attempts, heartbeat_at=old)
+    alive = new_scan(sessions, {}, status="running", attempts=1, heartbeat_at=now)
+    lost_message = new_scan(sessions, {}, heartbeat_at=now - timedelta(seconds=settings.queued_timeout_s + 60))
+    no_worker = new_scan(sessions, {}, created_at=now - timedelta(days=2), heartbeat_at=now - timedelta(days=1))
+    with sessions() as session:
+        counts = reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), now=now)
+    assert counts == {"requeued": 2, "failed": 2}
+    assert sorted(sent) == sorted([str(dead_worker), str(lost_message)])
+    assert load(sessions, dead_worker).status == "queued" and load(sessions, dead_worker).stage == "requeued"
+    assert load(sessions, out_of_attempts).status == "failed" and "Gave up" in load(sessions, out_of_attempts).error
+    assert load(sessions, no_worker).status == "failed" and "'cpu' queue" in load(sessions, no_worker).error
+    assert load(sessions, alive).status == "running" and load(sessions, lost_message).status == "queued"
+    with sessions() as session:  # a second pass right away finds nothing new
+        assert reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), now=now) == {"requeued": 0, "failed": 0}
