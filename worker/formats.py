@@ -12,6 +12,7 @@ from pathlib import Path
 MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "gzip", "7z", "npy"})
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 PICKLE_KINDS = frozenset({"pickle", "pytorch_zip"})
+ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}  # what each scan input may be
 
 # Extensions people use for each kind; a name that promises another kind is a finding.
 EXTENSIONS = {
@@ -128,6 +129,13 @@ def _text_kind(head: bytes) -> str:
     if "," in first_line or "\t" in first_line:
         return "csv"
     return "text" if text.isprintable() or "\n" in text else "unknown"
+
+
+def wrong_kind_for_role(role: str, kind: str) -> str | None:
+    """Why a file of ``kind`` cannot be this scan input, or None when it can."""
+    if kind in ROLE_KINDS[role]:
+        return None
+    return f"is {kind}, which cannot be scanned as a {role}; expected one of: {', '.join(sorted(ROLE_KINDS[role]))}"
 
 
 def extension_matches(filename: str | None, kind: str) -> bool:

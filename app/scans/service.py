@@ -15,12 +15,11 @@ from app.models import Artifact, Report, Scan, ScanStatus, utcnow
 from app.problems import Problem
 from app.scans.schemas import ScanOut, Timings
 from app.scans.state import TERMINAL, transition
-from worker.formats import DATASET_KINDS, MODEL_KINDS
+from worker.formats import wrong_kind_for_role
 from worker.options import ScanOptions
 from worker.registry import default_registry
 
 log = logging.getLogger(__name__)
-ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}
 
 
 def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -> dict[str, Artifact]:
@@ -34,9 +33,8 @@ def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -
         row = artifacts.get(session, tenant, sha)
         if row is None:
             raise Problem(422, "Unknown artifact", f"The {role} artifact {sha} does not exist for this API key's tenant; upload it first.")
-        if row.kind not in ROLE_KINDS[role]:
-            allowed = ", ".join(sorted(ROLE_KINDS[role]))
-            raise Problem(422, f"Wrong kind of {role}", f"Artifact {sha} is {row.kind}, which cannot be scanned as a {role}; expected one of: {allowed}.")
+        if why := wrong_kind_for_role(role, row.kind):
+            raise Problem(422, f"Wrong kind of {role}", f"Artifact {sha} {why}.")
         found[role] = row
     return found
 

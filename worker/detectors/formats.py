@@ -1,10 +1,9 @@
 """Supply chain: identify each input's format by content and flag what the name or format hides."""
 
 from worker.findings import Finding, ScanInputs, Severity
-from worker.formats import DATASET_KINDS, MODEL_KINDS, PICKLE_KINDS, extension_matches, sniff
+from worker.formats import PICKLE_KINDS, ROLE_KINDS, extension_matches, sniff
 from worker.registry import registry
 
-ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}
 
 
 @registry.register(name="format_identification", layer="supply_chain", technique="AML.T0010")
