@@ -137,6 +137,10 @@ def test_scan_with_files_directly(api, key, tmp_path):
     assert set(resp.json()["inputs"]) == {"model", "dataset"} and resp.json()["options"]["detectors"] == ["artifact_integrity"]
     wrong = api.post("/v1/scans", files={"dataset": ("d.npz", b"abc")}, data={"dataset_sha256": "1" * 64}, headers=hdr(key))
     assert_problem(wrong, 422, "mismatch")
+    bad_options = api.post("/v1/scans", files={"dataset": ("d.npz", npz_bytes(tmp_path))}, data={"options": "{oops"}, headers=hdr(key))
+    assert_problem(bad_options, 400, "not valid JSON")
+    unknown_field = api.post("/v1/scans", files={"dataset": ("d.npz", npz_bytes(tmp_path))}, data={"colour": "red"}, headers=hdr(key))
+    assert_problem(unknown_field, 422, "unexpected multipart fields")
 
 
 def test_bad_scan_requests(api, key, tmp_path):

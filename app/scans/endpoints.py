@@ -1,5 +1,6 @@
 """POST/GET /v1/scans, cancel and report."""
 
+import json
 import logging
 import uuid
 from typing import Annotated, Literal
@@ -102,14 +103,11 @@ async def _body_from_multipart(request, content_type, tenant, session, store, se
     except UploadError as exc:
         parts.discard()
         raise as_problem(exc) from exc
-    options = parts.fields.get("options") or "{}"
-    return _validate(lambda o: ScanCreate.model_validate({**refs, "options": _validate(_json_options, o)}), options)
-
-
-def _json_options(text: str):
-    from worker.options import ScanOptions
-
-    return ScanOptions.model_validate_json(text)
+    try:
+        options = json.loads(parts.fields.get("options") or "{}")
+    except ValueError as exc:
+        raise Problem(400, "Malformed JSON", f"The 'options' field is not valid JSON: {exc}.") from exc
+    return _validate(ScanCreate.model_validate, {**refs, "options": options})
 
 
 @router.get("", response_model=ScanPage, summary="List scans, newest first", responses=problem_responses(400, 401, 422))
