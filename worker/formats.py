@@ -4,12 +4,14 @@ Cheap (reads the head, the tail and, for zip files, the central directory) so th
 can label an upload as it arrives. Pure Python: no numpy, no TensorFlow.
 """
 
+import io
 import json
 import struct
 import zipfile
 from pathlib import Path
 
-MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "gzip", "7z", "npy"})
+COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib", "lz4"})
+MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy"} | COMPRESSED_KINDS)
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 PICKLE_KINDS = frozenset({"pickle", "pytorch_zip"})
 ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}  # what each scan input may be
@@ -29,7 +31,13 @@ EXTENSIONS = {
     "parquet": {".parquet", ".pq"},
     "zip": {".zip"},
     "tar": {".tar"},
-    "gzip": {".gz", ".tgz"},
+    "gzip": {".gz", ".tgz", ".joblib"},
+    "bz2": {".bz2", ".joblib"},
+    "xz": {".xz", ".joblib"},
+    "joblib_zlib": {".joblib", ".z", ".pkl"},
+    "zlib": {".joblib", ".z", ".zlib", ".pkl"},
+    "lzma": {".joblib", ".lzma", ".pkl"},
+    "lz4": {".joblib", ".lz4", ".pkl"},
     "7z": {".7z"},
     "json": {".json"},
 }
@@ -40,13 +48,21 @@ _HEAD = 4096
 
 def sniff(path: Path) -> str:
     """Return the kind of the file at ``path`` (see EXTENSIONS), or 'empty' / 'unknown'."""
-    size = path.stat().st_size
-    if size == 0:
-        return "empty"
     with path.open("rb") as f:
         head = f.read(_HEAD)
+    return _sniff(head, path.stat().st_size, lambda: path)
+
+
+def sniff_bytes(data: bytes) -> str:
+    """The same for bytes in memory (a member of an archive)."""
+    return _sniff(data[:_HEAD], len(data), lambda: io.BytesIO(data))
+
+
+def _sniff(head: bytes, size: int, opener) -> str:
+    if size == 0:
+        return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _zip_kind(path)
+        return _zip_kind(opener())
     if any(head[off:off + 8] == _HDF5_MAGIC for off in (0, 512, 1024, 2048)):
         return "hdf5"
     if head.startswith(b"\x93NUMPY"):
@@ -59,6 +75,16 @@ def sniff(path: Path) -> str:
         return "7z"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
+    if head.startswith(b"BZh") and head[3:4].isdigit():
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"ZF") and head[2:3] == b"x":  # joblib's zlib container before 0.9.3
+        return "joblib_zlib"
+    if head.startswith(b"\x5d\x00\x00"):  # lzma "alone" format (joblib compress='lzma')
+        return "lzma"
+    if head.startswith(b"\x04\x22\x4d\x18"):
+        return "lz4"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "tar"
     if _is_safetensors(head, size):
@@ -67,12 +93,14 @@ def sniff(path: Path) -> str:
         return "pickle"
     if _is_onnx(head):
         return "onnx"
+    if len(head) > 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0 and not head[1] & 0x20:
+        return "zlib"  # a raw zlib stream (joblib compress=True / 'zlib')
     return _text_kind(head)
 
 
-def _zip_kind(path: Path) -> str:
+def _zip_kind(source) -> str:
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return "zip"  # a zip header with a broken directory is still a zip to the scanners

@@ -1,7 +1,7 @@
 """Supply chain: identify each input's format by content and flag what the name or format hides."""
 
 from worker.findings import Finding, ScanInputs, Severity
-from worker.formats import PICKLE_KINDS, ROLE_KINDS, extension_matches, sniff
+from worker.formats import ROLE_KINDS, extension_matches, sniff
 from worker.registry import registry
 
 
@@ -31,16 +31,6 @@ def format_identification(inputs: ScanInputs, config: dict) -> list[Finding]:
                 score=0.5,
                 explanation=f"poisonscan cannot analyse a {kind} file as a {f.role}.",
                 remediation=f"Upload the {f.role} in one of: {', '.join(sorted(ROLE_KINDS[f.role]))}.",
-                evidence=evidence,
-            ))
-        if kind in PICKLE_KINDS:
-            findings.append(Finding(
-                title=f"{f.role} uses pickle serialization",
-                severity=Severity.medium,
-                score=0.6,
-                explanation="Loading a pickle runs whatever code it names. poisonscan never loads it; treat it as untrusted "
-                "until its imports have been reviewed.",
-                remediation="Prefer safetensors (or Keras .keras with safe mode) for weights.",
                 evidence=evidence,
             ))
     return findings

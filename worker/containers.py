@@ -1,0 +1,308 @@
+"""Find every pickle stream in a file, recursively through containers, within resource limits.
+
+Zip members are looked at whatever their names (a PyTorch checkpoint, a .keras or .npz file, a
+zip in a zip), as are tar members, gzip/bz2/xz/joblib-zlib payloads, npy object arrays and
+bytes embedded inside pickles. Every member is hashed on the way (the archive's manifest).
+Nothing is extracted to disk and nothing is deserialized: bytes that look like a pickle go to
+``worker.pickles.analyze``. A limit that trips (zip bomb, deep nesting, too many members) ends
+in a recorded problem, not in a hang or a crash.
+"""
+
+import ast
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import mmap
+import struct
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.formats import COMPRESSED_KINDS, sniff, sniff_bytes
+from worker.pickles import PickleAnalysis, analyze, looks_like_pickle
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_depth: int = 6  # containers inside containers
+    max_members: int = 100_000
+    max_member_bytes: int = 2 * 1024**3  # bytes read into memory to analyse one nested member
+    max_total_bytes: int = 64 * 1024**3  # decompressed bytes read in all
+    max_ratio: float = 200.0  # decompressed/compressed above this, on more than 16 MiB, is a bomb
+
+
+@dataclass
+class PickleHit:
+    location: str
+    analysis: PickleAnalysis
+    expected: bool  # the location is meant to hold a pickle (not a guess from raw bytes)
+
+
+@dataclass
+class Problem:
+    severity: str  # "high" | "medium"
+    title: str
+    location: str
+    detail: str
+
+
+@dataclass
+class ContainerScan:
+    kind: str
+    pickles: list[PickleHit] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    manifest: dict[str, str] = field(default_factory=dict)  # member location -> sha256
+    containers: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+class _LimitReached(Exception):
+    pass
+
+
+class Walker:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.members = 0
+
+    def scan_file(self, path: Path) -> ContainerScan:
+        kind = sniff(path)
+        result = ContainerScan(kind=kind)
+        try:
+            if kind == "pickle":
+                self._pickle_file(path, result)
+            elif kind == "npy":
+                with path.open("rb") as f:
+                    self._npy(f, path.name, result)
+            elif kind in ("zip", "pytorch_zip", "keras", "npz"):
+                self._zip(path, path.name, 0, result)
+            elif kind == "tar":
+                self._tar(path, path.name, 0, result)
+            elif kind in COMPRESSED_KINDS:
+                with path.open("rb") as f:
+                    self._compressed(f, kind, path.name, 0, result, path.stat().st_size)
+            elif kind == "7z":
+                result.problems.append(Problem("medium", "7z archive not inspected", path.name,
+                                               "poisonscan does not open 7z archives; their members were not scanned."))
+        except _LimitReached:
+            pass
+        return result
+
+    # --- top level ---
+
+    def _pickle_file(self, path: Path, result: ContainerScan) -> None:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            result.bytes_read += len(mm)
+            self._analyze(mm, path.name, True, 0, result)
+
+    # --- containers ---
+
+    def _zip(self, source, location: str, depth: int, result: ContainerScan) -> None:
+        result.containers.append(location)
+        try:
+            zf = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            result.problems.append(Problem("medium", "zip archive is malformed", location,
+                                           f"{exc}. Loaders that repair or skip the damage may read members this scan could not."))
+            return
+        with zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                member = f"{location}!{info.filename}"
+                self._check_member_name(info.filename, member, result)
+                if info.compress_size and info.file_size > 16 * CHUNK and info.file_size / info.compress_size > self.limits.max_ratio:
+                    result.problems.append(Problem("high", "compression bomb", member,
+                                                   f"{info.file_size} bytes compressed into {info.compress_size} (ratio {info.file_size / info.compress_size:.0f}); not decompressed."))
+                    continue
+                try:
+                    with zf.open(info) as f:
+                        self._member(f, member, depth, result, torch_storage="/data/" in info.filename and not info.filename.endswith(".pkl"))
+                except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
+                    result.problems.append(Problem("medium", "zip member could not be read", member, str(exc)))
+
+    def _tar(self, source, location: str, depth: int, result: ContainerScan) -> None:
+        """``source``: a path or a file object."""
+        result.containers.append(location)
+        try:
+            tf = tarfile.open(source, mode="r:") if isinstance(source, Path) else tarfile.open(fileobj=source, mode="r:")
+        except (tarfile.TarError, OSError) as exc:
+            result.problems.append(Problem("medium", "tar archive is malformed", location, str(exc)))
+            return
+        with tf:
+            try:
+                for info in tf:
+                    member = f"{location}!{info.name}"
+                    self._check_member_name(info.name, member, result)
+                    if info.issym() or info.islnk():
+                        result.problems.append(Problem("medium", "archive member is a link", member, f"links to {info.linkname!r}; extracting it can reach outside the folder."))
+                        continue
+                    if not info.isfile():
+                        continue
+                    f = tf.extractfile(info)
+                    if f is not None:
+                        self._member(f, member, depth, result)
+            except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+                result.problems.append(Problem("medium", "tar archive is malformed", location, str(exc)))
+
+    def _compressed(self, f, kind: str, location: str, depth: int, result: ContainerScan, compressed_size: int) -> None:
+        result.containers.append(location)
+        try:
+            if kind == "lz4":
+                result.problems.append(Problem("medium", "lz4 stream not inspected", location, "poisonscan does not decompress lz4; its content was not scanned."))
+                return
+            if kind in ("joblib_zlib", "zlib"):
+                if kind == "joblib_zlib":
+                    f.read(2)  # the 'ZF' prefix
+                stream = _ZlibReader(f)
+            else:
+                stream = _DECOMPRESSORS[kind](f)
+            budget = max(int(compressed_size * self.limits.max_ratio), 16 * CHUNK)
+            self._member(stream, f"{location}!<{kind} payload>", depth, result, budget=budget)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+            result.problems.append(Problem("medium", f"{kind} stream is malformed", location, str(exc)))
+
+    # --- members ---
+
+    def _member(self, f, location: str, depth: int, result: ContainerScan, torch_storage: bool = False, budget: int | None = None) -> None:
+        """Hash a member while reading it; keep its bytes only when they need a closer look.
+
+        ``budget`` caps the decompressed size of a compressed stream (ratio to its compressed size).
+        """
+        self.members += 1
+        if self.members > self.limits.max_members:
+            result.problems.append(Problem("high", "too many archive members", location, f"over {self.limits.max_members} members; the rest were not scanned."))
+            raise _LimitReached
+        digest, kept, size, keep = hashlib.sha256(), bytearray(), 0, None
+        while chunk := f.read(CHUNK):
+            size += len(chunk)
+            result.bytes_read += len(chunk)
+            if result.bytes_read > self.limits.max_total_bytes:
+                result.problems.append(Problem("high", "decompressed size limit reached", location, f"over {self.limits.max_total_bytes} bytes read; the rest was not scanned (possible decompression bomb)."))
+                raise _LimitReached
+            if budget is not None and size > budget:
+                result.problems.append(Problem("high", "compression bomb", location, f"decompresses to over {budget} bytes (more than {self.limits.max_ratio:.0f}x its compressed size); not scanned further."))
+                return
+            digest.update(chunk)
+            if keep is None:
+                keep = self._worth_a_look(chunk[:4096])
+            if keep:
+                if len(kept) + len(chunk) > self.limits.max_member_bytes:
+                    result.problems.append(Problem("high", "member too large to analyse", location, f"over {self.limits.max_member_bytes} bytes of possible pickle or archive data; not analysed."))
+                    keep, kept = False, bytearray()
+                else:
+                    kept += chunk
+        result.manifest[location] = digest.hexdigest()
+        if keep and kept:
+            self._bytes(bytes(kept), location, depth + 1, result, opportunistic=torch_storage)
+
+    def _worth_a_look(self, head: bytes) -> bool:
+        return looks_like_pickle(head) or sniff_bytes(head) in ("zip", "pytorch_zip", "keras", "npz", "tar", "npy", "pickle", "7z", *COMPRESSED_KINDS)
+
+    def _bytes(self, data: bytes, location: str, depth: int, result: ContainerScan, opportunistic: bool = False) -> None:
+        """Look inside bytes found in a member. ``opportunistic``: the bytes only resembled a pickle or an
+        archive (tensor data, a bytes argument); keep what we find only if it imports something."""
+        if not opportunistic:
+            return self._dispatch(data, location, depth, result, expected=True)
+        scratch = ContainerScan(kind="")
+        try:
+            self._dispatch(data, location, depth, scratch, expected=False)
+        finally:
+            result.bytes_read += scratch.bytes_read
+        if any(h.analysis.globals for h in scratch.pickles):
+            result.pickles += scratch.pickles
+            result.problems += scratch.problems
+            result.containers += scratch.containers
+            result.manifest |= scratch.manifest
+
+    def _dispatch(self, data: bytes, location: str, depth: int, result: ContainerScan, expected: bool) -> None:
+        if depth > self.limits.max_depth:
+            result.problems.append(Problem("high", "containers nested too deep", location, f"more than {self.limits.max_depth} levels of nesting; not scanned further."))
+            return
+        kind = sniff_bytes(data)
+        if kind in ("zip", "pytorch_zip", "keras", "npz"):
+            self._zip(io.BytesIO(data), location, depth, result)
+        elif kind == "tar":
+            self._tar(io.BytesIO(data), location, depth, result)
+        elif kind in COMPRESSED_KINDS:
+            self._compressed(io.BytesIO(data), kind, location, depth, result, len(data))
+        elif kind == "npy":
+            self._npy(io.BytesIO(data), location, result)
+        elif kind == "7z":
+            result.problems.append(Problem("medium", "7z archive not inspected", location, "a 7z archive inside the file was not opened."))
+        elif kind == "pickle" or looks_like_pickle(data):
+            self._analyze(data, location, expected, depth, result)
+
+    def _npy(self, f, location: str, result: ContainerScan) -> None:
+        """An npy object array stores its data as a pickle after the header."""
+        header = _npy_header(f)
+        if header is None:
+            result.problems.append(Problem("medium", "npy header is malformed", location, "the array header could not be parsed."))
+            return
+        if "O" in str(header.get("descr", "")):
+            data = f.read(self.limits.max_member_bytes)
+            result.bytes_read += len(data)
+            self._analyze(data, f"{location}<object array>", True, 0, result)
+
+    def _analyze(self, data, location: str, expected: bool, depth: int, result: ContainerScan) -> None:
+        analysis = analyze(data)
+        if not expected and not analysis.globals:
+            return  # raw bytes that merely resembled a pickle
+        result.pickles.append(PickleHit(location, analysis, expected))
+        for offset, blob in analysis.embedded:  # pickles or archives hidden in bytes arguments
+            if self._worth_a_look(blob[:4096]):
+                self._bytes(blob, f"{location}@{offset}", depth + 1, result, opportunistic=True)
+
+    def _check_member_name(self, name: str, location: str, result: ContainerScan) -> None:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            result.problems.append(Problem("high", "archive member escapes its folder", location,
+                                           f"member name {name!r} is absolute or climbs with '..' (zip-slip): extracting it writes outside the target folder."))
+
+
+_DECOMPRESSORS = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile, "lzma": lzma.LZMAFile}
+
+
+class _ZlibReader:
+    """File-like view of a zlib stream (joblib's 'ZF' container)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.z, self.eof = f, zlib.decompressobj(), False
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n and not self.eof:
+            data = self.z.unconsumed_tail or self.f.read(CHUNK)
+            if not data:
+                out += self.z.flush()
+                self.eof = True
+                break
+            out += self.z.decompress(data, n - len(out))
+            self.eof = self.z.eof
+        return bytes(out)
+
+
+def _npy_header(f) -> dict | None:
+    """Parse an npy header as a Python literal (never evaluated as code)."""
+    magic = f.read(8)
+    if len(magic) < 8 or not magic.startswith(b"\x93NUMPY"):
+        return None
+    major = magic[6]
+    size_bytes = 2 if major == 1 else 4
+    raw = f.read(size_bytes)
+    if len(raw) < size_bytes:
+        return None
+    (length,) = struct.unpack("<H" if size_bytes == 2 else "<I", raw)
+    if length > 1 << 20:
+        return None
+    try:
+        header = ast.literal_eval(f.read(length).decode("latin-1"))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None

@@ -1,0 +1,384 @@
+"""Static pickle analysis: which globals a pickle imports and calls, without ever unpickling it.
+
+We walk the opcode stream with ``pickletools.genops`` (a decoder, not an interpreter) and keep a
+small model of the unpickler's stack and memo, enough to resolve ``STACK_GLOBAL`` operands
+(built from strings, possibly through the memo) and to see which globals are called
+(``REDUCE``, ``NEWOBJ``, ``OBJ``, ``INST``). The walk is tolerant: an opcode stream that breaks
+still reports every global seen before the break, and parsing resumes at later pickle headers,
+so stacked pickles and payloads hidden after junk are seen too.
+
+Classification is allowlist-first: a global is ``safe`` only when it is known to be needed to
+rebuild weights; known code-execution, file, process and network entry points are
+``dangerous``; everything else is ``unknown``.
+"""
+
+import io
+import pickletools
+import re
+from dataclasses import dataclass, field
+
+MAX_OPS = 5_000_000  # a pickle of a large model has ~1e5 opcodes; more is a parsing bomb
+MAX_RESYNC = 64  # how many later pickle headers we try after a break
+
+# --- classification --------------------------------------------------------------------------
+
+SAFE_GLOBALS = frozenset({
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("collections", "Counter"), ("collections", "deque"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"), ("builtins", "range"),
+    ("builtins", "bytearray"), ("builtins", "bytes"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
+    ("builtins", "int"), ("builtins", "float"), ("builtins", "str"), ("builtins", "bool"), ("builtins", "object"),
+    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "object"), ("__builtin__", "slice"),
+    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"), ("decimal", "Decimal"), ("uuid", "UUID"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"), ("torch._utils", "_rebuild_qtensor"),
+    ("torch._utils", "_rebuild_sparse_tensor"), ("torch._utils", "_rebuild_nested_tensor"), ("torch._utils", "_rebuild_meta_tensor_no_storage"),
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"), ("torch._utils", "_rebuild_wrapper_subclass"),
+    ("torch._tensor", "_rebuild_from_type_v2"), ("torch", "Size"), ("torch", "device"), ("torch", "dtype"),
+    ("torch.nn.parameter", "Parameter"), ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("joblib.numpy_pickle", "NDArrayWrapper"),
+})
+_TORCH_STORAGE = re.compile(r"^(\w+Storage|bfloat16|float\d*|int\d+|uint\d+|bool|complex\d+|half|double|long|short|qint8|quint8)$")
+# Classes (not functions) from these packages only rebuild objects; a *function* from them is still unknown.
+SAFE_CLASS_PREFIXES = ("torch.nn.modules.", "sklearn.", "numpy.dtypes", "scipy.sparse.", "joblib.numpy_pickle", "xgboost.", "lightgbm.")
+
+DANGEROUS_MODULE_ROOTS = frozenset({
+    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "socket", "_socket", "ssl", "shutil",
+    "runpy", "importlib", "imp", "zipimport", "pkgutil", "pickle", "_pickle", "cPickle", "dill", "cloudpickle", "marshal",
+    "types", "ctypes", "_ctypes", "cffi", "pty", "commands", "code", "codeop", "pdb", "bdb", "timeit", "trace", "profile",
+    "cProfile", "webbrowser", "http", "urllib", "urllib2", "urllib3", "requests", "httpx", "ftplib", "smtplib", "telnetlib",
+    "asyncio", "multiprocessing", "concurrent", "threading", "_thread", "signal", "tempfile", "pathlib", "io", "_io", "fileinput",
+    "distutils", "setuptools", "pip", "platform", "operator", "functools", "inspect", "gc", "builtins_exec", "sqlite3",
+    "glob", "venv", "ensurepip", "xmlrpc", "socketserver", "mmap", "resource", "readline", "rlcompleter", "pydoc", "idlelib",
+    "site", "sysconfig", "__main__", "jinja2", "mako", "yaml",
+})
+DANGEROUS_NAMES = frozenset({
+    "eval", "exec", "execfile", "compile", "__import__", "getattr", "setattr", "delattr", "globals", "locals", "vars", "open",
+    "input", "breakpoint", "system", "popen", "popen2", "popen3", "spawn", "spawnl", "spawnv", "spawnve", "spawnvp", "execv",
+    "execve", "execl", "execvp", "fork", "call", "check_call", "check_output", "run", "Popen", "getoutput", "getstatusoutput",
+    "load", "loads", "load_inline", "read_pickle", "runstring", "run_path", "run_module", "_run_code", "_run_module_code",
+    "import_module", "remove", "unlink", "rmtree", "rmdir", "removedirs", "rename", "replace", "chmod", "chown", "kill", "write",
+    "write_text", "write_bytes", "urlopen", "urlretrieve", "create_connection", "connect", "apply", "methodcaller", "attrgetter",
+    "itemgetter", "partial", "reduce", "start_new_thread", "Thread", "Process", "exec_module", "get_type_hints", "safe_load_all",
+    "unsafe_load", "full_load", "Template", "_load_from_bytes", "load_state_dict_from_url", "download_url_to_file",
+})
+DANGEROUS_EXACT = frozenset({
+    ("builtins", "eval"), ("builtins", "exec"), ("__builtin__", "eval"), ("__builtin__", "exec"),
+    ("torch.storage", "_load_from_bytes"), ("torch.serialization", "load"), ("torch", "load"), ("numpy", "load"),
+    ("joblib", "load"), ("pandas", "read_pickle"), ("numpy.testing._private.utils", "runstring"),
+})
+
+
+def classify(module: str, name: str) -> str:
+    """'safe', 'dangerous' or 'unknown'."""
+    if (module, name) in SAFE_GLOBALS:
+        return "safe"
+    if module == "torch" and _TORCH_STORAGE.match(name):
+        return "safe"
+    root = module.split(".", 1)[0]
+    leaf = name.rsplit(".", 1)[-1]
+    if (module, name) in DANGEROUS_EXACT or root in DANGEROUS_MODULE_ROOTS or leaf in DANGEROUS_NAMES or name in DANGEROUS_NAMES:
+        return "dangerous"
+    if root in ("builtins", "__builtin__"):
+        return "unknown"  # every builtin not allowlisted (e.g. 'getattr' is dangerous above, others still unknown)
+    if "." in name or name.startswith("__"):
+        return "unknown"  # dotted or dunder names reach into attributes: never allowlisted by prefix
+    if leaf[:1].isupper() and (module + ".").startswith(SAFE_CLASS_PREFIXES):
+        return "safe"
+    return "unknown"
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+@dataclass
+class GlobalRef:
+    module: str
+    name: str
+    offset: int
+    opcode: str
+    called: bool = False
+    dynamic: bool = False  # STACK_GLOBAL operands were not plain strings: an evasion attempt
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    @property
+    def verdict(self) -> str:
+        return "dangerous" if self.dynamic else classify(self.module, self.name)
+
+
+@dataclass
+class PickleStream:
+    start: int
+    end: int
+    protocol: int | None
+    opcodes: int
+    complete: bool  # reached STOP without a decoding error
+    error: str | None = None
+    resynced: bool = False  # found by searching for a pickle header after a break or junk
+    globals_found: int = 0
+
+
+@dataclass
+class PickleAnalysis:
+    globals: list[GlobalRef] = field(default_factory=list)
+    streams: list[PickleStream] = field(default_factory=list)
+    embedded: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, bytes) arguments that may hold further payloads
+
+    @property
+    def errors(self) -> list[str]:
+        """Decoding errors that matter: a stream we were meant to read, or a found one that imported something."""
+        return [s.error for s in self.streams if s.error and (not s.resynced or s.globals_found)]
+
+
+class _Mark:
+    pass
+
+
+@dataclass
+class _Instance:
+    """What calling a global returned; enough to recognise joblib's array wrappers and numpy dtypes."""
+
+    ref: GlobalRef
+    args: object = None
+
+
+_MARK = _Mark()
+_UNKNOWN = object()
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+_BYTES_OPS = {"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+_PICKLE_HEADER = re.compile(rb"\x80[\x02-\x05]")
+
+
+def analyze(data: bytes, max_ops: int = MAX_OPS) -> PickleAnalysis:
+    """Analyse every pickle stream in ``data`` (stacked, or after junk)."""
+    result = PickleAnalysis()
+    pos, resyncs = 0, 0
+    while pos < len(data) and resyncs <= MAX_RESYNC:
+        seen = len(result.globals)
+        stream = _walk(data, pos, result, max_ops)
+        stream.resynced, stream.globals_found = resyncs > 0, len(result.globals) - seen
+        result.streams.append(stream)
+        if stream.error and "opcode budget" in stream.error:
+            break
+        nxt = stream.end if stream.complete else stream.end + 1
+        rest = data[nxt:]
+        if stream.complete and rest[:1] and rest[:1] in b"\x80(cdl}]":  # another pickle follows right away
+            pos = nxt
+            continue
+        found = _PICKLE_HEADER.search(data, nxt)  # look for a later stream behind junk
+        if not found:
+            break
+        pos, resyncs = found.start(), resyncs + 1
+    return result
+
+
+def _walk(data, start: int, result: PickleAnalysis, max_ops: int) -> PickleStream:
+    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else _BufferReader(data)
+    stream.seek(start)
+    stack: list = []
+    memo: dict = {}
+    ops, protocol, last = 0, None, start
+    try:
+        for op, arg, pos in pickletools.genops(stream):
+            ops += 1
+            last = pos
+            if ops > max_ops:
+                return PickleStream(start, pos, protocol, ops, False, f"opcode budget of {max_ops} exceeded at offset {pos}")
+            if op.name == "PROTO":
+                protocol = arg
+            skip = _step(op, arg, pos, stack, memo, result)
+            if skip:  # joblib wrote raw array bytes (or a nested pickle) right after this BUILD
+                _skip_joblib_array(skip, data, stream, result, max_ops)
+            if op.name == "STOP":
+                return PickleStream(start, stream.tell(), protocol, ops, True)
+        return PickleStream(start, stream.tell(), protocol, ops, False, f"stream ended without STOP at offset {stream.tell()}")
+    except (ValueError, EOFError, IndexError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return PickleStream(start, max(last, start), protocol, ops, False, f"{type(exc).__name__} at offset ~{last}: {exc}")
+
+
+def _pop_to_mark(stack: list) -> list:
+    items = []
+    while stack:
+        item = stack.pop()
+        if item is _MARK:
+            return items[::-1]
+        items.append(item)
+    raise IndexError("MARK expected on the stack")
+
+
+_INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT"}
+_CONSTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+
+
+def _step(op, arg, pos: int, stack: list, memo: dict, result: PickleAnalysis):
+    """Apply one opcode to the model stack. Returns a joblib array to skip over, if one follows."""
+    name = op.name
+    if name in _INT_OPS:
+        stack.append(arg)
+    elif name in _CONSTS:
+        stack.append(_CONSTS[name])
+    elif name in ("EMPTY_DICT", "EMPTY_LIST"):
+        stack.append({} if name == "EMPTY_DICT" else [])
+    elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+        n = int(name[-1])
+        items = stack[-n:]
+        del stack[-n:]
+        if len(items) < n:
+            raise IndexError("stack underflow")
+        stack.append(tuple(items))
+    elif name == "TUPLE":
+        stack.append(tuple(_pop_to_mark(stack)))
+    elif name in ("SETITEM", "SETITEMS"):
+        items = [stack.pop(), stack.pop()][::-1] if name == "SETITEM" else _pop_to_mark(stack)
+        target = stack[-1]
+        if isinstance(target, dict):
+            for k, v in zip(items[::2], items[1::2], strict=False):
+                if isinstance(k, str | int | float | tuple):
+                    target[k] = v
+    elif name in _STRING_OPS:
+        stack.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+    elif name in _BYTES_OPS:
+        if len(arg) >= 8:
+            result.embedded.append((pos, bytes(arg)))
+        stack.append(_UNKNOWN)
+    elif name in ("GLOBAL", "INST"):
+        module, _, qual = str(arg).partition(" ")
+        ref = GlobalRef(module, qual, pos, name)
+        result.globals.append(ref)
+        if name == "INST":
+            _pop_to_mark(stack)
+            ref.called = True
+        stack.append(ref)
+    elif name == "STACK_GLOBAL":
+        qual, module = stack.pop(), stack.pop()
+        if isinstance(module, str) and isinstance(qual, str):
+            ref = GlobalRef(module, qual, pos, name)
+        else:
+            ref = GlobalRef(_describe(module), _describe(qual), pos, name, dynamic=True)
+        result.globals.append(ref)
+        stack.append(ref)
+    elif name in ("EXT1", "EXT2", "EXT4"):
+        ref = GlobalRef("<copyreg extension>", str(arg), pos, name, dynamic=True)
+        result.globals.append(ref)
+        stack.append(ref)
+    elif name == "REDUCE":
+        args = stack.pop()
+        fn = stack.pop()
+        _mark_called(fn)
+        stack.append(_Instance(fn, args) if isinstance(fn, GlobalRef) else _UNKNOWN)
+    elif name in ("NEWOBJ", "NEWOBJ_EX"):
+        for _ in range(2 if name == "NEWOBJ_EX" else 1):
+            stack.pop()
+        cls = stack.pop()
+        _mark_called(cls)
+        stack.append(_Instance(cls) if isinstance(cls, GlobalRef) else _UNKNOWN)
+    elif name == "OBJ":
+        items = _pop_to_mark(stack)
+        if items:
+            _mark_called(items[0])
+        stack.append(_UNKNOWN)
+    elif name == "BUILD":
+        state = stack.pop()  # the object stays (BUILD calls its __setstate__)
+        target = stack[-1]
+        if isinstance(target, _Instance) and target.ref.module == "joblib.numpy_pickle" and isinstance(state, dict):
+            return state
+    elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        memo[arg] = stack[-1]
+    elif name == "MEMOIZE":
+        memo[len(memo)] = stack[-1]
+    elif name in ("GET", "BINGET", "LONG_BINGET"):
+        stack.append(memo.get(arg, _UNKNOWN))
+    elif name == "DUP":
+        stack.append(stack[-1])
+    elif name == "POP":
+        stack.pop()
+    elif name == "STOP":
+        stack.pop()
+    else:
+        _generic(op, stack)
+
+
+def _skip_joblib_array(state: dict, data, stream, result: PickleAnalysis, max_ops: int) -> None:
+    """joblib's NumpyArrayWrapper: the array follows its BUILD opcode, as raw bytes or, for object
+    arrays, as a nested pickle (which may carry a payload of its own)."""
+    dtype = state.get("dtype")
+    descr = dtype.args[0] if isinstance(dtype, _Instance) and isinstance(dtype.args, tuple) and dtype.args else None
+    if descr in ("O", "|O", "O8"):
+        nested = _walk(data, stream.tell(), result, max_ops)
+        result.streams.append(nested)
+        stream.seek(nested.end)
+        return
+    shape = state.get("shape")
+    try:
+        import numpy  # parses a dtype string; no code from the file runs
+
+        itemsize = numpy.dtype(descr).itemsize
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+    except Exception as exc:  # unknown shape or dtype: we cannot know where the pickle resumes
+        raise ValueError(f"joblib array with unreadable shape/dtype ({shape!r}, {descr!r})") from exc
+    if "numpy_array_alignment_bytes" in state:
+        padding = stream.read(1)
+        stream.seek(stream.tell() + (padding[0] if padding else 0))
+    stream.seek(stream.tell() + count * itemsize)
+
+
+class _BufferReader:
+    """Minimal file interface over a buffer (an mmap of a large file), without copying it."""
+
+    def __init__(self, buf) -> None:
+        self.buf, self.pos = memoryview(buf), 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n is None or n < 0 else min(self.pos + n, len(self.buf))
+        out = self.buf[self.pos:end].tobytes()
+        self.pos = end
+        return out
+
+    def readline(self) -> bytes:
+        end = self.pos
+        while end < len(self.buf) and self.buf[end] != 10:
+            end += 1
+        return self.read(end + 1 - self.pos)
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _generic(op, stack: list) -> None:
+    before = [s.name for s in op.stack_before]
+    if "mark" in before:
+        _pop_to_mark(stack)
+        for _ in range(before.index("mark")):
+            stack.pop()
+    else:
+        for _ in before:
+            stack.pop()
+    for s in op.stack_after:
+        stack.append(_MARK if s.name == "mark" else _UNKNOWN)
+
+
+def _mark_called(obj) -> None:
+    if isinstance(obj, GlobalRef):
+        obj.called = True
+
+
+def _describe(value) -> str:
+    if isinstance(value, GlobalRef):
+        return f"<result of {value.qualified}>"
+    return "<computed>"
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """A cheap guess used for bytes found inside other data (not for top-level format identification)."""
+    return bool(_PICKLE_HEADER.match(head[:2])) or bool(re.match(rb"c[\w.]+\n[\w.]+\n", head[:200]))
