@@ -155,7 +155,8 @@ def test_bad_scan_requests(api, key, tmp_path):
     assert_problem(start_scan(api, key, dataset="f" * 64), 422, "does not exist")
     assert_problem(start_scan(api, key, dataset="not-a-hash"), 422)
     assert_problem(start_scan(api, key, dataset=model), 422, "wrong kind of dataset")
-    assert_problem(start_scan(api, key, model=ds), 422, "wrong kind of model")
+    table = upload(api, key, b"a,b,label\n1,2,0\n", "t.csv").json()["sha256"]
+    assert_problem(start_scan(api, key, model=table), 422, "wrong kind of model")
     assert_problem(api.post("/v1/scans", content=b"x", headers=hdr(key) | {"content-type": "text/plain"}), 415)
 
 

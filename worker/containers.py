@@ -75,8 +75,8 @@ class Walker:
         kind = sniff(path)
         result = ContainerScan(kind=kind)
         try:
-            if kind == "pickle":
-                self._pickle_file(path, result)
+            if kind in ("pickle", "unknown"):
+                self._pickle_file(path, result, expected=kind == "pickle")
             elif kind == "npy":
                 with path.open("rb") as f:
                     self._npy(f, path.name, result)
@@ -96,10 +96,11 @@ class Walker:
 
     # --- top level ---
 
-    def _pickle_file(self, path: Path, result: ContainerScan) -> None:
+    def _pickle_file(self, path: Path, result: ContainerScan, expected: bool) -> None:
+        """A pickle, or an unrecognised file that may hide one behind junk (searched, not assumed)."""
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             result.bytes_read += len(mm)
-            self._analyze(mm, path.name, True, 0, result)
+            self._analyze(mm, path.name, expected, 0, result)
 
     # --- containers ---
 

@@ -11,7 +11,8 @@ import zipfile
 from pathlib import Path
 
 COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib", "lz4"})
-MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy"} | COMPRESSED_KINDS)
+# "unknown" stays scannable as a model: refusing it would let a disguised payload skip the content scan.
+MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz", "unknown"} | COMPRESSED_KINDS)
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 PICKLE_KINDS = frozenset({"pickle", "pytorch_zip"})
 ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}  # what each scan input may be

@@ -271,6 +271,8 @@ def _step(op, arg, pos: int, stack: list, memo: dict, result: PickleAnalysis):
         args = stack.pop()
         fn = stack.pop()
         _mark_called(fn)
+        if isinstance(fn, _Instance):  # calling what a call returned: remember where it came from
+            fn = fn.ref
         stack.append(_Instance(fn, args) if isinstance(fn, GlobalRef) else _UNKNOWN)
     elif name in ("NEWOBJ", "NEWOBJ_EX"):
         for _ in range(2 if name == "NEWOBJ_EX" else 1):
@@ -374,6 +376,10 @@ def _mark_called(obj) -> None:
 
 
 def _describe(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, _Instance):
+        return f"<result of {value.ref.qualified}>"
     if isinstance(value, GlobalRef):
         return f"<result of {value.qualified}>"
     return "<computed>"
