@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=hlp)
         s.add_argument("--model", type=Path)
         s.add_argument("--dataset", type=Path)
+        s.add_argument("--signature", type=Path, help="OpenSSF model-signing bundle over the model (e.g. model.sig)")
+        s.add_argument("--public-key", type=Path, help="PEM public key the signature must verify with")
+        s.add_argument("--certificate-chain", type=Path, help="PEM CA certificate(s) for a certificate-based signature")
         s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
         s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
         s.add_argument("--format", choices=("text", "json"), default="text")
@@ -205,8 +208,10 @@ def _options(args):
 
 
 def _inputs_given(args) -> dict[str, Path]:
-    files = {role: getattr(args, role) for role in ("model", "dataset") if getattr(args, role)}
-    if not files:
+    from worker.findings import ATTACHMENT_ROLES, SCANNED_ROLES
+
+    files = {role: getattr(args, role) for role in SCANNED_ROLES + ATTACHMENT_ROLES if getattr(args, role)}
+    if not (files.get("model") or files.get("dataset")):
         raise CliError("give --model, --dataset, or both")
     for role, path in files.items():
         if not path.is_file():

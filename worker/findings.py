@@ -51,14 +51,26 @@ class InputFile:
     expected_sha256: str | None = None  # what the caller says the bytes must hash to
 
 
+SCANNED_ROLES = ("model", "dataset")
+ATTACHMENT_ROLES = ("signature", "public_key", "certificate_chain")  # evidence about the model, not scanned themselves
+
+
 @dataclass(frozen=True)
 class ScanInputs:
     model: InputFile | None = None
     dataset: InputFile | None = None
+    signature: InputFile | None = None  # OpenSSF model-signing bundle over the model
+    public_key: InputFile | None = None  # PEM public key the signature must verify with
+    certificate_chain: InputFile | None = None  # PEM CA certificate(s) for certificate-based signatures
 
     @property
     def files(self) -> list[InputFile]:
+        """The artifacts being scanned (model, dataset)."""
         return [f for f in (self.model, self.dataset) if f is not None]
+
+    @property
+    def all_files(self) -> list[InputFile]:
+        return self.files + [f for f in (getattr(self, r) for r in ATTACHMENT_ROLES) if f is not None]
 
     @property
     def roles(self) -> set[str]:

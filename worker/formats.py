@@ -5,7 +5,6 @@ can label an upload as it arrives. Pure Python: no numpy, no TensorFlow.
 """
 
 import io
-import json
 import struct
 import zipfile
 from pathlib import Path
@@ -15,7 +14,10 @@ COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib"
 MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz", "unknown"} | COMPRESSED_KINDS)
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 PICKLE_KINDS = frozenset({"pickle", "pytorch_zip"})
-ROLE_KINDS = {"model": MODEL_KINDS, "dataset": DATASET_KINDS}  # what each scan input may be
+ROLE_KINDS = {  # what each scan input may be
+    "model": MODEL_KINDS, "dataset": DATASET_KINDS,
+    "signature": frozenset({"json"}), "public_key": frozenset({"text"}), "certificate_chain": frozenset({"text"}),
+}
 
 # Extensions people use for each kind; a name that promises another kind is a finding.
 EXTENSIONS = {
@@ -149,11 +151,7 @@ def _text_kind(head: bytes) -> str:
             return "unknown"
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
-        try:
-            json.loads(text)
-            return "json"
-        except ValueError:
-            pass
+        return "json"  # only the head was read: validity is for whoever parses it
     first_line = stripped.splitlines()[0] if stripped else ""
     if "," in first_line or "\t" in first_line:
         return "csv"

@@ -83,7 +83,7 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
         "generated_at": datetime.now(UTC).isoformat(),
         "inputs": [
             {"role": f.role, "filename": f.filename, "sha256": f.sha256, "expected_sha256": f.expected_sha256, "kind": f.kind, "size": f.path.stat().st_size}
-            for f in inputs.files
+            for f in inputs.all_files
         ],
         "policy": options.policy.model_dump(mode="json"),
         "verdict": verdict,

@@ -17,13 +17,13 @@ from app.auth import Tenant
 from app.deps import AppSettings, DbSession, Store
 from app.problems import Problem, problem_responses
 from app.scans import service
-from app.scans.schemas import ScanCreate, ScanOut, ScanPage
+from app.scans.schemas import ROLES, ScanCreate, ScanOut, ScanPage
 from worker.broker import enqueue_scan
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 log = logging.getLogger(__name__)
 MAX_JSON_BODY = 256 * 1024
-ROLES = ("model", "dataset")
+SHA_FIELDS = {f"{role}_sha256" for role in ROLES}
 
 
 @router.post(
@@ -32,14 +32,15 @@ ROLES = ("model", "dataset")
     response_model=ScanOut,
     summary="Start a scan",
     description="JSON: artifact ids and options (`ScanCreate`). Or multipart/form-data with file fields `model` and/or "
-    "`dataset`, optional `model_sha256` / `dataset_sha256` (expected hashes) and `options` (JSON). Answers at once with "
+    "`dataset` (and optionally `signature`, `public_key`, `certificate_chain`), optional `<field>_sha256` expected hashes "
+    "and `options` (JSON). Answers at once with "
     "202, the scan resource and a `Location` header; poll it for status and progress.",
     responses=problem_responses(400, 401, 413, 422),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/ScanCreate"}},
         "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "model": {"type": "string", "format": "binary"}, "dataset": {"type": "string", "format": "binary"},
-            "model_sha256": {"type": "string"}, "dataset_sha256": {"type": "string"},
+            **{role: {"type": "string", "format": "binary"} for role in ROLES},
+            **{f"{role}_sha256": {"type": "string", "description": f"expected SHA-256 of {role}"} for role in ROLES},
             "options": {"type": "string", "description": "ScanOptions as JSON"},
         }}},
     }}},
@@ -52,7 +53,7 @@ async def create_scan(request: Request, response: Response, tenant: Tenant, sess
         body = await _body_from_json(request)
     else:
         raise Problem(415, "Unsupported media type", f"Send application/json or multipart/form-data, not {content_type!r}.")
-    found = await run_in_threadpool(service.resolve_inputs, session, tenant, {"model": body.model, "dataset": body.dataset})
+    found = await run_in_threadpool(service.resolve_inputs, session, tenant, body.refs())
     scan = await run_in_threadpool(service.create_scan, session, tenant, found, body.options)
     try:
         enqueue_scan(request.app.state.celery, str(scan.id), scan.queue)
@@ -88,10 +89,10 @@ async def _body_from_multipart(request, content_type, tenant, session, store, se
         parts = await stream_multipart(request.stream(), content_type, store, settings.max_upload_bytes, set(ROLES))
     except UploadError as exc:
         raise as_problem(exc) from exc
-    unknown = set(parts.fields) - {"options", "model_sha256", "dataset_sha256"}
+    unknown = set(parts.fields) - SHA_FIELDS - {"options"}
     if unknown:
         parts.discard()
-        raise Problem(422, "Unknown form fields", f"Unexpected multipart fields {sorted(unknown)}; expected model, dataset, model_sha256, dataset_sha256, options.")
+        raise Problem(422, "Unknown form fields", f"Unexpected multipart fields {sorted(unknown)}; expected files {list(ROLES)}, their <name>_sha256 and options.")
     refs = {}
     try:
         for role in ROLES:

@@ -3,7 +3,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.findings import ATTACHMENT_ROLES, SCANNED_ROLES
 from worker.options import ScanOptions
+
+ROLES = SCANNED_ROLES + ATTACHMENT_ROLES
 
 SHA256 = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
@@ -13,6 +16,12 @@ class ScanCreate(BaseModel):
 
     model: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id (SHA-256) of the model.")
     dataset: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id (SHA-256) of the dataset.")
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of an OpenSSF model-signing bundle over the model.")
+    public_key: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of the PEM public key the signature must verify with.")
+    certificate_chain: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of the PEM CA certificate(s) for a certificate-based signature.")
+
+    def refs(self) -> dict[str, str | None]:
+        return {role: getattr(self, role) for role in ROLES}
     options: ScanOptions = Field(default_factory=ScanOptions)
 
 

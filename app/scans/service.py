@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -> dict[str, Artifact]:
     """Look up the referenced artifacts for this tenant and check each is the right kind for its role."""
-    if not any(refs.values()):
+    if not (refs.get("model") or refs.get("dataset")):
         raise Problem(422, "Nothing to scan", "Give a model, a dataset, or both (artifact ids from POST /v1/artifacts).")
     found = {}
     for role, sha in refs.items():
@@ -41,7 +41,7 @@ def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -
 
 def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions) -> Scan:
     inputs = {role: {"sha256": a.sha256, "filename": a.filename, "kind": a.kind, "size": a.size} for role, a in found.items()}
-    queue = default_registry().queue_for(set(found), options.detectors)
+    queue = default_registry().queue_for(set(found), options.detectors)  # roles present decide the detectors
     scan = Scan(
         tenant=tenant, status=ScanStatus.queued, queue=queue, stage="queued", percent=0.0, attempts=0,
         inputs=inputs, options=options.model_dump(mode="json"),

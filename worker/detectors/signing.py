@@ -12,6 +12,9 @@ one finding.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
+import tempfile
 import base64
 import binascii
 import hashlib
@@ -19,7 +22,8 @@ import json
 import re
 from pathlib import Path
 
-from worker.findings import Finding, Severity
+from worker.findings import Finding, InputFile, ScanInputs, Severity
+from worker.registry import registry
 
 TECHNIQUE = "AML.T0010"
 MAX_LISTED_FILES = 1000  # cap on the signed-file list kept in evidence
@@ -526,3 +530,39 @@ def _hashing_config(hashing, bundle: dict, model_path: Path, signature_path: Pat
         return config, ignored
     except Exception:
         return None, []
+
+
+@registry.register(name="signature_verification", layer="supply_chain", technique="AML.T0010", needs=("model",))
+def signature_verification(inputs: ScanInputs, config: dict) -> list[Finding]:
+    """Verifies an OpenSSF model-signing signature over the model, offline (key- or certificate-based).
+
+    config: ``require_signature`` (bool, default false): an unsigned model is high instead of low.
+    """
+    attach = {role: getattr(inputs, role) for role in ("signature", "public_key", "certificate_chain")}
+    with _as_named_file(inputs.model) as model_path:
+        findings = verify_model_signature(
+            model_path,
+            attach["signature"].path if attach["signature"] else None,
+            public_key_path=attach["public_key"].path if attach["public_key"] else None,
+            certificate_chain_paths=[attach["certificate_chain"].path] if attach["certificate_chain"] else None,
+        )
+    if attach["signature"] is None:  # most models are unsigned today: say so, and fail only where policy asks
+        for f in findings:
+            f.severity = Severity.high if config.get("require_signature") else Severity.low
+    return findings
+
+
+@contextlib.contextmanager
+def _as_named_file(model: InputFile):
+    """The signature covers the file under its published name; the store keeps it under its hash."""
+    name = Path(model.filename or model.path.name).name
+    if model.path.name == name:
+        yield model.path
+        return
+    with tempfile.TemporaryDirectory(prefix="poisonscan-sig-", dir=model.path.parent.parent) as tmp:
+        view = Path(tmp) / name
+        try:
+            os.link(model.path, view)
+        except OSError:  # another filesystem: a symlink still shows the published name
+            view.symlink_to(model.path)
+        yield view

@@ -417,7 +417,7 @@ def keras_config_findings(config: dict) -> list[Finding]:
                 lambdas.append({"layer": _short(name, 100), "path": where, "marshalled_code": _lambda_marshalled(cfg),
                                 "function_ref": _lambda_function_ref(cfg),
                                 "function_module": _short(cfg.get("module"), 100) if cfg.get("module") else None})
-            elif class_name == "__lambda__":
+            elif class_name == "__lambda__" and not in_code:  # in_code: the Lambda layer's own function
                 code_blobs.append({"path": where})
             elif class_name in OP_LAMBDA_CLASSES:
                 fn = inner.get("function") if isinstance(inner, dict) else None
