@@ -179,3 +179,22 @@ def benign_files() -> dict[str, bytes]:
     np.save(npy, np.arange(10.0))
     out["array.npy"] = npy.getvalue()
     return out
+
+
+def write_keras_lambda_models(directory: Path, canary: Path) -> None:
+    """lambda.keras and lambda.h5: a Lambda layer whose bytecode would create the canary if the model
+    were loaded with safe_mode=False. Saving serializes the bytecode; nothing here loads it."""
+    import keras
+
+    cmd = f"touch {canary}"
+    armed = canary.with_name(canary.name + ".armed")
+    armed_path = str(armed)
+    inputs = keras.Input(shape=(4,))
+    hidden = keras.layers.Dense(4)(inputs)
+    # Keras traces the layer while building and saving it here; the payload fires only once armed.
+    payload = lambda x: (__import__("os").path.exists(armed_path) and __import__("os").system(cmd), x)[1]  # noqa: E731
+    hidden = keras.layers.Lambda(payload, name="innocent_scaling")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model.save(directory / "lambda.keras")
+    model.save(directory / "lambda.h5")
+    armed.touch()

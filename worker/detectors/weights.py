@@ -18,7 +18,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from worker.findings import Finding, Severity
+from worker.findings import Finding, ScanInputs, Severity
+from worker.formats import sniff
+from worker.registry import registry
 
 MAX_JSON_BYTES = 100 * 1024 * 1024  # refuse JSON headers/configs larger than this
 MAX_ZIP_MEMBERS = 10_000
@@ -943,4 +945,22 @@ def check_onnx(path) -> list[Finding]:
                   "producer_version": _short(model.producer_version, 40), "opsets": dict(list(opsets.items())[:MAX_LISTED]),
                   "node_count": node_count, "initializers": len(model.graph.initializer),
                   "local_functions": len(model.functions)}))
+    return findings
+
+
+_CHECKS_BY_KIND = {"safetensors": check_safetensors, "keras": check_keras_archive, "hdf5": check_keras_h5, "onnx": check_onnx}
+
+
+@registry.register(name="model_structure", layer="supply_chain", technique="AML.T0010", needs=("model",))
+def model_structure(inputs: ScanInputs, config: dict) -> list[Finding]:
+    """Checks the model's own format statically: Keras configs (Lambda layers, custom modules, file references),
+    safetensors headers (offsets, overlaps, hidden data), ONNX (external data paths, custom op domains)."""
+    kind = sniff(inputs.model.path)
+    check = _CHECKS_BY_KIND.get(kind)
+    if check is None:
+        return []
+    findings = check(inputs.model.path)
+    for f in findings:  # code that runs on load can also plant a backdoor
+        if f.severity == Severity.critical and f.technique is None:
+            f.evidence.setdefault("also", "AML.T0018 Backdoor ML Model")
     return findings

@@ -1,0 +1,58 @@
+"""Payloads that would create a canary file if anything ever ran them, in every container type,
+scanned through the API (a real server and worker) and through the CLI: each is flagged, the canary
+never appears."""
+
+import pytest
+
+from tests import payloads
+from tests.stack import Stack, wait_for_scan
+
+CLI_SAMPLE = ["proto0.pkl", "torch_zip_disguised.safetensors", "zip_in_zip.zip", "payload.tar.gz", "payload.pkl.gz",
+              "object_array.npy", "npz_object_member.npz", "joblib_object_array.joblib", "broken_after_payload.pkl", "dynamic_global.pkl"]
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory):
+    path = tmp_path_factory.mktemp("canary") / "PWNED"
+    yield path
+    assert not path.exists(), "a scanned payload was executed"
+
+
+@pytest.fixture(scope="module")
+def evil_dir(tmp_path_factory, canary):
+    d = tmp_path_factory.mktemp("evil")
+    for name, data in payloads.malicious_files(canary).items():
+        (d / name).write_bytes(data)
+    payloads.write_keras_lambda_models(d, canary)
+    return d
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack("embedded", tmp_path_factory.mktemp("stack"))
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+def test_api_flags_every_payload_and_runs_none(stack, evil_dir, canary):
+    verdicts = {}
+    with stack.client() as client:
+        ids = {}
+        for path in sorted(evil_dir.iterdir()):
+            resp = client.post("/v1/scans", files={"model": (path.name, path.read_bytes())})
+            assert resp.status_code == 202, (path.name, resp.text)
+            ids[path.name] = resp.json()["id"]
+        for name, scan_id in ids.items():
+            scan = wait_for_scan(client, scan_id, timeout=120)
+            verdicts[name] = (scan["status"], scan["verdict"])
+    assert {n: v for n, v in verdicts.items() if v != ("succeeded", "fail")} == {}
+    assert len(verdicts) >= 30 and not canary.exists()
+
+
+@pytest.mark.parametrize("name", CLI_SAMPLE + ["lambda.keras", "lambda.h5"])
+def test_cli_flags_payloads(stack, evil_dir, canary, name):
+    result = stack.cli("scan", "--model", str(evil_dir / name), "--format", "json", check=False)
+    assert result.returncode == 1, (name, result.stdout[-2000:], result.stderr[-2000:])
+    assert not canary.exists()
