@@ -69,8 +69,8 @@ def test_integrity_detector_catches_altered_bytes(tmp_path):
     inputs.dataset.path.write_bytes(inputs.dataset.path.read_bytes() + b"tampered")
     tampered = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"]))
     assert tampered["verdict"] == "fail"
-    finding = tampered["detectors"][0]["findings"][0]
-    assert finding["severity"] == "critical" and finding["technique"] == "AML.T0010"
+    finding = next(f for f in tampered["detectors"][0]["findings"] if f["severity"] == "critical")
+    assert finding["title"] == "dataset bytes do not match their expected SHA-256" and finding["technique"] == "AML.T0010"
 
 
 def test_report_schema(tmp_path):
@@ -81,3 +81,26 @@ def test_report_schema(tmp_path):
     assert "signature_verification" not in {d["name"] for d in report["detectors"]}  # needs a model
     assert all(d["duration_s"] >= 0 for d in report["detectors"])
     assert report["policy"]["fail_at"] == "high"
+
+
+def test_archive_manifest_and_expected_manifest(tmp_path):
+    import hashlib
+    import zipfile
+
+    from worker.detectors.integrity import sha256_file
+
+    path = tmp_path / "model.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", b"{}")
+        zf.writestr("weights.bin", b"\x01" * 100)
+    inputs = ScanInputs(model=InputFile("model", path, sha256_file(path), "model.zip", "zip"))
+    expected = {"config.json": hashlib.sha256(b"{}").hexdigest(), "weights.bin": hashlib.sha256(b"\x01" * 100).hexdigest()}
+    only = ScanOptions(detectors=["artifact_integrity"])
+    plain = run_pipeline(inputs, only)["detectors"][0]["findings"]
+    assert plain[0]["title"] == "model archive manifest (2 members)" and plain[0]["evidence"]["manifest"] == expected
+    ok = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"], detector_config={"artifact_integrity": {"expected_manifest": {"model": expected}}}))
+    assert ok["verdict"] == "pass"
+    tampered = {"config.json": expected["config.json"], "weights.bin": "0" * 64, "tokenizer.json": "1" * 64}
+    bad = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"], detector_config={"artifact_integrity": {"expected_manifest": {"model": tampered}}}))
+    finding = bad["detectors"][0]["findings"][0]
+    assert bad["verdict"] == "fail" and finding["evidence"]["changed"] == ["weights.bin"] and finding["evidence"]["missing"] == ["tokenizer.json"]

@@ -88,7 +88,7 @@ def test_where_the_payload_was_found(corpus):
     critical = next(f for f in findings if f["severity"] == "critical")
     assert critical["evidence"]["occurrences"][0]["location"] == "zip_in_zip.zip!inner.zip!model.pkl"
     summary = next(f for f in findings if f["title"] == "model serialization scanned")
-    assert "zip_in_zip.zip!inner.zip" in summary["evidence"]["manifest"]  # per-member SHA-256 manifest
+    assert summary["evidence"]["containers"] == ["zip_in_zip.zip", "zip_in_zip.zip!inner.zip"]
 
 
 def test_allowlist_first_classification():
@@ -132,3 +132,34 @@ def test_zip_slip_member_names(tmp_path):
     path.write_bytes(payloads.zip_of({"../../etc/cron.d/evil": b"* * * * * root id", "ok.bin": b"x"}))
     problems = Walker().scan_file(path).problems
     assert [(p.title, p.severity) for p in problems] == [("archive member escapes its folder", "high")]
+
+
+def test_tensorflow_savedmodel_file_ops(tmp_path):
+    import os
+    import zipfile
+
+    import tensorflow as tf
+
+    class Reader(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def read(self, path):
+            return tf.io.read_file(path)
+
+    class Clean(tf.Module):
+        def __init__(self):
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return x * self.scale
+
+    titles = {}
+    for name, module in (("reader", Reader()), ("clean", Clean())):
+        tf.saved_model.save(module, str(tmp_path / name))
+        archive = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for root, _, files in os.walk(tmp_path / name):
+                for fn in files:
+                    zf.write(os.path.join(root, fn), os.path.relpath(os.path.join(root, fn), tmp_path))
+        titles[name] = [p.title for p in Walker().scan_file(archive).problems]
+    assert titles == {"reader": ["TensorFlow graph reads or writes files"], "clean": []}

@@ -1,9 +1,9 @@
 """Find every pickle stream in a file, recursively through containers, within resource limits.
 
 Zip members are looked at whatever their names (a PyTorch checkpoint, a .keras or .npz file, a
-zip in a zip), as are tar members, gzip/bz2/xz/joblib-zlib payloads, npy object arrays and
-bytes embedded inside pickles. Every member is hashed on the way (the archive's manifest).
-Nothing is extracted to disk and nothing is deserialized: bytes that look like a pickle go to
+zip in a zip), as are tar members, gzip/bz2/xz/zlib payloads, npy object arrays and bytes
+embedded inside pickles. Only a member's head is read unless it may hold a pickle or an archive,
+so tensor data costs almost nothing. Nothing is extracted to disk and nothing is deserialized: bytes that look like a pickle go to
 ``worker.pickles.analyze``. A limit that trips (zip bomb, deep nesting, too many members) ends
 in a recorded problem, not in a hang or a crash.
 """
@@ -11,7 +11,6 @@ in a recorded problem, not in a hang or a crash.
 import ast
 import bz2
 import gzip
-import hashlib
 import io
 import lzma
 import mmap
@@ -57,7 +56,6 @@ class ContainerScan:
     kind: str
     pickles: list[PickleHit] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    manifest: dict[str, str] = field(default_factory=dict)  # member location -> sha256
     containers: list[str] = field(default_factory=list)
     bytes_read: int = 0
 
@@ -75,7 +73,9 @@ class Walker:
         kind = sniff(path)
         result = ContainerScan(kind=kind)
         try:
-            if kind in ("pickle", "unknown"):
+            if kind == "unknown" and path.name.endswith(".pb"):
+                result.problems += tf_graph_problems(path.read_bytes()[: self.limits.max_member_bytes], path.name)
+            elif kind in ("pickle", "unknown"):
                 self._pickle_file(path, result, expected=kind == "pickle")
             elif kind == "npy":
                 with path.open("rb") as f:
@@ -172,7 +172,7 @@ class Walker:
     # --- members ---
 
     def _member(self, f, location: str, depth: int, result: ContainerScan, torch_storage: bool = False, budget: int | None = None) -> None:
-        """Hash a member while reading it; keep its bytes only when they need a closer look.
+        """Read a member's head; read the rest only when it may hold a pickle or an archive.
 
         ``budget`` caps the decompressed size of a compressed stream (ratio to its compressed size).
         """
@@ -180,28 +180,30 @@ class Walker:
         if self.members > self.limits.max_members:
             result.problems.append(Problem("high", "too many archive members", location, f"over {self.limits.max_members} members; the rest were not scanned."))
             raise _LimitReached
-        digest, kept, size, keep = hashlib.sha256(), bytearray(), 0, None
+        if location.endswith(".pb"):  # a TensorFlow graph (SavedModel): its ops, not pickles, are the risk
+            data = f.read(self.limits.max_member_bytes)
+            result.bytes_read += len(data)
+            result.problems += tf_graph_problems(data, location)
+            return
+        head = f.read(4096)
+        result.bytes_read += len(head)
+        if not head or not self._worth_a_look(head):
+            return  # tensor data, text: nothing that can run
+        cap = min(self.limits.max_member_bytes, budget if budget is not None else self.limits.max_member_bytes)
+        kept = bytearray(head)
         while chunk := f.read(CHUNK):
-            size += len(chunk)
+            kept += chunk
             result.bytes_read += len(chunk)
             if result.bytes_read > self.limits.max_total_bytes:
                 result.problems.append(Problem("high", "decompressed size limit reached", location, f"over {self.limits.max_total_bytes} bytes read; the rest was not scanned (possible decompression bomb)."))
                 raise _LimitReached
-            if budget is not None and size > budget:
-                result.problems.append(Problem("high", "compression bomb", location, f"decompresses to over {budget} bytes (more than {self.limits.max_ratio:.0f}x its compressed size); not scanned further."))
-                return
-            digest.update(chunk)
-            if keep is None:
-                keep = self._worth_a_look(chunk[:4096])
-            if keep:
-                if len(kept) + len(chunk) > self.limits.max_member_bytes:
-                    result.problems.append(Problem("high", "member too large to analyse", location, f"over {self.limits.max_member_bytes} bytes of possible pickle or archive data; not analysed."))
-                    keep, kept = False, bytearray()
+            if len(kept) > cap:
+                if budget is not None and cap == budget:
+                    result.problems.append(Problem("high", "compression bomb", location, f"decompresses to over {budget} bytes (more than {self.limits.max_ratio:.0f}x its compressed size); not scanned further."))
                 else:
-                    kept += chunk
-        result.manifest[location] = digest.hexdigest()
-        if keep and kept:
-            self._bytes(bytes(kept), location, depth + 1, result, opportunistic=torch_storage)
+                    result.problems.append(Problem("high", "member too large to analyse", location, f"over {cap} bytes of possible pickle or archive data; not analysed."))
+                return
+        self._bytes(bytes(kept), location, depth + 1, result, opportunistic=torch_storage)
 
     def _worth_a_look(self, head: bytes) -> bool:
         return looks_like_pickle(head) or sniff_bytes(head) in ("zip", "pytorch_zip", "keras", "npz", "tar", "npy", "pickle", "7z", *COMPRESSED_KINDS)
@@ -220,7 +222,6 @@ class Walker:
             result.pickles += scratch.pickles
             result.problems += scratch.problems
             result.containers += scratch.containers
-            result.manifest |= scratch.manifest
 
     def _dispatch(self, data: bytes, location: str, depth: int, result: ContainerScan, expected: bool) -> None:
         if depth > self.limits.max_depth:
@@ -287,6 +288,30 @@ class _ZlibReader:
             out += self.z.decompress(data, n - len(out))
             self.eof = self.z.eof
         return bytes(out)
+
+
+# TensorFlow ops that touch the file system or call back into Python when a graph runs.
+# SaveV2/RestoreV2 are left out: every SavedModel has them to load its own variables.
+TF_FILE_OPS = ("ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "WholeFileReader", "WholeFileReaderV2",
+               "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReaderV2", "TFRecordReaderV2", "LMDBReader",
+               "TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset", "PrintV2", "DebugIdentityV2")
+TF_PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
+
+
+def tf_graph_problems(data: bytes, location: str) -> list[Problem]:
+    """Find op names in a serialized GraphDef/SavedModel without TensorFlow: NodeDef.op is field 2, a
+    length-prefixed string (tag 0x12), in the main graph and in the function library alike."""
+    def used(ops):
+        return sorted(op for op in ops if b"\x12" + bytes([len(op)]) + op.encode() in data)
+
+    problems = []
+    if file_ops := used(TF_FILE_OPS):
+        problems.append(Problem("high", "TensorFlow graph reads or writes files", location,
+                                f"the graph uses {', '.join(file_ops)}: running the model can read or write files on the serving host."))
+    if py_ops := used(TF_PYTHON_OPS):
+        problems.append(Problem("high", "TensorFlow graph calls back into Python", location,
+                                f"the graph uses {', '.join(py_ops)}, which runs a Python function registered in the loading process."))
+    return problems
 
 
 def _npy_header(f) -> dict | None:

@@ -65,8 +65,8 @@ def findings_for(f: InputFile, scan: ContainerScan, allow_pickle: bool) -> list[
         Severity.info,
         0.0,
         f"Content kind {scan.kind}; {len(scan.pickles)} pickle stream location(s), {len(scan.containers)} container(s), "
-        f"{len(scan.manifest)} archive member(s) hashed, {scan.bytes_read} bytes read. Nothing was loaded or executed.",
-        evidence={"kind": scan.kind, "containers": scan.containers[:100], "manifest": dict(list(scan.manifest.items())[:1000])},
+        f"{scan.bytes_read} bytes read. Nothing was loaded or executed.",
+        evidence={"kind": scan.kind, "containers": scan.containers[:100], "pickle_locations": [h.location for h in scan.pickles][:100]},
     ))
     return out
 
