@@ -100,6 +100,19 @@ def zip_of(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def zip_with_hidden_entry(hidden_name: str, hidden: bytes) -> bytes:
+    """A zip whose first entry has a local header but no central-directory record."""
+    import struct
+
+    raw = zip_of({hidden_name: hidden, "config.json": b"{}"})
+    cd_start = raw.index(b"PK\x01\x02")
+    first_len = 46 + sum(struct.unpack("<HHH", raw[cd_start + 28:cd_start + 34]))
+    second = raw[cd_start + first_len:raw.index(b"PK\x05\x06")]
+    eocd = bytearray(raw[raw.index(b"PK\x05\x06"):])
+    struct.pack_into("<HHII", eocd, 8, 1, 1, len(second), cd_start)
+    return raw[:cd_start] + second + bytes(eocd)
+
+
 def tar_gz_of(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -142,6 +155,7 @@ def malicious_files(canary: Path) -> dict[str, bytes]:
         "torch_zip_disguised.safetensors": torch_zip(evil[2]),
         "zip_member_innocent_name.bin": zip_of({"weights/tensor_000.bin": evil[4], "config.json": b"{}"}),
         "zip_in_zip.zip": zip_of({"inner.zip": zip_of({"model.pkl": evil[2]})}),
+        "zip_hidden_local_entry.zip": zip_with_hidden_entry("model.pkl", evil[2]),
         "payload.tar.gz": tar_gz_of({"model/weights.pkl": evil[2]}),
         "payload.pkl.gz": gzip.compress(evil[2]),
         "object_array.npy": npy_object_array(Payload(canary)),

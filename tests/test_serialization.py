@@ -163,3 +163,11 @@ def test_tensorflow_savedmodel_file_ops(tmp_path):
                     zf.write(os.path.join(root, fn), os.path.relpath(os.path.join(root, fn), tmp_path))
         titles[name] = [p.title for p in Walker().scan_file(archive).problems]
     assert titles == {"reader": ["TensorFlow graph reads or writes files"], "clean": []}
+
+
+def test_zip_entry_hidden_from_the_central_directory(corpus):
+    path = corpus[("malicious", "zip_hidden_local_entry.zip")]
+    assert zipfile.ZipFile(path).namelist() == ["config.json"]  # what directory-based tools see
+    titles = {(f["severity"], f["title"]) for f in serialization_findings(scan_local_files({"model": path}, ScanOptions()))}
+    assert ("high", "model: zip entry hidden from the central directory") in titles
+    assert any(sev == "critical" and "system" in title for sev, title in titles)

@@ -9,7 +9,9 @@ in a recorded problem, not in a hang or a crash.
 """
 
 import ast
+import bisect
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -113,6 +115,7 @@ class Walker:
                                            f"{exc}. Loaders that repair or skip the damage may read members this scan could not."))
             return
         with zf:
+            self._hidden_local_entries(source, zf, location, depth, result)
             for info in zf.infolist():
                 if info.is_dir():
                     continue
@@ -127,6 +130,25 @@ class Walker:
                         self._member(f, member, depth, result, torch_storage="/data/" in info.filename and not info.filename.endswith(".pkl"))
                 except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, zlib.error) as exc:
                     result.problems.append(Problem("medium", "zip member could not be read", member, str(exc)))
+
+    def _hidden_local_entries(self, source, zf: zipfile.ZipFile, location: str, depth: int, result: ContainerScan) -> None:
+        """Entries with a local header but no central-directory record: zipfile never shows them, while
+        streaming unzippers (and some loaders) do. Read them from the raw bytes. A header signature that
+        falls inside a listed member's data is just data (tensor bytes can contain it by chance)."""
+        with _raw_view(source) as raw:
+            covered = sorted(_member_span(raw, info) for info in zf.infolist())
+            offset = raw.find(b"PK\x03\x04")
+            while offset != -1:
+                if not _inside(covered, offset):
+                    entry = _local_entry(raw, offset)
+                    if entry is not None:
+                        name, data = entry
+                        member = f"{location}!{name}"
+                        result.problems.append(Problem("high", "zip entry hidden from the central directory", member,
+                                                       f"a local file header at offset {offset} is not listed in the central directory; "
+                                                       "tools that read the directory skip it, streaming readers do not."))
+                        self._member(io.BytesIO(data), member, depth, result)
+                offset = raw.find(b"PK\x03\x04", offset + 4)
 
     def _tar(self, source, location: str, depth: int, result: ContainerScan) -> None:
         """``source``: a path or a file object."""
@@ -296,6 +318,48 @@ TF_FILE_OPS = ("ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "Whol
                "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReaderV2", "TFRecordReaderV2", "LMDBReader",
                "TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset", "PrintV2", "DebugIdentityV2")
 TF_PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
+
+
+@contextlib.contextmanager
+def _raw_view(source):
+    """The archive's raw bytes: a read-only map of a file, or the buffer of an in-memory member."""
+    if isinstance(source, Path):
+        with source.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
+    else:
+        yield source.getbuffer().tobytes() if isinstance(source, io.BytesIO) else source
+
+
+def _member_span(raw, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """[start, end) of a listed member: its local header (whose extra field may differ from the directory's) and data."""
+    header = raw[info.header_offset:info.header_offset + 30]
+    nlen, elen = struct.unpack("<HH", header[26:30]) if len(header) == 30 else (len(info.filename), 0)
+    return info.header_offset, info.header_offset + 30 + nlen + elen + info.compress_size
+
+
+def _inside(spans: list[tuple[int, int]], offset: int) -> bool:
+    i = bisect.bisect_right(spans, (offset, float("inf"))) - 1
+    return i >= 0 and spans[i][0] <= offset < spans[i][1]
+
+
+def _local_entry(raw, offset: int) -> tuple[str, bytes] | None:
+    """Parse one local file header and return (name, uncompressed data), or None if it is not one."""
+    header = raw[offset:offset + 30]
+    if len(header) < 30:
+        return None
+    _, _, flags, method, _, _, _, csize, _, nlen, elen = struct.unpack("<4sHHHHHIIIHH", header)
+    start = offset + 30 + nlen + elen
+    name = bytes(raw[offset + 30:offset + 30 + nlen]).decode("utf-8", "replace")
+    if method == 0 and csize:
+        return name, bytes(raw[start:start + csize])
+    if method == 8:  # deflate: the stream ends itself, sizes may be in a trailing data descriptor (flag bit 3)
+        z = zlib.decompressobj(-15)
+        try:
+            data = z.decompress(bytes(raw[start:start + (csize or 64 << 20)]), 256 << 20)
+        except zlib.error:
+            return None
+        return name, data
+    return None
 
 
 def tf_graph_problems(data: bytes, location: str) -> list[Problem]:
