@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.models import Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from app.settings import Settings
+from worker.detectors.integrity import forget_hashes
 from worker.findings import InputFile, ScanInputs
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, run_pipeline
@@ -65,6 +66,7 @@ def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: 
             log.info("scan %s not claimable; skipping", scan_id)
             return "skipped"
         scan = session.get(Scan, scan_id)
+    forget_hashes()
     try:
         inputs = load_inputs(scan.inputs, settings.artifacts_dir)
         options = ScanOptions.model_validate(scan.options)

@@ -2,7 +2,9 @@
 for an archive (a model folder packed as zip/tar, a PyTorch or Keras file), a manifest of its
 members' SHA-256, compared with an expected manifest when one is given."""
 
+import functools
 import hashlib
+import os
 import tarfile
 import zipfile
 
@@ -11,6 +13,19 @@ from worker.registry import registry
 
 
 def sha256_file(path) -> str:
+    """SHA-256 of a file; hashed once per process for the same (path, size, mtime) so a local scan,
+    which names its inputs by hash before the integrity detector runs, reads a big file only once."""
+    st = os.stat(path)
+    return _sha256_cached(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+def forget_hashes() -> None:
+    """A long-lived worker re-hashes every scan: the store must be re-verified each time."""
+    _sha256_cached.cache_clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
