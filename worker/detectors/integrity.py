@@ -4,6 +4,7 @@ members' SHA-256, compared with an expected manifest when one is given."""
 
 import functools
 import hashlib
+import mmap
 import os
 import tarfile
 import zipfile
@@ -27,7 +28,11 @@ def forget_hashes() -> None:
 @functools.lru_cache(maxsize=64)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        if size == 0:
+            return hashlib.sha256().hexdigest()
+        # One update over a read-only map: no copies through Python buffers (as fast as `openssl dgst` here).
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
 
 
 MANIFEST_MAX_BYTES = 256 * 1024**2  # larger archives get a manifest only when one is expected
