@@ -89,3 +89,11 @@ def tenant_key(sessions):
         return tenant, key
 
     return make
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory):
+    """A file that the test payloads create if anything ever runs them; it must never appear."""
+    path = tmp_path_factory.mktemp("canary") / "PWNED"
+    yield path
+    assert not path.exists(), "a scanned payload was executed"

@@ -12,13 +12,6 @@ CLI_SAMPLE = ["proto0.pkl", "torch_zip_disguised.safetensors", "zip_in_zip.zip",
 
 
 @pytest.fixture(scope="module")
-def canary(tmp_path_factory):
-    path = tmp_path_factory.mktemp("canary") / "PWNED"
-    yield path
-    assert not path.exists(), "a scanned payload was executed"
-
-
-@pytest.fixture(scope="module")
 def evil_dir(tmp_path_factory, canary):
     d = tmp_path_factory.mktemp("evil")
     for name, data in payloads.malicious_files(canary).items():

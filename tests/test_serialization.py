@@ -14,13 +14,6 @@ from worker.pickles import classify
 
 
 @pytest.fixture(scope="module")
-def canary(tmp_path_factory):
-    path = tmp_path_factory.mktemp("canary") / "PWNED"
-    yield path
-    assert not path.exists(), "a scanned payload was executed"
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory, canary):
     root = tmp_path_factory.mktemp("corpus")
     written = {}
