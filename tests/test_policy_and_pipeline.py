@@ -104,3 +104,30 @@ def test_archive_manifest_and_expected_manifest(tmp_path):
     bad = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"], detector_config={"artifact_integrity": {"expected_manifest": {"model": tampered}}}))
     finding = bad["detectors"][0]["findings"][0]
     assert bad["verdict"] == "fail" and finding["evidence"]["changed"] == ["weights.bin"] and finding["evidence"]["missing"] == ["tokenizer.json"]
+
+
+def test_detectors_report_sub_stages_and_cancellation_is_not_a_detector_error(tmp_path):
+    import pytest
+
+    from worker.pipeline import PipelineStopped
+
+    reg = Registry()
+
+    @reg.register(name="long", layer="data", technique="AML.T0020", needs=("dataset",))
+    def long_running(inputs, config, progress):
+        progress("folds", 0.5)
+        if config.get("stop"):
+            progress("cleanlab", 1.0)
+        return []
+
+    stages = []
+    run_pipeline(_dataset(tmp_path), ScanOptions(), registry=reg, progress=lambda s, p: stages.append((s, round(p, 1))))
+    assert stages == [("data:long", 0.0), ("data:long:folds", 50.0), ("verdict", 99.0)]
+
+    def cancel_at_cleanlab(stage, percent):
+        if stage.endswith("cleanlab"):
+            raise PipelineStopped("canceled")
+
+    with pytest.raises(PipelineStopped):
+        run_pipeline(_dataset(tmp_path), ScanOptions.model_construct(detectors=None, policy=ScanOptions().policy, detector_config={"long": {"stop": True}}),
+                     registry=reg, progress=cancel_at_cleanlab)

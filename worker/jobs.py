@@ -17,12 +17,12 @@ from app.settings import Settings
 from worker.detectors.integrity import forget_hashes
 from worker.findings import InputFile, ScanInputs
 from worker.options import ScanOptions
-from worker.pipeline import REPORT_SCHEMA_VERSION, run_pipeline
+from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 
 log = logging.getLogger(__name__)
 
 
-class ScanStopped(Exception):
+class ScanStopped(PipelineStopped):
     """The scan left ``running`` under us (canceled, or re-queued by the reaper): stop quietly."""
 
 

@@ -17,6 +17,11 @@ from worker.policy import decide
 from worker.registry import Registry, default_registry
 
 REPORT_SCHEMA_VERSION = "1.0"
+
+
+class PipelineStopped(Exception):
+    """Raised by a progress callback to stop the scan (canceled): never recorded as a detector failure."""
+
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 
@@ -37,21 +42,26 @@ def run_pipeline(
     registry = registry or default_registry()
     specs = registry.select(inputs.roles, options.detectors)
     results = []
+    share = 100.0 / max(len(specs), 1)
     for i, spec in enumerate(specs):
-        progress(f"{spec.layer}:{spec.name}", 100.0 * i / max(len(specs), 1))
-        results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {})))
+        stage = f"{spec.layer}:{spec.name}"
+        progress(stage, share * i)
+        sub = (lambda sub_stage, fraction, stage=stage, base=share * i: progress(f"{stage}:{sub_stage}", base + share * min(max(fraction, 0.0), 1.0)))
+        results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {}), sub))
         if stage_delay_s:
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)
     return build_report(scan_id, inputs, options, results)
 
 
-def _run_detector(spec, inputs: ScanInputs, config: dict) -> dict:
+def _run_detector(spec, inputs: ScanInputs, config: dict, progress: Callable[[str, float], None]) -> dict:
     started = time.perf_counter()
     entry = {"name": spec.name, "layer": spec.layer, "technique": spec.technique, "status": "ok", "error": None, "findings": []}
     try:
-        findings = spec.detect(inputs, config)
+        findings = spec.detect(inputs, config, progress=progress) if spec.reports_progress else spec.detect(inputs, config)
         entry["findings"] = [_finding_record(spec, f) for f in findings]
+    except PipelineStopped:
+        raise
     except Exception as exc:  # one broken detector must not sink the scan: record it, go on
         log.exception("detector %s failed", spec.name)
         entry["status"] = "error"

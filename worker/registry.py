@@ -1,5 +1,6 @@
 """The detector registry: each detector says its name, layer, ATLAS technique, inputs and queue."""
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ class DetectorSpec:
     queue: str  # "cpu" or "gpu" (runs the model)
     detect: DetectFn
     summary: str
+    reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
 
     def applies_to(self, roles: set[str]) -> bool:
         """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
@@ -36,7 +38,8 @@ class Registry:
             if name in self._specs:
                 raise ValueError(f"detector {name!r} registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary)
+            reports_progress = "progress" in inspect.signature(fn).parameters
+            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary, reports_progress)
             return fn
 
         return decorator
