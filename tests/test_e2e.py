@@ -9,6 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from tests.conftest import CONFIGS
+from tests.datasets_util import blobs
 from tests.stack import Stack, wait_for_scan
 
 
@@ -30,7 +31,8 @@ def stack(request, tmp_path):
 def files(tmp_path):
     d = tmp_path / "inputs"
     d.mkdir()
-    np.savez(d / "train.npz", x=np.random.default_rng(1).random((20, 4)).astype(np.float32), y=np.arange(20) % 3)
+    x, y = blobs()
+    np.savez(d / "train.npz", x=x, y=y)
     save_file({"dense/kernel": np.ones((4, 3), np.float32)}, str(d / "model.safetensors"))
     (d / "model.pkl").write_bytes(pickle.dumps({"w": [0.5, 0.25]}))
     (d / "disguised.safetensors").write_bytes(pickle.dumps({"w": [0.5]}))

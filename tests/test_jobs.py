@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.artifacts.store import ArtifactStore
+from tests.datasets_util import blobs
 from app.models import Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from worker.jobs import ProgressWriter, ScanStopped, execute_scan, store_result
@@ -17,7 +18,8 @@ from worker.reaper import reap_stuck_scans
 @pytest.fixture
 def dataset(settings, tmp_path):
     path = tmp_path / "d.npz"
-    np.savez(path, x=np.zeros((6, 2)), y=np.array([0, 1] * 3))
+    x, y = blobs()
+    np.savez(path, x=x, y=y)
     writer = ArtifactStore(settings.artifacts_dir).writer(10**6)
     writer.write(path.read_bytes())
     sha, size, _ = writer.commit()

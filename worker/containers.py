@@ -352,6 +352,9 @@ def _local_entry(raw, offset: int) -> tuple[str, bytes] | None:
     name = bytes(raw[offset + 30:offset + 30 + nlen]).decode("utf-8", "replace")
     if method == 0 and csize:
         return name, bytes(raw[start:start + csize])
+    if method == 0 and flags & 0x08:  # stored with a trailing data descriptor (as torch writes): ends at the next record
+        ends = [e for e in (raw.find(sig, start) for sig in (b"PK\x07\x08", b"PK\x03\x04", b"PK\x01\x02")) if e != -1]
+        return name, bytes(raw[start:min(ends) if ends else len(raw)])
     if method == 8:  # deflate: the stream ends itself, sizes may be in a trailing data descriptor (flag bit 3)
         z = zlib.decompressobj(-15)
         try:

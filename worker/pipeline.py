@@ -100,5 +100,16 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
         "verdict_reason": reason,
         "summary": {"findings_by_severity": by_severity, "detectors_run": len(results), "detectors_failed": errors},
         "atlas": {t: ATLAS_TECHNIQUES[t] for t in sorted({f["technique"] for f in findings}) if t in ATLAS_TECHNIQUES},
+        "quarantine": quarantine_list(findings),
         "detectors": results,
     }
+
+
+def quarantine_list(findings: list[dict]) -> list[dict]:
+    """Every flagged dataset sample, once, with each reason and method that flagged it (``evidence.flagged``)."""
+    by_index: dict[int, list[dict]] = {}
+    for f in findings:
+        for item in f["evidence"].get("flagged", []):
+            reason = {k: v for k, v in item.items() if k != "index"} | {"detector": f["detector"]}
+            by_index.setdefault(int(item["index"]), []).append(reason)
+    return [{"index": i, "reasons": by_index[i]} for i in sorted(by_index)]

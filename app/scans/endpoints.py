@@ -134,6 +134,15 @@ def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanO
 
 
 @router.get(
+    "/{scan_id}/quarantine",
+    summary="Flagged dataset samples to quarantine: index, and every reason and method that flagged it (409 until succeeded)",
+    responses={200: {"description": "Quarantine list", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+)
+def get_quarantine(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
+    return service.get_quarantine(session, tenant, scan_id)
+
+
+@router.get(
     "/{scan_id}/report",
     summary="The scan's JSON report (409 until the scan has succeeded)",
     responses={200: {"description": "Report (schema_version 1.0)", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),

@@ -106,6 +106,12 @@ def get_report(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
     return report.body
 
 
+def get_quarantine(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
+    report = get_report(session, tenant, scan_id)
+    items = report.get("quarantine", [])
+    return {"scan_id": str(scan_id), "count": len(items), "items": items}
+
+
 def to_out(scan: Scan) -> ScanOut:
     end = scan.finished_at or (utcnow() if scan.status == ScanStatus.running else None)
     timings = Timings(

@@ -1,0 +1,159 @@
+"""Data layer (ATLAS AML.T0020 Poison Training Data): label flips, targeted flips, outliers,
+near-duplicates and conflicting duplicates, found with Cleanlab on out-of-sample probabilities."""
+
+import hashlib
+from collections import defaultdict
+
+import numpy as np
+
+from worker.findings import Finding, ScanInputs, Severity
+from worker.registry import registry
+
+TARGETED_MIN_COUNT = 10
+TARGETED_DOMINANCE = 0.5  # share of a source class's flagged samples that point to one target
+SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a warning
+
+
+@registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",))
+def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
+    """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
+
+    config: ``label_column`` (CSV/Parquet, default "label"), ``folds`` (default 5), ``model`` ("auto", "logistic", "mlp"),
+    ``seed`` (default 0).
+    """
+    from worker.datasets import load_dataset
+    from worker.proxy import cross_val_probs, features_for
+
+    progress("load", 0.0)
+    ds = load_dataset(inputs.dataset.path, inputs.dataset.kind, label_column=config.get("label_column", "label"))
+    progress("features", 0.05)
+    features = features_for(ds.x, ds.kind, seed=config.get("seed", 0))
+    progress("folds", 0.15)
+    probs = cross_val_probs(features, ds.y, folds=config.get("folds", 5), model=config.get("model", "auto"), seed=config.get("seed", 0),
+                            progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
+    progress("cleanlab", 0.75)
+    findings = label_findings(ds, probs)
+    progress("datalab", 0.85)
+    findings += datalab_findings(ds, features, probs)
+    findings += conflicting_duplicates(ds)
+    return findings
+
+
+def label_findings(ds, probs: np.ndarray) -> list[Finding]:
+    from cleanlab.filter import find_label_issues
+
+    issues = find_label_issues(ds.y, probs, return_indices_ranked_by="self_confidence")
+    suggested = probs.argmax(axis=1)
+    n, k = len(ds.y), probs.shape[1]
+    pairs = noise_pairs(ds.y[issues], suggested[issues], k)
+    flagged = [{"index": int(i), "reason": "label issue", "method": "cleanlab.find_label_issues",
+                "given": _label(ds, ds.y[i]), "suggested": _label(ds, suggested[i]), "score": round(float(1 - probs[i, ds.y[i]]), 4)}
+               for i in issues]
+    share = len(issues) / n
+    per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
+    findings = [Finding(
+        title=f"{len(issues)} samples ({share:.1%}) look mislabeled",
+        severity=Severity.medium if share > SCATTERED_NOISE_WARN else Severity.low if len(issues) else Severity.info,
+        score=min(1.0, share * 10),
+        explanation="A model that never saw these samples confidently predicts another class than their label "
+        "(Cleanlab, out-of-sample probabilities from cross-validation). Scattered across classes, this looks like label noise "
+        "or random label-flip poisoning.",
+        remediation="Review the flagged samples (ranked, most suspicious first); quarantine or relabel them before training.",
+        evidence={"flagged": flagged, "per_class": per_class, "noise_pairs": pairs[:20]},
+    )]
+    findings += targeted_flips(ds, pairs)
+    return findings
+
+
+def noise_pairs(given: np.ndarray, suggested: np.ndarray, k: int) -> list[dict]:
+    """Flagged samples counted per (given label -> suggested label) pair, largest first."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (given, suggested), 1)
+    from_source = counts.sum(axis=1)
+    pairs = [{"source": int(s), "target": int(t), "count": int(counts[s, t]), "share_of_source_issues": float(counts[s, t] / from_source[s])}
+             for s, t in zip(*np.nonzero(counts), strict=True) if s != t]
+    return sorted(pairs, key=lambda p: -p["count"])
+
+
+def targeted_flips(ds, pairs: list[dict]) -> list[Finding]:
+    """A flip from one source class to one target class is a poisoning signal, stronger than scattered noise."""
+    out = []
+    for p in pairs:
+        if p["count"] < TARGETED_MIN_COUNT or p["share_of_source_issues"] < TARGETED_DOMINANCE:
+            continue
+        src, dst = _label(ds, p["source"]), _label(ds, p["target"])
+        n_src = int((ds.y == p["source"]).sum())
+        out.append(Finding(
+            title=f"targeted label flip: class {src} -> {dst} ({p['count']} samples)",
+            severity=Severity.high,
+            score=min(1.0, p["share_of_source_issues"]),
+            explanation=f"{p['count']} samples labelled {src} look like {dst} to a model that never saw them, "
+            f"{p['share_of_source_issues']:.0%} of all suspicious samples labelled {src}. Noise scatters over many classes; "
+            "one source flipped to one target is what a targeted poisoning attack (AML.T0020) leaves.",
+            remediation=f"Quarantine the flagged samples labelled {src}, find where they came from, and check the model's behaviour on class {src}.",
+            evidence={"source": src, "target": dst, "count": p["count"], "source_class_size": n_src,
+                      "share_of_source_issues": round(p["share_of_source_issues"], 3)},
+        ))
+    return out
+
+
+def datalab_findings(ds, features: np.ndarray, probs: np.ndarray) -> list[Finding]:
+    from cleanlab import Datalab
+
+    lab = Datalab(data={"label": ds.y}, label_name="label", verbosity=0)
+    lab.find_issues(features=features, pred_probs=probs, issue_types={"outlier": {}, "near_duplicate": {}})
+    table = lab.get_issues()
+    findings = []
+    outliers = np.flatnonzero(table["is_outlier_issue"].to_numpy())
+    if len(outliers):
+        scores = table["outlier_score"].to_numpy()
+        ranked = outliers[np.argsort(scores[outliers])]
+        findings.append(Finding(
+            title=f"{len(outliers)} outliers ({len(outliers) / len(ds.y):.1%})",
+            severity=Severity.low,
+            score=min(1.0, len(outliers) / len(ds.y) * 10),
+            explanation="Samples far from every other sample in feature space (Cleanlab Datalab, k-nearest neighbours). "
+            "Injected samples often sit apart from the data they were slipped into.",
+            remediation="Review the most outlying samples; drop those that do not belong to the task.",
+            evidence={"flagged": [{"index": int(i), "reason": "outlier", "method": "cleanlab.Datalab(outlier)", "score": round(float(1 - scores[i]), 4)} for i in ranked]},
+        ))
+    near = table["is_near_duplicate_issue"].to_numpy()
+    if near.any():
+        sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
+        conflicting = sorted({int(i) for i in np.flatnonzero(near) for j in sets[i] if ds.y[j] != ds.y[i]})
+        findings.append(Finding(
+            title=f"{int(near.sum())} near-duplicate samples, {len(conflicting)} with conflicting labels",
+            severity=Severity.medium if conflicting else Severity.low,
+            score=min(1.0, len(conflicting) / max(1, int(near.sum()))),
+            explanation="Near-identical samples (Cleanlab Datalab). Copies with different labels teach the model two answers for one "
+            "input, a cheap way to poison a decision boundary; many copies of one sample over-weight it.",
+            remediation="Deduplicate; for conflicting copies keep the verified label or drop both.",
+            evidence={"flagged": [{"index": i, "reason": "near-duplicate with a conflicting label", "method": "cleanlab.Datalab(near_duplicate)"} for i in conflicting],
+                      "near_duplicates": [int(i) for i in np.flatnonzero(near)][:1000]},
+        ))
+    return findings
+
+
+def conflicting_duplicates(ds) -> list[Finding]:
+    """Byte-identical samples with different labels."""
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    rows = ds.x.reshape(len(ds.x), -1)
+    for i in range(len(rows)):
+        groups[hashlib.blake2b(rows[i].tobytes(), digest_size=16).digest()].append(i)
+    conflicts = [idx for idx in groups.values() if len(idx) > 1 and len(set(ds.y[idx].tolist())) > 1]
+    if not conflicts:
+        return []
+    flagged = [{"index": i, "reason": "exact duplicate with a conflicting label", "method": "hash"} for idx in conflicts for i in idx]
+    return [Finding(
+        title=f"{len(conflicts)} groups of identical samples with conflicting labels ({len(flagged)} samples)",
+        severity=Severity.medium,
+        score=min(1.0, len(flagged) / len(ds.y) * 20),
+        explanation="The same input appears with different labels. At most one label can be right; the others are noise or a "
+        "deliberate flip of copied samples.",
+        remediation="Keep one copy with the verified label, drop the rest.",
+        evidence={"flagged": flagged, "groups": [[int(i) for i in g] for g in conflicts[:200]]},
+    )]
+
+
+def _label(ds, mapped: int):
+    return ds.classes[int(mapped)]

@@ -1,0 +1,61 @@
+"""Features and out-of-sample predicted probabilities for the data layer.
+
+Cleanlab finds mislabeled samples only from probabilities that a model produced for samples it
+did not train on. We get them by K-fold cross-validation of a fast model on good features:
+standardized raw features for tabular data, a PCA projection of the pixels for images (the
+model layer adds the uploaded model's own embeddings).
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
+
+Progress = Callable[[str, float], None]
+MAX_PCA_FIT_ROWS = 20_000  # the projection is fitted on a sample: enough for its components, bounded in time
+
+
+def features_for(x: np.ndarray, kind: str, *, components: int = 64, seed: int = 0) -> np.ndarray:
+    """float32 (n, d) features: images are scaled to [0, 1] and projected with PCA; tabular data is standardized."""
+    if kind == "images":
+        flat = x.reshape(len(x), -1)
+        scale = 255.0 if flat.dtype == np.uint8 else max(float(np.abs(flat).max()), 1.0)
+        rng = np.random.default_rng(seed)
+        sample = flat[rng.choice(len(flat), size=min(len(flat), MAX_PCA_FIT_ROWS), replace=False)].astype(np.float32) / scale
+        pca = PCA(n_components=min(components, sample.shape[1], len(sample)), random_state=seed).fit(sample)
+        out = np.empty((len(flat), pca.n_components_), dtype=np.float32)
+        for start in range(0, len(flat), 10_000):  # project in blocks: never a float copy of all pixels at once
+            out[start:start + 10_000] = pca.transform(flat[start:start + 10_000].astype(np.float32) / scale)
+        return StandardScaler().fit_transform(out).astype(np.float32)
+    return StandardScaler().fit_transform(x.reshape(len(x), -1).astype(np.float32, copy=False)).astype(np.float32, copy=False)
+
+
+def make_model(name: str, n_rows: int, seed: int):
+    if name == "logistic" or (name == "auto" and n_rows < 2_000):
+        return LogisticRegression(max_iter=500)
+    if name in ("mlp", "auto"):
+        return MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, batch_size=256, learning_rate_init=2e-3,
+                             max_iter=40, early_stopping=True, n_iter_no_change=4, random_state=seed)
+    raise ValueError(f"unknown proxy model {name!r}; use 'auto', 'logistic' or 'mlp'")
+
+
+def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto", seed: int = 0,
+                    progress: Progress | None = None) -> np.ndarray:
+    """(n, k) probabilities, each row predicted by a model that never saw that row."""
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k)
+    folds = max(2, min(folds, int(counts[counts > 0].min())))  # a class needs a member in every fold
+    probs = np.zeros((len(labels), k), dtype=np.float32)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for i, (train, test) in enumerate(splitter.split(features, labels)):
+        clf = make_model(model, len(train), seed).fit(features[train], labels[train])
+        probs[np.ix_(test, clf.classes_)] = clf.predict_proba(features[test])
+        if progress:
+            progress(f"fold {i + 1}/{folds}", (i + 1) / folds)
+    # a class absent from one fold's training part gets probability 0 there; keep rows summing to 1
+    probs = np.clip(probs, 1e-6, None)
+    return probs / probs.sum(axis=1, keepdims=True)
