@@ -42,7 +42,8 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
 def label_findings(ds, probs: np.ndarray) -> list[Finding]:
     from cleanlab.filter import find_label_issues
 
-    issues = find_label_issues(ds.y, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: Celery runs us in a daemonic process, which may not start a multiprocessing pool
+    issues = find_label_issues(ds.y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     suggested = probs.argmax(axis=1)
     n, k = len(ds.y), probs.shape[1]
     pairs = noise_pairs(ds.y[issues], suggested[issues], k)
