@@ -59,7 +59,9 @@ def test_upload_scan_poll_report(stack, files):
     assert {i["role"]: i["sha256"] for i in report["inputs"]} == {"model": model, "dataset": dataset}
     titles = [f["title"] for d in report["detectors"] for f in d["findings"]]
     assert "model uses pickle serialization" in titles and "dataset SHA-256 verified" in titles
-    assert report["verdict"] == "warn" and report["atlas"] == {"AML.T0010": "ML Supply Chain Compromise"}
+    assert report["verdict"] == "warn" and report["atlas"]["AML.T0010"] == "ML Supply Chain Compromise"
+    data = next(d for d in report["detectors"] if d["name"] == "data_poisoning")
+    assert data["status"] == "ok" and data["technique"] == "AML.T0020"  # the data layer ran in the worker
 
 
 def test_cli_submit_exit_codes(stack, files):
