@@ -97,3 +97,17 @@ def test_reaper(sessions, settings):
     assert load(sessions, alive).status == "running" and load(sessions, lost_message).status == "queued"
     with sessions() as session:  # a second pass right away finds nothing new
         assert reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), now=now) == {"requeued": 0, "failed": 0}
+
+
+def test_an_unusable_dataset_fails_the_scan_with_the_reason(sessions, settings, tmp_path):
+    path = tmp_path / "nan.npz"
+    x, y = blobs()
+    x[3, 1] = np.nan
+    np.savez(path, x=x, y=y)
+    writer = ArtifactStore(settings.artifacts_dir).writer(10**6)
+    writer.write(path.read_bytes())
+    sha, size, _ = writer.commit()
+    scan_id = new_scan(sessions, {"dataset": {"sha256": sha, "filename": "nan.npz", "kind": "npz", "size": size}})
+    assert execute_scan(scan_id, sessions, settings) == "failed"
+    scan = load(sessions, scan_id)
+    assert scan.status == "failed" and "NaN" in scan.error and "row 3" in scan.error

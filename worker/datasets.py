@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from worker.findings import InputRejected
 from worker.formats import sniff
 
 MAX_CLASSES = 100_000
@@ -44,7 +45,7 @@ class Dataset:
         return len(self.classes)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputRejected):
     """The dataset cannot be used; the message says what is wrong, where, and what to do."""
 
 

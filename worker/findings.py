@@ -4,6 +4,11 @@ import enum
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+class InputRejected(ValueError):
+    """An input cannot be scanned at all (e.g. a dataset with NaNs or one class): the scan fails with this
+    message instead of finishing with a detector error."""
+
+
 ATLAS_TECHNIQUES = {
     "AML.T0010": "ML Supply Chain Compromise",
     "AML.T0018": "Backdoor ML Model",

@@ -15,7 +15,7 @@ from app.models import Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from app.settings import Settings
 from worker.detectors.integrity import forget_hashes
-from worker.findings import InputFile, ScanInputs
+from worker.findings import InputFile, InputRejected, ScanInputs
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 
@@ -85,7 +85,7 @@ def reason_for(exc: BaseException) -> str:
 
     if isinstance(exc, SoftTimeLimitExceeded):
         return "The scan exceeded its time limit (POISONSCAN_TASK_SOFT_TIME_LIMIT_S); scan smaller inputs or raise the limit."
-    if isinstance(exc, InputMissing):
+    if isinstance(exc, InputMissing | InputRejected):
         return str(exc)
     return f"Internal error while scanning: {type(exc).__name__}: {exc}. The worker log has the traceback."
 

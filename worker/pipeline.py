@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from worker.findings import ATLAS_TECHNIQUES, ScanInputs, Severity
+from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity
 from worker.options import ScanOptions
 from worker.policy import decide
 from worker.registry import Registry, default_registry
@@ -60,7 +60,7 @@ def _run_detector(spec, inputs: ScanInputs, config: dict, progress: Callable[[st
     try:
         findings = spec.detect(inputs, config, progress=progress) if spec.reports_progress else spec.detect(inputs, config)
         entry["findings"] = [_finding_record(spec, f) for f in findings]
-    except PipelineStopped:
+    except (PipelineStopped, InputRejected):
         raise
     except Exception as exc:  # one broken detector must not sink the scan: record it, go on
         log.exception("detector %s failed", spec.name)

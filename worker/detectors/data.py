@@ -60,40 +60,50 @@ def label_findings(ds, probs: np.ndarray) -> list[Finding]:
         "(Cleanlab, out-of-sample probabilities from cross-validation). Scattered across classes, this looks like label noise "
         "or random label-flip poisoning.",
         remediation="Review the flagged samples (ranked, most suspicious first); quarantine or relabel them before training.",
-        evidence={"flagged": flagged, "per_class": per_class, "noise_pairs": pairs[:20]},
+        evidence={"flagged": flagged, "per_class": per_class, "noise_pairs": pairs[:20],
+                  # rows: given label, columns: label the model suggests, counted over the flagged samples
+                  "noise_matrix": {"classes": [_label(ds, c) for c in range(k)], "counts": noise_matrix(ds.y[issues], suggested[issues], k)} if k <= 100 else None},
     )]
     findings += targeted_flips(ds, pairs)
     return findings
 
 
-def noise_pairs(given: np.ndarray, suggested: np.ndarray, k: int) -> list[dict]:
-    """Flagged samples counted per (given label -> suggested label) pair, largest first."""
+def noise_matrix(given: np.ndarray, suggested: np.ndarray, k: int) -> list[list[int]]:
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (given, suggested), 1)
-    from_source = counts.sum(axis=1)
-    pairs = [{"source": int(s), "target": int(t), "count": int(counts[s, t]), "share_of_source_issues": float(counts[s, t] / from_source[s])}
-             for s, t in zip(*np.nonzero(counts), strict=True) if s != t]
+    return counts.tolist()
+
+
+def noise_pairs(given: np.ndarray, suggested: np.ndarray, k: int) -> list[dict]:
+    """Flagged samples counted per (given label, label the model suggests) pair, largest first."""
+    counts = np.array(noise_matrix(given, suggested, k), dtype=np.int64)
+    per_given = counts.sum(axis=1)
+    pairs = [{"given": int(g), "suggested": int(t), "count": int(counts[g, t]), "share_of_given_issues": float(counts[g, t] / per_given[g])}
+             for g, t in zip(*np.nonzero(counts), strict=True) if g != t]
     return sorted(pairs, key=lambda p: -p["count"])
 
 
 def targeted_flips(ds, pairs: list[dict]) -> list[Finding]:
-    """A flip from one source class to one target class is a poisoning signal, stronger than scattered noise."""
+    """A flip from one source class to one target class is a poisoning signal, stronger than scattered noise.
+
+    Flipped samples carry the target label and look like the source class: pair (given=target, suggested=source).
+    """
     out = []
     for p in pairs:
-        if p["count"] < TARGETED_MIN_COUNT or p["share_of_source_issues"] < TARGETED_DOMINANCE:
+        if p["count"] < TARGETED_MIN_COUNT or p["share_of_given_issues"] < TARGETED_DOMINANCE:
             continue
-        src, dst = _label(ds, p["source"]), _label(ds, p["target"])
-        n_src = int((ds.y == p["source"]).sum())
+        src, dst = _label(ds, p["suggested"]), _label(ds, p["given"])
         out.append(Finding(
             title=f"targeted label flip: class {src} -> {dst} ({p['count']} samples)",
             severity=Severity.high,
-            score=min(1.0, p["share_of_source_issues"]),
-            explanation=f"{p['count']} samples labelled {src} look like {dst} to a model that never saw them, "
-            f"{p['share_of_source_issues']:.0%} of all suspicious samples labelled {src}. Noise scatters over many classes; "
-            "one source flipped to one target is what a targeted poisoning attack (AML.T0020) leaves.",
-            remediation=f"Quarantine the flagged samples labelled {src}, find where they came from, and check the model's behaviour on class {src}.",
-            evidence={"source": src, "target": dst, "count": p["count"], "source_class_size": n_src,
-                      "share_of_source_issues": round(p["share_of_source_issues"], 3)},
+            score=min(1.0, p["share_of_given_issues"]),
+            explanation=f"{p['count']} samples labelled {dst} look like class {src} to a model that never saw them: "
+            f"{p['share_of_given_issues']:.0%} of all suspicious samples labelled {dst}. Noise scatters over many classes; "
+            f"samples of one source class relabelled as one target class is what a targeted poisoning attack (AML.T0020) leaves.",
+            remediation=f"Quarantine the flagged samples labelled {dst} that look like {src}, find where they came from, "
+            f"and test the trained model on class {src} inputs.",
+            evidence={"source": src, "target": dst, "count": p["count"], "target_class_size": int((ds.y == p["given"]).sum()),
+                      "share_of_target_label_issues": round(p["share_of_given_issues"], 3)},
         ))
     return out
 

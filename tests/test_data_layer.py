@@ -1,0 +1,71 @@
+"""The data layer on real data (scikit-learn's bundled digits and breast-cancer sets), real Cleanlab."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_digits
+
+from worker.local import scan_local_files
+from worker.options import ScanOptions
+
+ONLY = ScanOptions(detectors=["data_poisoning"])
+
+
+def scan(tmp_path, x, y, name="d.npz"):
+    path = tmp_path / name
+    np.savez(path, x=x.astype(np.float32), y=y)
+    report = scan_local_files({"dataset": path}, ONLY)
+    (detector,) = report["detectors"]
+    assert detector["status"] == "ok", detector
+    return report, detector["findings"]
+
+
+def label_issue_indices(report) -> set[int]:
+    return {q["index"] for q in report["quarantine"] if any(r["reason"] == "label issue" for r in q["reasons"])}
+
+
+@pytest.mark.parametrize("loader", [load_digits, load_breast_cancer])
+def test_clean_data_is_not_failed_and_little_is_flagged(tmp_path, loader):
+    x, y = loader(return_X_y=True)
+    report, findings = scan(tmp_path, x, y)
+    assert report["verdict"] != "fail"
+    assert len(label_issue_indices(report)) <= 0.02 * len(y)  # the benchmark measures the exact share
+    assert not [f for f in findings if f["title"].startswith("targeted")]
+
+
+def test_random_flips_are_found(tmp_path):
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(y), size=len(y) // 10, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (noisy[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    report, findings = scan(tmp_path, x, noisy)
+    found = label_issue_indices(report)
+    precision, recall = len(found & set(flipped.tolist())) / len(found), len(found & set(flipped.tolist())) / len(flipped)
+    assert precision > 0.6 and recall > 0.7, (precision, recall)
+    assert report["verdict"] == "warn" and not [f for f in findings if f["title"].startswith("targeted")]  # scattered, not targeted
+    main = findings[0]
+    assert main["evidence"]["noise_matrix"]["counts"][noisy[flipped[0]]][y[flipped[0]]] >= 0
+    assert report["quarantine"][0]["reasons"][0]["method"].startswith("cleanlab")
+
+
+def test_targeted_flip_names_source_and_target(tmp_path):
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(1)
+    ones = np.flatnonzero(y == 1)
+    flipped = rng.choice(ones, size=int(0.2 * len(ones)), replace=False)
+    poisoned = y.copy()
+    poisoned[flipped] = 7
+    report, findings = scan(tmp_path, x, poisoned)
+    targeted = [f for f in findings if f["title"].startswith("targeted label flip")]
+    assert len(targeted) == 1 and targeted[0]["severity"] == "high", [f["title"] for f in findings]
+    assert (targeted[0]["evidence"]["source"], targeted[0]["evidence"]["target"]) == (1, 7)
+    assert targeted[0]["title"].startswith("targeted label flip: class 1 -> 7")
+    assert report["verdict"] == "fail"
+
+
+def test_conflicting_exact_duplicates(tmp_path):
+    x, y = load_digits(return_X_y=True)
+    x2, y2 = np.concatenate([x, x[:5]]), np.concatenate([y, (y[:5] + 1) % 10])
+    report, findings = scan(tmp_path, x2, y2)
+    dup = next(f for f in findings if "identical samples with conflicting labels" in f["title"])
+    assert dup["evidence"]["groups"][0] == [0, len(y)] and dup["severity"] == "medium"
