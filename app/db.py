@@ -1,6 +1,5 @@
 """Engine and session factory. The schema comes only from Alembic migrations."""
 
-from collections.abc import Iterator
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
@@ -37,8 +36,3 @@ def get_engine() -> Engine:
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
-
-
-def session_scope() -> Iterator[Session]:
-    with get_sessionmaker()() as session:
-        yield session

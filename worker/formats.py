@@ -13,7 +13,6 @@ COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib"
 # "unknown" stays scannable as a model: refusing it would let a disguised payload skip the content scan.
 MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz", "unknown"} | COMPRESSED_KINDS)
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
-PICKLE_KINDS = frozenset({"pickle", "pytorch_zip"})
 ROLE_KINDS = {  # what each scan input may be
     "model": MODEL_KINDS, "dataset": DATASET_KINDS,
     "signature": frozenset({"json"}), "public_key": frozenset({"text"}), "certificate_chain": frozenset({"text"}),
