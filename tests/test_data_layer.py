@@ -69,3 +69,14 @@ def test_conflicting_exact_duplicates(tmp_path):
     report, findings = scan(tmp_path, x2, y2)
     dup = next(f for f in findings if "identical samples with conflicting labels" in f["title"])
     assert dup["evidence"]["groups"][0] == [0, len(y)] and dup["severity"] == "medium"
+
+
+def test_random_flips_in_a_binary_task_are_not_called_targeted(tmp_path):
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(2)
+    flipped = rng.choice(len(y), size=len(y) // 10, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = 1 - noisy[flipped]
+    report, findings = scan(tmp_path, x, noisy)
+    assert not [f for f in findings if f["title"].startswith("targeted")]
+    assert report["verdict"] == "warn"

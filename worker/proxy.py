@@ -30,7 +30,7 @@ def features_for(x: np.ndarray, kind: str, *, components: int = 64, seed: int = 
         out = np.empty((len(flat), pca.n_components_), dtype=np.float32)
         for start in range(0, len(flat), 10_000):  # project in blocks: never a float copy of all pixels at once
             out[start:start + 10_000] = pca.transform(flat[start:start + 10_000].astype(np.float32) / scale)
-        return StandardScaler().fit_transform(out).astype(np.float32)
+        return out  # not standardized: that would inflate the low-variance (noise) components
     return StandardScaler().fit_transform(x.reshape(len(x), -1).astype(np.float32, copy=False)).astype(np.float32, copy=False)
 
 

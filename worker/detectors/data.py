@@ -9,8 +9,8 @@ import numpy as np
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
-TARGETED_MIN_COUNT = 10
-TARGETED_DOMINANCE = 0.5  # share of a source class's flagged samples that point to one target
+TARGETED_MIN_COUNT = 5
+TARGETED_DOMINANCE = 0.5  # share of a label's flagged samples that point to one other class
 SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a warning
 
 
@@ -43,7 +43,8 @@ def label_findings(ds, probs: np.ndarray) -> list[Finding]:
     from cleanlab.filter import find_label_issues
 
     # n_jobs=1: Celery runs us in a daemonic process, which may not start a multiprocessing pool
-    issues = find_label_issues(ds.y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    # filter_by="both": a sample must be off-diagonal in the confident joint and below its class threshold (precision)
+    issues = find_label_issues(ds.y, probs, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1)
     suggested = probs.argmax(axis=1)
     n, k = len(ds.y), probs.shape[1]
     pairs = noise_pairs(ds.y[issues], suggested[issues], k)
@@ -88,9 +89,14 @@ def targeted_flips(ds, pairs: list[dict]) -> list[Finding]:
 
     Flipped samples carry the target label and look like the source class: pair (given=target, suggested=source).
     """
+    k = len(ds.classes)
+    if k < 3:
+        return []  # with two classes every flip points to the other one: direction says nothing
+    # scattered noise spreads a label's issues over k-1 classes; a target must stand far above that
+    dominance = max(TARGETED_DOMINANCE, 1.5 / (k - 1))
     out = []
     for p in pairs:
-        if p["count"] < TARGETED_MIN_COUNT or p["share_of_given_issues"] < TARGETED_DOMINANCE:
+        if p["count"] < TARGETED_MIN_COUNT or p["share_of_given_issues"] < dominance:
             continue
         src, dst = _label(ds, p["suggested"]), _label(ds, p["given"])
         out.append(Finding(
