@@ -12,14 +12,14 @@ one finding.
 from __future__ import annotations
 
 import ast
-import contextlib
-import os
-import tempfile
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from worker.findings import Finding, InputFile, ScanInputs, Severity
