@@ -80,3 +80,46 @@ def test_random_flips_in_a_binary_task_are_not_called_targeted(tmp_path):
     report, findings = scan(tmp_path, x, noisy)
     assert not [f for f in findings if f["title"].startswith("targeted")]
     assert report["verdict"] == "warn"
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A small Keras classifier trained on the clean digits: its 'embedding' layer becomes the features."""
+    import keras
+
+    x, y = load_digits(return_X_y=True)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu", name="embedding"), keras.layers.Dense(10)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x / 16.0, y, epochs=15, batch_size=64, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "digits.keras"
+    model.save(path)
+    return path
+
+
+def test_the_uploaded_models_embeddings_are_the_features(tmp_path, digits_model):
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(3)
+    flipped = rng.choice(len(y), size=len(y) // 10, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (noisy[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    path = tmp_path / "d.npz"
+    np.savez(path, x=(x / 16.0).astype(np.float32), y=noisy)
+    report = scan_local_files({"dataset": path, "model": digits_model}, ONLY)
+    findings = report["detectors"][0]["findings"]
+    assert findings[0]["title"] == "features: the model's 'embedding' layer" and findings[0]["evidence"]["dims"] == 32
+    found = label_issue_indices(report)
+    assert len(found & set(flipped.tolist())) / len(flipped) > 0.7
+
+
+def test_a_model_that_fails_the_static_scan_is_never_loaded(tmp_path, canary):
+    from tests.payloads import write_keras_lambda_models
+
+    write_keras_lambda_models(tmp_path, canary)
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x[:, :4].astype(np.float32), y=y)
+    report = scan_local_files({"dataset": path, "model": tmp_path / "lambda.keras"}, ONLY)
+    note = report["detectors"][0]["findings"][0]
+    assert note["title"] == "model not used for features" and "Lambda" in note["explanation"]
+    assert not canary.exists()

@@ -19,7 +19,8 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
     config: ``label_column`` (CSV/Parquet, default "label"), ``folds`` (default 5), ``model`` ("auto", "logistic", "mlp"),
-    ``seed`` (default 0).
+    ``seed`` (default 0), ``features`` ("auto": the uploaded Keras model's embeddings when there is one, else "proxy"),
+    ``layer`` (representation layer name; default the penultimate).
     """
     from worker.datasets import load_dataset
     from worker.proxy import cross_val_probs, features_for
@@ -27,16 +28,38 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
     progress("load", 0.0)
     ds = load_dataset(inputs.dataset.path, inputs.dataset.kind, label_column=config.get("label_column", "label"))
     progress("features", 0.05)
-    features = features_for(ds.x, ds.kind, seed=config.get("seed", 0))
+    features, notes = model_features(inputs, ds, config, progress)
+    if features is None:
+        features = features_for(ds.x, ds.kind, seed=config.get("seed", 0))
     progress("folds", 0.15)
     probs = cross_val_probs(features, ds.y, folds=config.get("folds", 5), model=config.get("model", "auto"), seed=config.get("seed", 0),
                             progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
     progress("cleanlab", 0.75)
-    findings = label_findings(ds, probs)
+    findings = notes + label_findings(ds, probs)
     progress("datalab", 0.85)
     findings += datalab_findings(ds, features, probs)
     findings += conflicting_duplicates(ds)
     return findings
+
+
+def model_features(inputs: ScanInputs, ds, config: dict, progress) -> tuple[np.ndarray | None, list[Finding]]:
+    """The uploaded model's own representation of each sample, when it can be loaded safely."""
+    if inputs.model is None or config.get("features", "auto") == "proxy":
+        return None, []
+    from worker.keras_model import embed, load_keras_safely, representation_layer
+
+    try:
+        model = load_keras_safely(inputs.model.path)
+        layer = representation_layer(model, config.get("layer")).name
+        features = embed(model, ds.x, layer=layer, progress=lambda f: progress("embeddings", 0.05 + 0.1 * f))
+    except Exception as exc:  # a model we cannot or will not use still leaves the proxy features
+        return None, [Finding("model not used for features", Severity.info, 0.0,
+                              f"Features come from a proxy instead of the uploaded model: {type(exc).__name__}: {exc}",
+                              evidence={"features": "proxy"})]
+    return features, [Finding(f"features: the model's '{layer}' layer", Severity.info, 0.0,
+                              f"Out-of-sample probabilities were computed on the uploaded model's {features.shape[1]}-dimensional "
+                              f"'{layer}' activations (loaded in safe mode after the static checks).",
+                              evidence={"features": "model", "layer": layer, "dims": int(features.shape[1])})]
 
 
 def label_findings(ds, probs: np.ndarray) -> list[Finding]:

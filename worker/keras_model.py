@@ -1,0 +1,76 @@
+"""Load an uploaded Keras model for analysis: only after the static checks pass, only in safe mode.
+
+Used by the data layer (embeddings as features) and the model layer. TensorFlow is imported here,
+on first use, never by the API.
+"""
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from worker.findings import InputRejected, Severity
+from worker.formats import sniff
+
+BLOCKING = (Severity.critical, Severity.high)
+
+
+class ModelRejected(InputRejected):
+    """The model will not be loaded; the message says which check stopped it."""
+
+
+def load_keras_safely(path: Path):
+    """Static checks first (config, archive members, pickles inside); then ``load_model(safe_mode=True)``."""
+    from worker.containers import Walker
+    from worker.detectors.weights import check_keras_archive, check_keras_h5
+
+    kind = sniff(path)
+    if kind not in ("keras", "hdf5"):
+        raise ModelRejected(f"the model is {kind}, not a Keras .keras or .h5 file; only Keras models are loaded for analysis")
+    findings = check_keras_archive(path) if kind == "keras" else check_keras_h5(path)
+    blocking = [f.title for f in findings if f.severity in BLOCKING]
+    blocking += [f"pickle inside the model at {h.location}" for h in Walker().scan_file(path).pickles]
+    if blocking:
+        raise ModelRejected(f"the model was not loaded because the static scan found: {'; '.join(blocking[:3])}")
+    import keras
+
+    # Keras picks its loader by extension, and the store names files by hash: load through a named link.
+    with tempfile.TemporaryDirectory(prefix="poisonscan-model-") as tmp:
+        link = Path(tmp) / ("model.keras" if kind == "keras" else "model.h5")
+        link.symlink_to(path.resolve())
+        return keras.saving.load_model(link, compile=False, safe_mode=True)
+
+
+def representation_layer(model, name: str | None = None):
+    """The layer whose output represents a sample: by name, or the penultimate layer (the last layer's input)."""
+    if name:
+        return model.get_layer(name)
+    return model.layers[-2] if len(model.layers) >= 2 else model.layers[-1]
+
+
+def embed(model, x: np.ndarray, *, layer: str | None = None, batch: int = 1024, progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """Activations of ``layer`` for every sample, computed in batches (memory stays bounded)."""
+    import keras
+
+    target = representation_layer(model, layer)
+    extractor = keras.Model(model.inputs, target.output)
+    shape = tuple(model.inputs[0].shape[1:])
+    out = None
+    for start in range(0, len(x), batch):
+        chunk = as_model_input(x[start:start + batch], shape)
+        acts = np.asarray(extractor(chunk, training=False)).reshape(len(chunk), -1).astype(np.float32)
+        if out is None:
+            out = np.empty((len(x), acts.shape[1]), dtype=np.float32)
+        out[start:start + len(chunk)] = acts
+        if progress:
+            progress(min(1.0, (start + len(chunk)) / len(x)))
+    return out
+
+
+def as_model_input(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """uint8 images become floats in [0, 1]; a missing channel axis is added when the model expects one."""
+    data = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+    if None not in shape and data.shape[1:] != shape and int(np.prod(data.shape[1:])) == int(np.prod(shape)):
+        data = data.reshape((len(data), *shape))
+    return data
