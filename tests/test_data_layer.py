@@ -123,3 +123,16 @@ def test_a_model_that_fails_the_static_scan_is_never_loaded(tmp_path, canary):
     note = report["detectors"][0]["findings"][0]
     assert note["title"] == "model not used for features" and "Lambda" in note["explanation"]
     assert not canary.exists()
+
+
+def test_datalab_on_a_sample_reports_dataset_indices(tmp_path):
+    """Above datalab_max_rows, outliers and near-duplicates are searched in a sample; indices still point into the dataset."""
+    x, y = load_digits(return_X_y=True)
+    x2, y2 = np.concatenate([x, x[:3]]), np.concatenate([y, (y[:3] + 1) % 10])  # planted conflicting copies
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x2.astype(np.float32), y=y2)
+    options = ScanOptions(detectors=["data_poisoning"], detector_config={"data_poisoning": {"datalab_max_rows": 1000}})
+    findings = scan_local_files({"dataset": path}, options)["detectors"][0]["findings"]
+    sampled = [f for f in findings if "searched_rows" in f["evidence"]]
+    assert sampled and all(f["evidence"]["searched_rows"] == 1000 for f in sampled)
+    assert all(0 <= item["index"] < len(y2) for f in sampled for item in f["evidence"]["flagged"])

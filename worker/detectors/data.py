@@ -12,6 +12,7 @@ from worker.registry import registry
 TARGETED_MIN_COUNT = 5
 TARGETED_DOMINANCE = 0.5  # share of a label's flagged samples that point to one other class
 SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a warning
+DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: above this, search a random sample
 
 
 @registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",))
@@ -37,7 +38,7 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
     progress("cleanlab", 0.75)
     findings = notes + label_findings(ds, probs)
     progress("datalab", 0.85)
-    findings += datalab_findings(ds, features, probs)
+    findings += datalab_findings(ds, features, probs, max_rows=config.get("datalab_max_rows", DATALAB_MAX_ROWS), seed=config.get("seed", 0))
     findings += conflicting_duplicates(ds)
     return findings
 
@@ -137,30 +138,36 @@ def targeted_flips(ds, pairs: list[dict]) -> list[Finding]:
     return out
 
 
-def datalab_findings(ds, features: np.ndarray, probs: np.ndarray) -> list[Finding]:
+def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int = DATALAB_MAX_ROWS, seed: int = 0) -> list[Finding]:
     from cleanlab import Datalab
 
-    lab = Datalab(data={"label": ds.y}, label_name="label", verbosity=0)
-    lab.find_issues(features=features, pred_probs=probs, issue_types={"outlier": {}, "near_duplicate": {}})
+    rows = np.arange(len(ds.y))
+    if len(rows) > max_rows:  # indices below are positions in the sample; map them back through `rows`
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
+    lab = Datalab(data={"label": ds.y[rows]}, label_name="label", verbosity=0)
+    lab.find_issues(features=features[rows], pred_probs=probs[rows], issue_types={"outlier": {}, "near_duplicate": {}})
     table = lab.get_issues()
+    sampled = {"searched_rows": int(len(rows)), "of_rows": int(len(ds.y))} if len(rows) < len(ds.y) else {}
+    labels = ds.y[rows]
     findings = []
     outliers = np.flatnonzero(table["is_outlier_issue"].to_numpy())
     if len(outliers):
         scores = table["outlier_score"].to_numpy()
         ranked = outliers[np.argsort(scores[outliers])]
         findings.append(Finding(
-            title=f"{len(outliers)} outliers ({len(outliers) / len(ds.y):.1%})",
+            title=f"{len(outliers)} outliers ({len(outliers) / len(rows):.1%})",
             severity=Severity.low,
-            score=min(1.0, len(outliers) / len(ds.y) * 10),
+            score=min(1.0, len(outliers) / len(rows) * 10),
             explanation="Samples far from every other sample in feature space (Cleanlab Datalab, k-nearest neighbours). "
             "Injected samples often sit apart from the data they were slipped into.",
             remediation="Review the most outlying samples; drop those that do not belong to the task.",
-            evidence={"flagged": [{"index": int(i), "reason": "outlier", "method": "cleanlab.Datalab(outlier)", "score": round(float(1 - scores[i]), 4)} for i in ranked]},
+            evidence={"flagged": [{"index": int(rows[i]), "reason": "outlier", "method": "cleanlab.Datalab(outlier)", "score": round(float(1 - scores[i]), 4)}
+                                  for i in ranked]} | sampled,
         ))
     near = table["is_near_duplicate_issue"].to_numpy()
     if near.any():
         sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
-        conflicting = sorted({int(i) for i in np.flatnonzero(near) for j in sets[i] if ds.y[j] != ds.y[i]})
+        conflicting = sorted({int(i) for i in np.flatnonzero(near) for j in sets[i] if labels[j] != labels[i]})
         findings.append(Finding(
             title=f"{int(near.sum())} near-duplicate samples, {len(conflicting)} with conflicting labels",
             severity=Severity.medium if conflicting else Severity.low,
@@ -168,8 +175,9 @@ def datalab_findings(ds, features: np.ndarray, probs: np.ndarray) -> list[Findin
             explanation="Near-identical samples (Cleanlab Datalab). Copies with different labels teach the model two answers for one "
             "input, a cheap way to poison a decision boundary; many copies of one sample over-weight it.",
             remediation="Deduplicate; for conflicting copies keep the verified label or drop both.",
-            evidence={"flagged": [{"index": i, "reason": "near-duplicate with a conflicting label", "method": "cleanlab.Datalab(near_duplicate)"} for i in conflicting],
-                      "near_duplicates": [int(i) for i in np.flatnonzero(near)][:1000]},
+            evidence={"flagged": [{"index": int(rows[i]), "reason": "near-duplicate with a conflicting label", "method": "cleanlab.Datalab(near_duplicate)"}
+                                  for i in conflicting],
+                      "near_duplicates": [int(rows[i]) for i in np.flatnonzero(near)][:1000]} | sampled,
         ))
     return findings
 
