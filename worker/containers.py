@@ -284,8 +284,7 @@ class Walker:
                 self._bytes(blob, f"{location}@{offset}", depth + 1, result, opportunistic=True)
 
     def _check_member_name(self, name: str, location: str, result: ContainerScan) -> None:
-        parts = name.replace("\\", "/").split("/")
-        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        if member_escapes(name):
             result.problems.append(Problem("high", "archive member escapes its folder", location,
                                            f"member name {name!r} is absolute or climbs with '..' (zip-slip): extracting it writes outside the target folder."))
 
@@ -318,6 +317,12 @@ TF_FILE_OPS = ("ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "Whol
                "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReaderV2", "TFRecordReaderV2", "LMDBReader",
                "TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset", "PrintV2", "DebugIdentityV2")
 TF_PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
+
+
+def member_escapes(name: str) -> bool:
+    """An archive member name that extracts outside its folder (zip-slip): absolute, a drive, '..', or a NUL byte."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":") or "\x00" in name
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from worker.containers import member_escapes
 from worker.findings import Finding, ScanInputs, Severity
 from worker.formats import sniff
 from worker.registry import registry
@@ -564,11 +565,6 @@ _EXECUTABLE_EXTS = (".pkl", ".pickle", ".pck", ".py", ".pyc", ".pyo", ".pyd", ".
                     ".bat", ".cmd", ".ps1", ".pt", ".pth", ".joblib", ".dill", ".ckpt", ".bin", ".jar", ".js")
 
 
-def _unsafe_member_name(name: str) -> bool:
-    n = name.replace("\\", "/")
-    return n.startswith("/") or bool(_WIN_ABS.match(name)) or ".." in PurePosixPath(n).parts or "\x00" in n
-
-
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes | None:
     """Read at most ``limit`` bytes of a member (None when it is larger; the declared size can lie)."""
     if info.file_size > limit:
@@ -595,7 +591,7 @@ def check_keras_archive(path) -> list[Finding]:
                              f"The archive lists {len(infos)} members (limit {MAX_ZIP_MEMBERS}); a Keras model has a handful.",
                              _DO_NOT_LOAD, {"member_count": len(infos)})]
         names = [i.filename for i in infos]
-        unsafe = [n for n in names if _unsafe_member_name(n)]
+        unsafe = [n for n in names if member_escapes(n)]
         if unsafe:
             findings.append(_finding(
                 "Keras archive member escapes the archive (zip-slip)", Severity.high,
