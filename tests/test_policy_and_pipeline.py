@@ -62,6 +62,12 @@ def test_detectors_that_do_not_apply_are_not_run(tmp_path):
     assert reg.queue_for({"dataset"}) == "cpu"
 
 
+def test_data_layer_moves_to_the_gpu_queue_when_it_runs_the_uploaded_model():
+    reg = default_registry()
+    assert reg.queue_for({"dataset"}, ["data_poisoning"]) == "cpu"  # proxy features: scikit-learn only
+    assert reg.queue_for({"dataset", "model"}, ["data_poisoning"]) == "gpu"  # the model's embeddings: TensorFlow
+
+
 def test_integrity_detector_catches_altered_bytes(tmp_path):
     inputs = _dataset(tmp_path)
     clean = run_pipeline(inputs, ScanOptions(detectors=["artifact_integrity"]))

@@ -16,21 +16,26 @@ class DetectorSpec:
     layer: str
     technique: str
     needs: frozenset[str]  # roles that must all be present; empty means "any input"
-    queue: str  # "cpu" or "gpu" (runs the model)
+    queue: str  # "cpu" or "gpu" (runs a neural network)
     detect: DetectFn
     summary: str
     reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
+    gpu_with: frozenset[str] = frozenset()  # roles that move a "cpu" detector to the gpu queue (it then runs the model)
 
     def applies_to(self, roles: set[str]) -> bool:
         """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
         return self.needs <= roles if self.needs else bool(roles)
+
+    def queue_for(self, roles: set[str]) -> str:
+        return "gpu" if self.queue == "gpu" or (self.gpu_with & roles) else "cpu"
 
 
 class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, DetectorSpec] = {}
 
-    def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu"):
+    def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu",
+                 gpu_with: tuple[str, ...] = ()):
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
 
@@ -39,7 +44,8 @@ class Registry:
                 raise ValueError(f"detector {name!r} registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
             reports_progress = "progress" in inspect.signature(fn).parameters
-            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary, reports_progress)
+            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary, reports_progress,
+                                             frozenset(gpu_with))
             return fn
 
         return decorator
@@ -57,8 +63,8 @@ class Registry:
         return sorted(applicable, key=lambda s: LAYERS.index(s.layer))
 
     def queue_for(self, roles: set[str], names: list[str] | None = None) -> str:
-        """A scan goes to the gpu queue when any of its detectors runs the model."""
-        return "gpu" if any(s.queue == "gpu" for s in self.select(roles, names)) else "cpu"
+        """A scan goes to the gpu queue when any of its detectors runs a neural network on these inputs."""
+        return "gpu" if any(s.queue_for(roles) == "gpu" for s in self.select(roles, names)) else "cpu"
 
 
 registry = Registry()

@@ -15,7 +15,8 @@ SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a 
 DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: above this, search a random sample
 
 
-@registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",))
+# With a model uploaded, its embeddings are the features: TensorFlow work, so the scan goes to the gpu queue.
+@registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), gpu_with=("model",))
 def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
