@@ -74,3 +74,61 @@ def as_model_input(x: np.ndarray, shape: tuple) -> np.ndarray:
     if None not in shape and data.shape[1:] != shape and int(np.prod(data.shape[1:])) == int(np.prod(shape)):
         data = data.reshape((len(data), *shape))
     return data
+
+
+def representation_layers(model, names: list[str] | None = None) -> list:
+    """The layers analysed by the model layer: by name, or the penultimate layer and the nearest earlier layer whose
+    output differs in size (skipping Dropout-like pass-throughs). Two views of the sample: a source class that the
+    penultimate layer maps close to the target (a 6 and a 0) is still apart one layer down."""
+    if names:
+        return [model.get_layer(n) for n in names]
+    chosen = [representation_layer(model)]
+    size = _output_size(chosen[0])
+    position = model.layers.index(chosen[0])
+    for layer in reversed(model.layers[:position]):
+        if isinstance(layer, type(model.layers[0])) and layer.__class__.__name__ == "InputLayer":
+            break
+        if _output_size(layer) not in (None, size):
+            chosen.append(layer)
+            break
+    return chosen
+
+
+def _output_size(layer) -> int | None:
+    try:
+        shape = layer.output.shape[1:]
+    except (AttributeError, ValueError):
+        return None
+    return None if None in shape else int(np.prod(shape))
+
+
+def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int = 256, batch: int = 1024, seed: int = 0,
+                 progress: Callable[[float], None] | None = None) -> list[np.ndarray]:
+    """Activations of several layers in one compiled pass, in batches. A layer wider than ``max_dims`` is multiplied by
+    a fixed Gaussian random projection inside the pass (distances are kept, Johnson-Lindenstrauss), so memory is
+    n x max_dims floats per layer whatever the layer's width: a 1,000,000-sample set never holds a conv layer whole."""
+    import keras
+    import tensorflow as tf
+
+    extractor = keras.Model(model.inputs, [layer.output for layer in layers])
+    shape = tuple(model.inputs[0].shape[1:])
+    widths = [_output_size(layer) or 0 for layer in layers]
+    rng = np.random.default_rng(seed)
+    projections = [tf.constant((rng.standard_normal((w, max_dims)) / np.sqrt(max_dims)).astype(np.float32)) if w > max_dims else None
+                   for w in widths]
+
+    @tf.function(reduce_retracing=True)
+    def step(chunk):
+        acts = extractor(chunk, training=False)
+        acts = acts if isinstance(acts, (list, tuple)) else [acts]
+        flat = [tf.reshape(a, (tf.shape(chunk)[0], -1)) for a in acts]
+        return [tf.matmul(f, p) if p is not None else f for f, p in zip(flat, projections)]
+
+    outs = [np.empty((len(x), max_dims if p is not None else w), dtype=np.float32) for w, p in zip(widths, projections)]
+    for start in range(0, len(x), batch):
+        chunk = as_model_input(x[start:start + batch], shape)
+        for out, a in zip(outs, step(tf.constant(chunk))):
+            out[start:start + len(chunk)] = a.numpy()
+        if progress:
+            progress(min(1.0, (start + len(chunk)) / len(x)))
+    return outs

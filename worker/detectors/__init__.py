@@ -1,3 +1,3 @@
 """Built-in detectors; importing this package registers them."""
 
-from worker.detectors import data, formats, integrity, serialization, signing, weights  # noqa: F401
+from worker.detectors import data, formats, integrity, model, serialization, signing, weights  # noqa: F401

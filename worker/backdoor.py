@@ -1,0 +1,250 @@
+"""Which training samples did a backdoor put into the model? Activation clustering and spectral signatures, per class,
+with a decision layer that works when the poison is 1% or 60% of its class.
+
+Plain numpy/scikit-learn over arrays (no TensorFlow here): the detector computes the activations, this decides.
+
+Why not ART's wrappers as they are (measured on a BadNets MNIST victim, see bench/model_bench.py):
+- ``ActivationDefence`` reads the last layer's output (the softmax, for a Keras model) and calls the smaller of two
+  KMeans clusters poison. The poison is half of the target class or more at realistic rates, and KMeans (spherical,
+  equal-size clusters) cuts the elongated poison cluster in two. Its defaults flag almost nothing right.
+- ``SpectralSignatureDefense`` removes the top 1.5 * p of *every* class and scores against uncentred features.
+We use ART's building blocks where they are right - ``reduce_dimensionality`` (PCA) and
+``SpectralSignatureDefense.spectral_signature_scores`` (fed centred features) - and decide ourselves:
+1. per class, the representation (PCA of the penultimate layer, joined with PCA of the layer before it) is split in two
+   by a full-covariance Gaussian mixture, which fits elongated clusters of any relative size;
+2. the poison side is the one whose *inputs* look like other classes (kNN label disagreement in input space): a dirty-
+   label backdoor relabels samples of other classes, and a clean class's samples look like their own class;
+3. a class is a backdoor target only when that disagreement gap is large and the two sides are well apart; otherwise
+   its natural sub-clusters (two ways to write a 7) are left alone;
+4. in a target class, a sample on the clean side whose own input-space neighbours are mostly other classes is flagged
+   too: a source class that the model maps next to the target (poisoned 6s among clean 0s) hides from the split but
+   not from its neighbours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PCA_DIMS = 10
+GAP_MIN = 0.25  # poison side's input-space label disagreement minus the other side's
+DISAGREE_MIN = 0.30  # the poison side's inputs must mostly look like other classes
+SEPARATION_MIN = 0.10  # silhouette of the two-way split
+MIN_SIDE = 5  # samples: below this a "cluster" is not evidence of anything
+NEIGHBOURS = 10
+PROBES_PER_SIDE = 300  # samples per side whose input-space neighbours are looked up
+REFERENCE_ROWS = 50_000  # neighbours are searched among at most this many rows
+SILHOUETTE_ROWS = 2_000
+SAMPLE_DISAGREE_MIN = 0.5  # a clean-side sample with at least 5 of its 10 input neighbours in other classes
+
+
+@dataclass
+class ClassResult:
+    label: int
+    size: int
+    suspicious: bool
+    reason: str
+    sides: list[dict] = field(default_factory=list)  # per GMM component: size, input disagreement
+    silhouette: float = 0.0
+    poison_side: int | None = None
+    flagged: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # dataset indices
+    spectral_flagged: int = 0
+    rescued_by_neighbours: int = 0  # clean-side samples flagged because their inputs look like other classes
+    flagged_spectral: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # positions in the class
+    agreement: float | None = None  # Jaccard of activation clustering's and spectral signatures' flags
+    spectral_scores: dict = field(default_factory=dict)
+
+
+@dataclass
+class Analysis:
+    classes: list[ClassResult]
+    suspicion: np.ndarray  # (n,) in [0, 1]: posterior of the poison side for samples of suspicious classes, else 0
+    methods: dict[int, list[str]]  # dataset index -> methods that flagged it
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return np.array(sorted(self.methods), dtype=np.int64)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """ART's reduce_dimensionality takes no random_state; PCA's randomized solver then draws from numpy's global RNG."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def reduce(rep: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    """Centred PCA projection (ART's building block), scaled so that each representation weighs the same when joined."""
+    from art.defences.detector.poison.activation_defence import reduce_dimensionality
+
+    centred = rep - rep.mean(axis=0)
+    if centred.shape[1] <= dims or len(centred) <= dims:
+        reduced = centred
+    else:
+        with _seeded(seed):
+            reduced = reduce_dimensionality(centred, nb_dims=dims, reduce="PCA")
+    scale = np.sqrt(reduced.var(axis=0).sum()) or 1.0
+    return (reduced / scale).astype(np.float64)
+
+
+def spectral_scores(rep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ART's spectral signature score on *centred* features (ART projects the uncentred ones), and the signed projection."""
+    from art.defences.detector.poison.spectral_signature_defense import SpectralSignatureDefense
+
+    centred = rep - rep.mean(axis=0)
+    scores = SpectralSignatureDefense.spectral_signature_scores(centred)[:, 0]
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return scores, centred @ vt[0]
+
+
+class InputNeighbours:
+    """Labels of each probe's nearest neighbours in input space, from a bounded reference sample."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, seed: int, direction: np.ndarray | None = None,
+                 rows: np.ndarray | None = None):
+        from sklearn.neighbors import NearestNeighbors
+
+        if rows is None:
+            rows = np.arange(len(labels))
+            if len(rows) > REFERENCE_ROWS:
+                rows = np.sort(np.random.default_rng(seed).choice(rows, size=REFERENCE_ROWS, replace=False))
+        self.rows, self.labels, self.features, self.direction, self.seed = rows, labels, features, direction, seed
+        self.index = NearestNeighbors(n_neighbors=NEIGHBOURS + 1, algorithm="brute").fit(self._view(rows))
+
+    def _view(self, rows: np.ndarray) -> np.ndarray:
+        x = self.features[rows].astype(np.float32)
+        if self.direction is not None:
+            x -= np.outer(x @ self.direction, self.direction)
+        return x
+
+    def without(self, direction: np.ndarray) -> "InputNeighbours":
+        """The same search with one input-space direction projected out of every sample."""
+        norm = float(np.linalg.norm(direction))
+        unit = (direction / norm).astype(np.float32) if norm > 0 else None
+        return InputNeighbours(self.features, self.labels, self.seed, unit, self.rows)
+
+    def disagreement(self, probes: np.ndarray, label: int) -> float:
+        """Share of the probes' neighbours (themselves excluded) whose label is not ``label``."""
+        per_probe = self.per_sample(probes, label)
+        return float(per_probe.mean()) if len(per_probe) else 0.0
+
+    def per_sample(self, probes: np.ndarray, label: int, block: int = 4096) -> np.ndarray:
+        out = np.empty(len(probes), dtype=np.float32)
+        for start in range(0, len(probes), block):  # bounded memory for the distance blocks
+            rows = probes[start:start + block]
+            _, hits = self.index.kneighbors(self._view(rows))
+            neighbour_rows = self.rows[hits]
+            other = (self.labels[neighbour_rows] != label) & (neighbour_rows != rows[:, None])  # never count itself
+            out[start:start + block] = other.sum(axis=1) / NEIGHBOURS
+        return out
+
+
+def analyze(reps: list[np.ndarray], labels: np.ndarray, input_features: np.ndarray, *, seed: int = 0,
+            dims: int = PCA_DIMS, progress=None) -> Analysis:
+    """``reps``: per representation layer, (n, d) activations; ``input_features``: (n, f) features of the raw inputs."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # many tiny matrix operations: threads only add contention
+        return _analyze(reps, labels, input_features, seed, dims, progress)
+
+
+def _analyze(reps, labels, input_features, seed, dims, progress) -> Analysis:
+    neighbours = InputNeighbours(input_features, labels, seed)
+    suspicion = np.zeros(len(labels), dtype=np.float32)
+    methods: dict[int, list[str]] = {}
+    results = []
+    classes = np.unique(labels)
+    for i, label in enumerate(classes):
+        members = np.flatnonzero(labels == label)
+        result = analyze_class(int(label), members, [r[members] for r in reps], neighbours, suspicion, methods, seed, dims)
+        results.append(result)
+        if progress:
+            progress((i + 1) / len(classes))
+    return Analysis(results, suspicion, methods)
+
+
+def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neighbours: InputNeighbours,
+                  suspicion: np.ndarray, methods: dict, seed: int, dims: int) -> ClassResult:
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+
+    if len(members) < 2 * MIN_SIDE:
+        return ClassResult(label, len(members), False, f"too few samples ({len(members)}) to split")
+    joined = np.hstack([reduce(r, dims, seed) for r in reps])
+    gmm = GaussianMixture(2, covariance_type="full", n_init=2, reg_covar=1e-4, tol=1e-3, random_state=seed).fit(joined)
+    posterior = gmm.predict_proba(joined)
+    side = posterior.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    # The trigger moves every poisoned input the same way (a patch, a blended pattern): take the direction between the
+    # two sides' input means out of the neighbour search, so poisoned samples meet the classes they were taken from.
+    neighbours = neighbours.without(neighbours.features[members[side == 1]].mean(axis=0) - neighbours.features[members[side == 0]].mean(axis=0)
+                                    if 0 < side.sum() < len(side) else np.zeros(neighbours.features.shape[1]))
+    sub = rng.choice(len(members), size=min(SILHOUETTE_ROWS, len(members)), replace=False)
+    silhouette = float(silhouette_score(joined[sub], side[sub])) if len(np.unique(side[sub])) == 2 else 0.0
+    sides = []
+    for s in (0, 1):
+        inside = members[side == s]
+        probes = rng.choice(inside, size=min(PROBES_PER_SIDE, len(inside)), replace=False) if len(inside) else inside
+        sides.append({"size": int(len(inside)), "input_disagreement": round(neighbours.disagreement(probes, label), 4) if len(inside) else 0.0})
+    result = ClassResult(label, len(members), False, "", sides, round(silhouette, 4))
+    poison = int(np.argmax([s["input_disagreement"] for s in sides]))
+    gap = sides[poison]["input_disagreement"] - sides[1 - poison]["input_disagreement"]
+    result.reason = _verdict_reason(sides, poison, gap, silhouette)
+    if result.reason:
+        return result
+    result.suspicious, result.poison_side = True, poison
+    on_poison_side = side == poison
+    _spectral(result, reps[0], on_poison_side)
+    spectral_set = set(result.flagged_spectral.tolist())
+    for j in np.flatnonzero(on_poison_side):
+        methods[int(members[j])] = ["activation_clustering"] + (["spectral_signature"] if j in spectral_set else [])
+    clean_side = np.flatnonzero(~on_poison_side)
+    looks_other = neighbours.per_sample(members[clean_side], label)
+    rescued = clean_side[looks_other >= SAMPLE_DISAGREE_MIN]
+    for j in rescued:
+        methods[int(members[j])] = ["input_neighbours"] + (["spectral_signature"] if j in spectral_set else [])
+    result.rescued_by_neighbours = int(len(rescued))
+    score = posterior[:, poison].astype(np.float32)
+    score[clean_side] = np.maximum(score[clean_side], looks_other)
+    suspicion[members] = score
+    result.flagged = np.sort(np.concatenate([members[on_poison_side], members[rescued]]))
+    return result
+
+
+def _verdict_reason(sides: list[dict], poison: int, gap: float, silhouette: float) -> str:
+    """Why the class is *not* a backdoor target ("" when it is)."""
+    if min(s["size"] for s in sides) < MIN_SIDE:
+        return "no second cluster"
+    if sides[poison]["input_disagreement"] < DISAGREE_MIN or gap < GAP_MIN:
+        return (f"both clusters look like the class itself (input-space label disagreement "
+                f"{sides[0]['input_disagreement']:.2f} / {sides[1]['input_disagreement']:.2f})")
+    if silhouette < SEPARATION_MIN:
+        return f"the clusters are not apart (silhouette {silhouette:.2f})"
+    return ""
+
+
+def _spectral(result: ClassResult, rep: np.ndarray, poison_mask: np.ndarray) -> None:
+    """Spectral signatures on the penultimate layer: the signed top-singular-vector projection, cut at the midpoint of
+    the two sides' medians (a fixed top-1.5p cut is wrong when the poison is most of the class)."""
+    scores, projection = spectral_scores(rep)
+    if poison_mask.all() or not poison_mask.any():
+        result.flagged_spectral = np.empty(0, dtype=np.int64)
+        return
+    hi, lo = np.median(projection[poison_mask]), np.median(projection[~poison_mask])
+    cut = (hi + lo) / 2
+    on_poison_side = projection > cut if hi > lo else projection < cut
+    result.flagged_spectral = np.flatnonzero(on_poison_side)
+    result.spectral_flagged = int(on_poison_side.sum())
+    union = (on_poison_side | poison_mask).sum()
+    result.agreement = round(float((on_poison_side & poison_mask).sum() / union), 4) if union else None
+    q = np.quantile(scores, [0.5, 0.9, 0.99])
+    result.spectral_scores = {"median": round(float(q[0]), 4), "p90": round(float(q[1]), 4), "p99": round(float(q[2]), 4),
+                              "max": round(float(scores.max()), 4),
+                              "median_poison_side": round(float(np.median(scores[poison_mask])), 4),
+                              "median_clean_side": round(float(np.median(scores[~poison_mask])), 4)}
