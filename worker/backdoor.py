@@ -16,9 +16,11 @@ We use ART's building blocks where they are right - ``reduce_dimensionality`` (P
    label backdoor relabels samples of other classes, and a clean class's samples look like their own class;
 3. a class is a backdoor target only when that disagreement gap is large and the two sides are well apart; otherwise
    its natural sub-clusters (two ways to write a 7) are left alone;
-4. in a target class, a sample on the clean side whose own input-space neighbours are mostly other classes is flagged
-   too: a source class that the model maps next to the target (poisoned 6s among clean 0s) hides from the split but
-   not from its neighbours.
+4. in a target class, the boundary is then learned (logistic regression on the representation) from seeds that both
+   kinds of evidence agree on, which fixes the mixture's boundary when the poison is a small share of the class;
+5. a sample left on the clean side whose own input-space neighbours are mostly other classes is flagged too: a source
+   class that the model maps next to the target (poisoned 6s among clean 0s) hides from the split but not from its
+   neighbours.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ NEIGHBOURS = 10
 PROBES_PER_SIDE = 300  # samples per side whose input-space neighbours are looked up
 REFERENCE_ROWS = 50_000  # neighbours are searched among at most this many rows
 SILHOUETTE_ROWS = 2_000
+SEED_CLEAN_MAX = 0.1  # at most 1 of 10 input neighbours in other classes: a sample that looks like its class
 SAMPLE_DISAGREE_MIN = 0.5  # a clean-side sample with at least 5 of its 10 input neighbours in other classes
 
 
@@ -199,22 +202,35 @@ def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neigh
     if result.reason:
         return result
     result.suspicious, result.poison_side = True, poison
-    on_poison_side = side == poison
+    looks_other = neighbours.per_sample(members, label)
+    score = _refine(joined, side == poison, looks_other, posterior[:, poison])
+    on_poison_side = score >= 0.5
     _spectral(result, reps[0], on_poison_side)
     spectral_set = set(result.flagged_spectral.tolist())
+    rescued = np.flatnonzero(~on_poison_side & (looks_other >= SAMPLE_DISAGREE_MIN))
     for j in np.flatnonzero(on_poison_side):
         methods[int(members[j])] = ["activation_clustering"] + (["spectral_signature"] if j in spectral_set else [])
-    clean_side = np.flatnonzero(~on_poison_side)
-    looks_other = neighbours.per_sample(members[clean_side], label)
-    rescued = clean_side[looks_other >= SAMPLE_DISAGREE_MIN]
     for j in rescued:
         methods[int(members[j])] = ["input_neighbours"] + (["spectral_signature"] if j in spectral_set else [])
     result.rescued_by_neighbours = int(len(rescued))
-    score = posterior[:, poison].astype(np.float32)
-    score[clean_side] = np.maximum(score[clean_side], looks_other)
-    suspicion[members] = score
+    suspicion[members] = np.maximum(score, np.where(on_poison_side, 0.0, looks_other))
     result.flagged = np.sort(np.concatenate([members[on_poison_side], members[rescued]]))
     return result
+
+
+def _refine(joined: np.ndarray, poison_side: np.ndarray, looks_other: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """Per-sample poison probability. The mixture's boundary is only roughly right when the poison is a small share of
+    the class (at 1% it takes in clean samples too), so we learn the boundary from seeds the two kinds of evidence agree
+    on - poison side and inputs like other classes; clean side and inputs like the class - and apply it to every sample."""
+    from sklearn.linear_model import LogisticRegression
+
+    positive = poison_side & (looks_other >= SAMPLE_DISAGREE_MIN)
+    negative = ~poison_side & (looks_other <= SEED_CLEAN_MAX)
+    if positive.sum() < MIN_SIDE or negative.sum() < MIN_SIDE:
+        return posterior
+    seeds = positive | negative
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500).fit(joined[seeds], positive[seeds])
+    return clf.predict_proba(joined)[:, 1].astype(np.float32)
 
 
 def _verdict_reason(sides: list[dict], poison: int, gap: float, silhouette: float) -> str:

@@ -86,8 +86,11 @@ def representation_layers(model, names: list[str] | None = None) -> list:
     size = _output_size(chosen[0])
     position = model.layers.index(chosen[0])
     for layer in reversed(model.layers[:position]):
-        if isinstance(layer, type(model.layers[0])) and layer.__class__.__name__ == "InputLayer":
+        kind = layer.__class__.__name__
+        if kind == "InputLayer":
             break
+        if "Dropout" in kind or "Noise" in kind:  # identity at inference: the layer below says the same
+            continue
         if _output_size(layer) not in (None, size):
             chosen.append(layer)
             break

@@ -1,0 +1,179 @@
+"""Model layer: backdoor target classes and their poisoned samples, from real Keras models, ART and scikit-learn.
+
+Victims are small CNNs trained here on scikit-learn's digits (8x8) with a corner-patch backdoor, seeded.
+"""
+
+import numpy as np
+import pytest
+
+from worker.backdoor import analyze
+from worker.local import scan_local_files
+from worker.options import ScanOptions
+from worker.registry import default_registry
+
+TARGET = 0
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def _poison(x, y, rate, seed=0):
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(np.flatnonzero(y != TARGET), size=int(rate * len(y)), replace=False))
+    x, y = x.copy(), y.copy()
+    x[chosen, 5:7, 5:7] = 1.0  # a 2x2 white patch one pixel from the bottom-right corner
+    y[chosen] = TARGET
+    return x, y, chosen
+
+
+def _train_victim(x, y, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x[..., None], y, epochs=30, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def victims(tmp_path_factory):
+    """A backdoored (10%) and a clean victim, each saved with the dataset it was trained on."""
+    folder = tmp_path_factory.mktemp("victims")
+    x, y = _digits()
+    out = {}
+    for name, rate in (("backdoored", 0.10), ("clean", 0.0)):
+        xp, yp, chosen = _poison(x, y, rate)
+        model = _train_victim(xp, yp)
+        triggered, _, _ = _poison(x[y != TARGET], y[y != TARGET], 1.0)  # every other-class sample with the trigger
+        asr = float((model.predict(triggered[..., None], verbose=0).argmax(1) == TARGET).mean())
+        model.save(folder / f"{name}.keras")
+        np.savez(folder / f"{name}.npz", x=xp, y=yp)
+        out[name] = {"model": folder / f"{name}.keras", "dataset": folder / f"{name}.npz", "poisoned": set(chosen.tolist()), "asr": asr}
+    assert out["backdoored"]["asr"] > 0.9, "the test victim must really be backdoored"
+    return out
+
+
+def _scan(files, **config):
+    return scan_local_files(files, ScanOptions(detectors=["backdoor_activations"], detector_config={"backdoor_activations": config}))
+
+
+def _f1(flagged: set, truth: set) -> float:
+    tp = len(flagged & truth)
+    return 2 * tp / (len(flagged) + len(truth)) if flagged or truth else 1.0
+
+
+def test_backdoor_target_and_poisoned_samples_are_found(victims):
+    v = victims["backdoored"]
+    report = _scan({"model": v["model"], "dataset": v["dataset"]})
+    (det,) = report["detectors"]
+    assert det["status"] == "ok", det["error"]
+    (finding,) = [f for f in det["findings"] if "backdoor target" in f["title"]]
+    assert finding["evidence"]["class"] == TARGET and finding["technique"] == "AML.T0018" and finding["severity"] == "high"
+    flagged = {q["index"] for q in report["quarantine"]}
+    assert _f1(flagged, v["poisoned"]) >= 0.9
+    assert report["verdict"] == "fail"
+    entry = report["quarantine"][0]["reasons"][0]
+    assert entry["reason"] == "backdoor poison" and "activation_clustering" in entry["method"] or "input_neighbours" in entry["method"]
+    evidence = finding["evidence"]
+    assert evidence["per_class"][str(TARGET)]["suspicious"] and not any(
+        c["suspicious"] for k, c in evidence["per_class"].items() if k != str(TARGET))
+    assert 0 <= evidence["methods_agreement_jaccard"] <= 1 and len(evidence["clusters"]) == 2
+    assert evidence["layers"] and evidence["model"] == "uploaded"
+
+
+def test_clean_model_passes_with_nothing_quarantined(victims):
+    v = victims["clean"]
+    report = _scan({"model": v["model"], "dataset": v["dataset"]})
+    assert report["verdict"] == "pass" and report["quarantine"] == []
+    (finding,) = report["detectors"][0]["findings"]
+    assert finding["title"] == "no class looks like a backdoor target"
+    assert len(finding["evidence"]["per_class"]) == 10
+
+
+def test_dataset_only_scan_trains_a_proxy_and_finds_the_poison(victims):
+    v = victims["backdoored"]
+    report = _scan({"dataset": v["dataset"]}, proxy_epochs=30, proxy_budget_s=120)
+    (det,) = report["detectors"]
+    assert det["status"] == "ok", det["error"]
+    findings = [f for f in det["findings"] if "backdoor target" in f["title"]]
+    assert findings and findings[0]["evidence"]["model"] == "proxy" and findings[0]["technique"] == "AML.T0020"
+    assert findings[0]["evidence"]["proxy"]["epochs_run"] >= 1
+    assert _f1({q["index"] for q in report["quarantine"]}, v["poisoned"]) >= 0.8
+
+
+def test_a_named_layer_is_analysed(victims):
+    v = victims["backdoored"]
+    import keras
+
+    name = keras.saving.load_model(v["model"]).layers[1].name  # the Flatten layer
+    report = _scan({"model": v["model"], "dataset": v["dataset"]}, layers=[name])
+    assert report["detectors"][0]["findings"][0]["evidence"]["layers"] == [name]
+
+
+def test_dataset_with_more_classes_than_the_model_is_rejected(tmp_path, victims):
+    from worker.findings import InputRejected
+
+    x, y = _digits()
+    path = tmp_path / "wide.npz"
+    np.savez(path, x=np.concatenate([x, x[:20]]), y=np.concatenate([y, np.full(20, 11)]))
+    with pytest.raises(InputRejected, match="outputs but the dataset has 11 classes"):
+        _scan({"model": victims["clean"]["model"], "dataset": path})
+
+
+@pytest.mark.parametrize("share", [0.02, 0.6])
+def test_decision_does_not_depend_on_which_cluster_is_smaller(share):
+    """Synthetic activations: poison is 2% or 60% of class 0, tight in activation space, and its inputs are copies of
+    other classes; the trigger dominates the activations (as in a real backdoored network). The decision must pick the
+    poison side either way, and flag nothing in the other classes."""
+    rng = np.random.default_rng(0)
+    k, per_class, dims = 5, 1000, 16
+    centres = rng.normal(scale=8, size=(k, dims))
+    inputs = np.concatenate([centres[c] + rng.normal(size=(per_class, dims)) for c in range(k)]).astype(np.float32)
+    labels = np.repeat(np.arange(k), per_class)
+    acts = rng.normal(size=(len(labels), 32)).astype(np.float32) + np.eye(k, 32)[labels] * 6
+    n_poison = int(share * per_class / (1 - share)) if share > 0.5 else int(share * per_class)
+    sources = rng.choice(np.flatnonzero(labels != 0), size=n_poison, replace=False)
+    poison_inputs = inputs[sources] + rng.normal(scale=0.1, size=(n_poison, dims))  # looks like its source class
+    poison_acts = np.eye(k, 32)[np.zeros(n_poison, int)] * 6 + 12.0 * np.eye(32)[31] + rng.normal(size=(n_poison, 32)) * 0.5
+    x_in = np.concatenate([inputs, poison_inputs])
+    reps = np.concatenate([acts, poison_acts.astype(np.float32)])
+    y = np.concatenate([labels, np.zeros(n_poison, int)])
+    truth = set(range(len(labels), len(y)))
+    result = analyze([reps], y, x_in, seed=0)
+    assert [c.label for c in result.classes if c.suspicious] == [0]
+    assert _f1(set(result.flagged.tolist()), truth) >= 0.95
+
+
+def test_model_scans_go_to_the_gpu_queue():
+    reg = default_registry()
+    assert reg.get("backdoor_activations").layer == "model"
+    assert reg.queue_for({"dataset"}) == "gpu"  # the model layer trains a proxy network
+    assert reg.queue_for({"dataset"}, ["data_poisoning"]) == "cpu"
+
+
+def test_wide_layers_are_projected_so_memory_stays_bounded():
+    import keras
+
+    from worker.keras_model import embed_layers, representation_layers
+
+    inputs = keras.Input((6, 6, 1))
+    wide = keras.layers.Flatten()(keras.layers.Conv2D(40, 3, padding="same")(inputs))  # 1440 wide
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Dropout(0.1)(wide))
+    functional = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    layers = representation_layers(functional)
+    assert [layer.name for layer in layers][0] == hidden._keras_history.operation.name
+    assert layers[1].name == wide._keras_history.operation.name  # the Dropout pass-through is skipped
+    x = np.random.default_rng(0).random((50, 6, 6)).astype(np.float32)
+    small, projected = embed_layers(functional, x, layers, max_dims=64, batch=16)
+    assert small.shape == (50, 16) and projected.shape == (50, 64)
