@@ -120,7 +120,10 @@ def test_scan_lifecycle_in_the_api(api, key, tmp_path, sessions):
     assert resp.status_code == 202, resp.text
     scan = resp.json()
     assert resp.headers["location"] == f"/v1/scans/{scan['id']}"
-    assert scan["status"] == "queued" and scan["attempts"] == 0 and scan["queue"] == "cpu"
+    # every detector applies: the model layer trains a proxy network on the dataset, TensorFlow work for the gpu queue
+    assert scan["status"] == "queued" and scan["attempts"] == 0 and scan["queue"] == "gpu"
+    data_only = start_scan(api, key, dataset=ds, options={"detectors": ["data_poisoning"]}).json()
+    assert data_only["queue"] == "cpu"
     assert scan["inputs"]["dataset"]["sha256"] == ds and scan["options"]["policy"]["fail_at"] == "critical"
     got = api.get(f"/v1/scans/{scan['id']}", headers=hdr(key)).json()
     assert got["links"]["report"].endswith("/report") and got["timings"]["started_at"] is None
