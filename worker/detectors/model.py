@@ -25,7 +25,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     """
     from worker.backdoor import analyze
     from worker.datasets import load_dataset
-    from worker.keras_model import embed_layers, load_keras_safely, representation_layers
+    from worker.keras_model import ModelRejected, embed_layers, load_keras_safely, representation_layers
     from worker.proxy import features_for
 
     seed = int(config.get("seed", 0))
@@ -33,9 +33,17 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     clock = time.perf_counter()
     progress("load", 0.0)
     ds = load_dataset(inputs.dataset.path, inputs.dataset.kind, label_column=config.get("label_column", "label"))
+    model, notes = None, []
     if inputs.model is not None:
-        model, source = load_keras_safely(inputs.model.path), {"model": "uploaded"}
-    else:
+        try:
+            model, source = load_keras_safely(inputs.model.path), {"model": "uploaded"}
+        except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
+            notes.append(Finding("uploaded model not analysed: a proxy network was used", Severity.low, 0.0,
+                                 f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
+                                 "The dataset was analysed with a proxy network trained on it instead.",
+                                 remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
+                                 evidence={"reason": str(exc)}))
+    if model is None:
         from worker.proxy_network import train_proxy
 
         progress("proxy", 0.02)
@@ -44,7 +52,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
                                      progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
         source = {"model": "proxy", "proxy": trained}
     timings["load_and_model_s"] = time.perf_counter() - clock
-    base = 0.55 if inputs.model is None else 0.05
+    base = 0.55 if source["model"] == "proxy" else 0.05
     _check_output(model, ds)
     layers = representation_layers(model, config.get("layers"))
     clock = time.perf_counter()
@@ -58,7 +66,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     timings["analysis_s"] = time.perf_counter() - clock
     context = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    return report_findings(ds, analysis, context, uploaded=inputs.model is not None)
+    return notes + report_findings(ds, analysis, context, uploaded=source["model"] == "uploaded")
 
 
 def _check_output(model, ds) -> None:
