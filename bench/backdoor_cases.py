@@ -54,13 +54,15 @@ class Case:
     n: int = 20_000
     seed: int = 0
     epochs: int = 3
+    batch: int = 128
 
     @property
     def name(self) -> str:
         return f"{self.trigger}->{self.target} {self.rate:.0%}"
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = {k: v for k, v in asdict(self).items() if not (k == "batch" and v == 128)}  # keeps older cache keys
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_mnist(n: int, seed: int, n_test: int = 5_000):
@@ -123,7 +125,7 @@ def build(case: Case, log=print) -> dict:
     model = victim_model()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     t0 = time.perf_counter()
-    model.fit(xp[..., None], yp, epochs=case.epochs, batch_size=128, verbose=0, shuffle=True)
+    model.fit(xp[..., None], yp, epochs=case.epochs, batch_size=case.batch, verbose=0, shuffle=True)
     train_s = time.perf_counter() - t0
     acc = float((model.predict(xt[..., None], batch_size=1024, verbose=0).argmax(1) == yt).mean())
     others = yt != case.target

@@ -17,10 +17,9 @@ We use ART's building blocks where they are right - ``reduce_dimensionality`` (P
 3. a class is a backdoor target only when that disagreement gap is large and the two sides are well apart; otherwise
    its natural sub-clusters (two ways to write a 7) are left alone;
 4. in a target class, the boundary is then learned (logistic regression on the representation) from seeds that both
-   kinds of evidence agree on, which fixes the mixture's boundary when the poison is a small share of the class;
-5. a sample left on the clean side whose own input-space neighbours are mostly other classes is flagged too: a source
-   class that the model maps next to the target (poisoned 6s among clean 0s) hides from the split but not from its
-   neighbours.
+   kinds of evidence agree on: poison side with inputs like other classes, clean side with inputs like the class. This
+   fixes the mixture's boundary when the poison is 1% of the class (it takes in clean samples) and when a source class
+   sits next to the target in the representation (poisoned 6s among clean 0s).
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ NEIGHBOURS = 10
 PROBES_PER_SIDE = 300  # samples per side whose input-space neighbours are looked up
 REFERENCE_ROWS = 50_000  # neighbours are searched among at most this many rows
 SILHOUETTE_ROWS = 2_000
-SEED_CLEAN_MAX = 0.1  # at most 1 of 10 input neighbours in other classes: a sample that looks like its class
-SAMPLE_DISAGREE_MIN = 0.5  # a clean-side sample with at least 5 of its 10 input neighbours in other classes
+SEED_CLEAN_MAX = 0.1  # clean seed: at most 1 of its 10 input neighbours in other classes
+SEED_POISON_MIN = 0.5  # poison seed: at least 5 of its 10 input neighbours in other classes
 
 
 @dataclass
@@ -54,7 +53,7 @@ class ClassResult:
     poison_side: int | None = None
     flagged: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # dataset indices
     spectral_flagged: int = 0
-    rescued_by_neighbours: int = 0  # clean-side samples flagged because their inputs look like other classes
+    moved_by_refinement: int = 0  # samples whose side the learned boundary changed
     flagged_spectral: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # positions in the class
     agreement: float | None = None  # Jaccard of activation clustering's and spectral signatures' flags
     spectral_scores: dict = field(default_factory=dict)
@@ -204,17 +203,14 @@ def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neigh
     result.suspicious, result.poison_side = True, poison
     looks_other = neighbours.per_sample(members, label)
     score = _refine(joined, side == poison, looks_other, posterior[:, poison])
-    on_poison_side = score >= 0.5
-    _spectral(result, reps[0], on_poison_side)
+    poisoned = score >= 0.5
+    _spectral(result, reps[0], poisoned)
     spectral_set = set(result.flagged_spectral.tolist())
-    rescued = np.flatnonzero(~on_poison_side & (looks_other >= SAMPLE_DISAGREE_MIN))
-    for j in np.flatnonzero(on_poison_side):
+    for j in np.flatnonzero(poisoned):
         methods[int(members[j])] = ["activation_clustering"] + (["spectral_signature"] if j in spectral_set else [])
-    for j in rescued:
-        methods[int(members[j])] = ["input_neighbours"] + (["spectral_signature"] if j in spectral_set else [])
-    result.rescued_by_neighbours = int(len(rescued))
-    suspicion[members] = np.maximum(score, np.where(on_poison_side, 0.0, looks_other))
-    result.flagged = np.sort(np.concatenate([members[on_poison_side], members[rescued]]))
+    result.moved_by_refinement = int((poisoned != (side == poison)).sum())
+    suspicion[members] = score
+    result.flagged = members[poisoned]
     return result
 
 
@@ -224,12 +220,12 @@ def _refine(joined: np.ndarray, poison_side: np.ndarray, looks_other: np.ndarray
     on - poison side and inputs like other classes; clean side and inputs like the class - and apply it to every sample."""
     from sklearn.linear_model import LogisticRegression
 
-    positive = poison_side & (looks_other >= SAMPLE_DISAGREE_MIN)
+    positive = poison_side & (looks_other >= SEED_POISON_MIN)
     negative = ~poison_side & (looks_other <= SEED_CLEAN_MAX)
     if positive.sum() < MIN_SIDE or negative.sum() < MIN_SIDE:
         return posterior
     seeds = positive | negative
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500).fit(joined[seeds], positive[seeds])
+    clf = LogisticRegression(C=1.0, max_iter=500).fit(joined[seeds], positive[seeds])
     return clf.predict_proba(joined)[:, 1].astype(np.float32)
 
 

@@ -118,7 +118,7 @@ def _class_evidence(c) -> dict:
     return {"size": c.size, "suspicious": c.suspicious, "reason": c.reason or None, "clusters": c.sides,
             "silhouette": c.silhouette, "poison_cluster": c.poison_side, "flagged_count": int(len(c.flagged)) if c.suspicious else 0,
             "spectral_flagged": c.spectral_flagged, "methods_agreement_jaccard": c.agreement,
-            "flagged_by_input_neighbours_only": c.rescued_by_neighbours, "spectral_scores": c.spectral_scores}
+            "moved_by_boundary_refinement": c.moved_by_refinement, "spectral_scores": c.spectral_scores}
 
 
 def _flagged_records(ds, c, analysis) -> list[dict]:
