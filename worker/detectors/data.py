@@ -12,6 +12,7 @@ from worker.registry import registry
 TARGETED_MIN_COUNT = 5
 TARGETED_DOMINANCE = 0.5  # share of a label's flagged samples that point to one other class
 SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a warning
+DATALAB_WORKING_MEMORY_MB = 128
 DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: above this, search a random sample
 
 
@@ -146,7 +147,11 @@ def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int 
     if len(rows) > max_rows:  # indices below are positions in the sample; map them back through `rows`
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_rows, replace=False))
     lab = Datalab(data={"label": ds.y[rows]}, label_name="label", verbosity=0)
-    lab.find_issues(features=features[rows], pred_probs=probs[rows], issue_types={"outlier": {}, "near_duplicate": {}})
+    import sklearn
+
+    # scikit-learn's kNN search takes up to `working_memory` MB (default 1 GB) per distance block: keep workers lean
+    with sklearn.config_context(working_memory=DATALAB_WORKING_MEMORY_MB):
+        lab.find_issues(features=features[rows], pred_probs=probs[rows], issue_types={"outlier": {}, "near_duplicate": {}})
     table = lab.get_issues()
     sampled = {"searched_rows": int(len(rows)), "of_rows": int(len(ds.y))} if len(rows) < len(ds.y) else {}
     labels = ds.y[rows]
