@@ -92,6 +92,26 @@ def test_backdoor_target_and_poisoned_samples_are_found(victims):
     assert evidence["layers"] and evidence["model"] == "uploaded"
 
 
+def test_model_and_data_layers_share_one_quarantine_list_and_progress_shows_stages(victims):
+    v = victims["backdoored"]
+    stages = []
+    report = scan_local_files({"model": v["model"], "dataset": v["dataset"]},
+                              ScanOptions(detectors=["data_poisoning", "backdoor_activations"]),
+                              progress=lambda stage, percent: stages.append((stage, percent)))
+    by_detector = {}
+    for entry in report["quarantine"]:
+        for reason in entry["reasons"]:
+            by_detector.setdefault(reason["detector"], set()).add(entry["index"])
+    both = by_detector["data_poisoning"] & by_detector["backdoor_activations"]
+    assert both and both <= v["poisoned"] | by_detector["data_poisoning"]  # one entry per index, reasons from both layers
+    assert len({e["index"] for e in report["quarantine"]}) == len(report["quarantine"])
+    names = [s for s, _ in stages]
+    for stage in ("load", "activations", "input features", "clustering"):
+        assert f"model:backdoor_activations:{stage}" in names
+    percents = [p for _, p in stages]
+    assert all(b >= a - 1e-6 for a, b in zip(percents, percents[1:]))  # progress never goes backwards
+
+
 def test_clean_model_passes_with_nothing_quarantined(victims):
     v = victims["clean"]
     report = _scan({"model": v["model"], "dataset": v["dataset"]})

@@ -42,7 +42,7 @@ def run_pipeline(
     registry = registry or default_registry()
     specs = registry.select(inputs.roles, options.detectors)
     results = []
-    share = 100.0 / max(len(specs), 1)
+    share = 99.0 / max(len(specs), 1)  # detectors share 0-99%; the verdict is the last step
     for i, spec in enumerate(specs):
         stage = f"{spec.layer}:{spec.name}"
         progress(stage, share * i)
