@@ -58,8 +58,9 @@ def victims(tmp_path_factory):
         triggered, _, _ = _poison(x[y != TARGET], y[y != TARGET], 1.0)  # every other-class sample with the trigger
         asr = float((model.predict(triggered[..., None], verbose=0).argmax(1) == TARGET).mean())
         model.save(folder / f"{name}.keras")
+        model.save(folder / f"{name}.h5")  # legacy HDF5, also loaded for analysis
         np.savez(folder / f"{name}.npz", x=xp, y=yp)
-        out[name] = {"model": folder / f"{name}.keras", "dataset": folder / f"{name}.npz", "poisoned": set(chosen.tolist()), "asr": asr}
+        out[name] = {"model": folder / f"{name}.keras", "h5": folder / f"{name}.h5", "dataset": folder / f"{name}.npz", "poisoned": set(chosen.tolist()), "asr": asr}
     assert out["backdoored"]["asr"] > 0.9, "the test victim must really be backdoored"
     return out
 
@@ -112,13 +113,14 @@ def test_model_and_data_layers_share_one_quarantine_list_and_progress_shows_stag
     assert all(b >= a - 1e-6 for a, b in zip(percents, percents[1:]))  # progress never goes backwards
 
 
-def test_clean_model_passes_with_nothing_quarantined(victims):
+@pytest.mark.parametrize("fmt", ["model", "h5"])
+def test_clean_model_passes_with_nothing_quarantined(victims, fmt):
     v = victims["clean"]
-    report = _scan({"model": v["model"], "dataset": v["dataset"]})
+    report = _scan({"model": v[fmt], "dataset": v["dataset"]})
     assert report["verdict"] == "pass" and report["quarantine"] == []
     (finding,) = report["detectors"][0]["findings"]
     assert finding["title"] == "no class looks like a backdoor target"
-    assert len(finding["evidence"]["per_class"]) == 10
+    assert len(finding["evidence"]["per_class"]) == 10 and finding["evidence"]["model"] == "uploaded"
 
 
 def test_dataset_only_scan_trains_a_proxy_and_finds_the_poison(victims):
