@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale_bench.py [--rows 1000000] [--features 100] [--flip 0.05] [--formats npz,parquet,csv]
 
-Each measurement runs in a fresh child process so its peak RSS (ru_maxrss) is its own:
+Each measurement runs in a fresh child process so its peak RSS (VmHWM) is its own:
   load-<fmt>   worker.datasets.load_dataset on the file; peak RSS next to the size of x as float32 - loading "without
                copying the data more than once" means the peak stays near 1x that size (plus the interpreter).
   scan         the data_poisoning detector through worker.local.scan_local_files on the .npz (proxy features: the
@@ -80,8 +80,16 @@ def child(kind: str, path: str) -> None:
         p, r = tp / max(len(flagged), 1), tp / max(len(truth), 1)
         out = {"status": det["status"], "error": det["error"], "verdict": report["verdict"], "flagged": int(len(flagged)),
                "precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / max(p + r, 1e-9), 4)}
-    out |= {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out |= {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()}
     print(json.dumps(out))
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent at fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def measure(kind: str, path: Path) -> dict:
@@ -129,7 +137,7 @@ def main() -> int:
 
 
 def measure_python_floor() -> float:
-    code = "import resource, numpy, pyarrow, worker.datasets; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = "import numpy, pyarrow, worker.datasets; from bench.scale_bench import peak_rss_mb; print(peak_rss_mb())"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     return round(float(res.stdout.strip()), 1)
 
