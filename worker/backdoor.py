@@ -173,45 +173,65 @@ def _analyze(reps, labels, input_features, seed, dims, progress) -> Analysis:
 
 def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neighbours: InputNeighbours,
                   suspicion: np.ndarray, methods: dict, seed: int, dims: int) -> ClassResult:
-    from sklearn.metrics import silhouette_score
-    from sklearn.mixture import GaussianMixture
-
     if len(members) < 2 * MIN_SIDE:
         return ClassResult(label, len(members), False, f"too few samples ({len(members)}) to split")
     joined = np.hstack([reduce(r, dims, seed) for r in reps])
+    posterior, side, silhouette = _split(joined, seed)
+    neighbours = neighbours.without(_input_shift(neighbours.features, members, side))
+    sides = _side_stats(members, side, neighbours, label, seed)
+    result = ClassResult(label, len(members), False, "", sides, round(silhouette, 4))
+    poison = int(np.argmax([s["input_disagreement"] for s in sides]))
+    result.reason = _verdict_reason(sides, poison, silhouette)
+    if not result.reason:
+        result.suspicious, result.poison_side = True, poison
+        _mark_poison(result, members, joined, reps[0], side == poison, posterior[:, poison], neighbours, suspicion, methods)
+    return result
+
+
+def _split(joined: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two-component full-covariance mixture: per-sample posteriors, hard sides, and the split's silhouette."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+
     gmm = GaussianMixture(2, covariance_type="full", n_init=2, reg_covar=1e-4, tol=1e-3, random_state=seed).fit(joined)
     posterior = gmm.predict_proba(joined)
     side = posterior.argmax(axis=1)
-    rng = np.random.default_rng(seed)
-    # The trigger moves every poisoned input the same way (a patch, a blended pattern): take the direction between the
-    # two sides' input means out of the neighbour search, so poisoned samples meet the classes they were taken from.
-    neighbours = neighbours.without(neighbours.features[members[side == 1]].mean(axis=0) - neighbours.features[members[side == 0]].mean(axis=0)
-                                    if 0 < side.sum() < len(side) else np.zeros(neighbours.features.shape[1]))
-    sub = rng.choice(len(members), size=min(SILHOUETTE_ROWS, len(members)), replace=False)
+    sub = np.random.default_rng(seed).choice(len(joined), size=min(SILHOUETTE_ROWS, len(joined)), replace=False)
     silhouette = float(silhouette_score(joined[sub], side[sub])) if len(np.unique(side[sub])) == 2 else 0.0
-    sides = []
+    return posterior, side, silhouette
+
+
+def _input_shift(features: np.ndarray, members: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """The direction between the two sides' mean inputs. A trigger moves every poisoned input the same way (a patch, a
+    blended pattern); taken out of the neighbour search, poisoned samples meet the classes they were taken from."""
+    if not 0 < side.sum() < len(side):
+        return np.zeros(features.shape[1], dtype=np.float32)
+    return features[members[side == 1]].mean(axis=0) - features[members[side == 0]].mean(axis=0)
+
+
+def _side_stats(members: np.ndarray, side: np.ndarray, neighbours: InputNeighbours, label: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    stats = []
     for s in (0, 1):
         inside = members[side == s]
-        probes = rng.choice(inside, size=min(PROBES_PER_SIDE, len(inside)), replace=False) if len(inside) else inside
-        sides.append({"size": int(len(inside)), "input_disagreement": round(neighbours.disagreement(probes, label), 4) if len(inside) else 0.0})
-    result = ClassResult(label, len(members), False, "", sides, round(silhouette, 4))
-    poison = int(np.argmax([s["input_disagreement"] for s in sides]))
-    gap = sides[poison]["input_disagreement"] - sides[1 - poison]["input_disagreement"]
-    result.reason = _verdict_reason(sides, poison, gap, silhouette)
-    if result.reason:
-        return result
-    result.suspicious, result.poison_side = True, poison
-    looks_other = neighbours.per_sample(members, label)
-    score = _refine(joined, side == poison, looks_other, posterior[:, poison])
+        probes = rng.choice(inside, size=min(PROBES_PER_SIDE, len(inside)), replace=False)
+        disagreement = neighbours.disagreement(probes, label) if len(inside) else 0.0
+        stats.append({"size": int(len(inside)), "input_disagreement": round(disagreement, 4)})
+    return stats
+
+
+def _mark_poison(result: ClassResult, members, joined, penultimate, poison_side, posterior, neighbours, suspicion, methods) -> None:
+    """A backdoor target class: learn the boundary, score and flag its samples, run spectral signatures beside."""
+    looks_other = neighbours.per_sample(members, result.label)
+    score = _refine(joined, poison_side, looks_other, posterior)
     poisoned = score >= 0.5
-    _spectral(result, reps[0], poisoned)
+    _spectral(result, penultimate, poisoned)
     spectral_set = set(result.flagged_spectral.tolist())
     for j in np.flatnonzero(poisoned):
         methods[int(members[j])] = ["activation_clustering"] + (["spectral_signature"] if j in spectral_set else [])
-    result.moved_by_refinement = int((poisoned != (side == poison)).sum())
+    result.moved_by_refinement = int((poisoned != poison_side).sum())
     suspicion[members] = score
     result.flagged = members[poisoned]
-    return result
 
 
 def _refine(joined: np.ndarray, poison_side: np.ndarray, looks_other: np.ndarray, posterior: np.ndarray) -> np.ndarray:
@@ -229,8 +249,9 @@ def _refine(joined: np.ndarray, poison_side: np.ndarray, looks_other: np.ndarray
     return clf.predict_proba(joined)[:, 1].astype(np.float32)
 
 
-def _verdict_reason(sides: list[dict], poison: int, gap: float, silhouette: float) -> str:
+def _verdict_reason(sides: list[dict], poison: int, silhouette: float) -> str:
     """Why the class is *not* a backdoor target ("" when it is)."""
+    gap = sides[poison]["input_disagreement"] - sides[1 - poison]["input_disagreement"]
     if min(s["size"] for s in sides) < MIN_SIDE:
         return "no second cluster"
     if sides[poison]["input_disagreement"] < DISAGREE_MIN or gap < GAP_MIN:
