@@ -50,21 +50,8 @@ def representation_layer(model, name: str | None = None):
 
 
 def embed(model, x: np.ndarray, *, layer: str | None = None, batch: int = 1024, progress: Callable[[float], None] | None = None) -> np.ndarray:
-    """Activations of ``layer`` for every sample, computed in batches (memory stays bounded)."""
-    import keras
-
-    target = representation_layer(model, layer)
-    extractor = keras.Model(model.inputs, target.output)
-    shape = tuple(model.inputs[0].shape[1:])
-    out = None
-    for start in range(0, len(x), batch):
-        chunk = as_model_input(x[start:start + batch], shape)
-        acts = np.asarray(extractor(chunk, training=False)).reshape(len(chunk), -1).astype(np.float32)
-        if out is None:
-            out = np.empty((len(x), acts.shape[1]), dtype=np.float32)
-        out[start:start + len(chunk)] = acts
-        if progress:
-            progress(min(1.0, (start + len(chunk)) / len(x)))
+    """Activations of one layer (by name, else the penultimate) for every sample, whole: see ``embed_layers``."""
+    (out,) = embed_layers(model, x, [representation_layer(model, layer)], max_dims=None, batch=batch, progress=progress)
     return out
 
 
@@ -105,11 +92,12 @@ def _output_size(layer) -> int | None:
     return None if None in shape else int(np.prod(shape))
 
 
-def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int = 256, batch: int = 1024, seed: int = 0,
+def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int | None = 256, batch: int = 1024, seed: int = 0,
                  progress: Callable[[float], None] | None = None) -> list[np.ndarray]:
     """Activations of several layers in one compiled pass, in batches. A layer wider than ``max_dims`` is multiplied by
     a fixed Gaussian random projection inside the pass (distances are kept, Johnson-Lindenstrauss), so memory is
-    n x max_dims floats per layer whatever the layer's width: a 1,000,000-sample set never holds a conv layer whole."""
+    n x max_dims floats per layer whatever the layer's width: a 1,000,000-sample set never holds a conv layer whole.
+    ``max_dims=None`` keeps every layer whole."""
     import keras
     import tensorflow as tf
 
@@ -117,8 +105,8 @@ def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int = 256, bat
     shape = tuple(model.inputs[0].shape[1:])
     widths = [_output_size(layer) or 0 for layer in layers]
     rng = np.random.default_rng(seed)
-    projections = [tf.constant((rng.standard_normal((w, max_dims)) / np.sqrt(max_dims)).astype(np.float32)) if w > max_dims else None
-                   for w in widths]
+    projections = [tf.constant((rng.standard_normal((w, max_dims)) / np.sqrt(max_dims)).astype(np.float32))
+                   if max_dims and w > max_dims else None for w in widths]
 
     @tf.function(reduce_retracing=True)
     def step(chunk):
@@ -127,11 +115,14 @@ def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int = 256, bat
         flat = [tf.reshape(a, (tf.shape(chunk)[0], -1)) for a in acts]
         return [tf.matmul(f, p) if p is not None else f for f, p in zip(flat, projections)]
 
-    outs = [np.empty((len(x), max_dims if p is not None else w), dtype=np.float32) for w, p in zip(widths, projections)]
+    outs: list[np.ndarray] = []
     for start in range(0, len(x), batch):
         chunk = as_model_input(x[start:start + batch], shape)
-        for out, a in zip(outs, step(tf.constant(chunk))):
-            out[start:start + len(chunk)] = a.numpy()
+        acts = [a.numpy() for a in step(tf.constant(chunk))]
+        if not outs:  # sized from the first batch: a layer's width may only be known once it has run
+            outs = [np.empty((len(x), a.shape[1]), dtype=np.float32) for a in acts]
+        for out, a in zip(outs, acts):
+            out[start:start + len(chunk)] = a
         if progress:
             progress(min(1.0, (start + len(chunk)) / len(x)))
     return outs
