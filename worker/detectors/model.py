@@ -25,7 +25,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     """
     from worker.backdoor import analyze
     from worker.datasets import load_dataset
-    from worker.keras_model import ModelRejected, embed_layers, load_keras_safely, representation_layers
+    from worker.keras_model import embed_layers, representation_layers
     from worker.proxy import features_for
 
     seed = int(config.get("seed", 0))
@@ -33,24 +33,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     clock = time.perf_counter()
     progress("load", 0.0)
     ds = load_dataset(inputs.dataset.path, inputs.dataset.kind, label_column=config.get("label_column", "label"))
-    model, notes = None, []
-    if inputs.model is not None:
-        try:
-            model, source = load_keras_safely(inputs.model.path), {"model": "uploaded"}
-        except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
-            notes.append(Finding("uploaded model not analysed: a proxy network was used", Severity.low, 0.0,
-                                 f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
-                                 "The dataset was analysed with a proxy network trained on it instead.",
-                                 remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
-                                 evidence={"reason": str(exc)}))
-    if model is None:
-        from worker.proxy_network import train_proxy
-
-        progress("proxy", 0.02)
-        model, trained = train_proxy(ds.x, ds.y, ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
-                                     budget_s=float(config.get("proxy_budget_s", 300)),
-                                     progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
-        source = {"model": "proxy", "proxy": trained}
+    model, source, notes = _model_for(inputs, ds, config, seed, progress)
     timings["load_and_model_s"] = time.perf_counter() - clock
     base = 0.55 if source["model"] == "proxy" else 0.05
     _check_output(model, ds)
@@ -67,6 +50,29 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     context = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
     return notes + report_findings(ds, analysis, context, uploaded=source["model"] == "uploaded")
+
+
+def _model_for(inputs: ScanInputs, ds, config: dict, seed: int, progress) -> tuple[object, dict, list[Finding]]:
+    """The uploaded Keras model, loaded safely; else (none uploaded, or not one we load) a proxy trained on the data."""
+    from worker.keras_model import ModelRejected, load_keras_safely
+
+    notes = []
+    if inputs.model is not None:
+        try:
+            return load_keras_safely(inputs.model.path), {"model": "uploaded"}, notes
+        except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
+            notes.append(Finding("uploaded model not analysed: a proxy network was used", Severity.low, 0.0,
+                                 f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
+                                 "The dataset was analysed with a proxy network trained on it instead.",
+                                 remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
+                                 evidence={"reason": str(exc)}))
+    from worker.proxy_network import train_proxy
+
+    progress("proxy", 0.02)
+    model, trained = train_proxy(ds.x, ds.y, ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
+                                 budget_s=float(config.get("proxy_budget_s", 300)),
+                                 progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
+    return model, {"model": "proxy", "proxy": trained}, notes
 
 
 def _check_output(model, ds) -> None:
