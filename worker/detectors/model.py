@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from worker.findings import Finding, ScanInputs, Severity
+from worker.detectors.data import _label
+from worker.findings import Finding, InputRejected, ScanInputs, Severity
 from worker.registry import registry
 
 MAX_LISTED = 100_000  # flagged samples listed in the report; the count is always exact
@@ -76,8 +77,6 @@ def _model_for(inputs: ScanInputs, ds, config: dict, seed: int, progress) -> tup
 
 
 def _check_output(model, ds) -> None:
-    from worker.findings import InputRejected
-
     outputs = int(model.outputs[0].shape[-1])
     if outputs < ds.n_classes:
         raise InputRejected(f"the model has {outputs} outputs but the dataset has {ds.n_classes} classes: upload the dataset "
@@ -85,8 +84,7 @@ def _check_output(model, ds) -> None:
 
 
 def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Finding]:
-    label = (lambda c: ds.classes[c]) if ds.classes else (lambda c: c)
-    per_class = {str(label(c.label)): _class_evidence(c) for c in analysis.classes}
+    per_class = {str(_label(ds, c.label)): _class_evidence(c) for c in analysis.classes}
     technique = "AML.T0018" if uploaded else "AML.T0020"
     what = "the uploaded model" if uploaded else "a proxy network trained on the dataset"
     findings = []
@@ -95,10 +93,10 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
             continue
         flagged = _flagged_records(ds, c, analysis)
         findings.append(Finding(
-            title=f"class {label(c.label)} looks like a backdoor target ({len(c.flagged)} of {c.size} samples poisoned)",
+            title=f"class {_label(ds, c.label)} looks like a backdoor target ({len(c.flagged)} of {c.size} samples poisoned)",
             severity=Severity.high,
             score=round(min(1.0, c.sides[c.poison_side]["input_disagreement"] + c.silhouette), 3),
-            explanation=f"In {what}'s {', '.join(context['layers'])} activations, class {label(c.label)} splits into two "
+            explanation=f"In {what}'s {', '.join(context['layers'])} activations, class {_label(ds, c.label)} splits into two "
             f"clusters (silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
             f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another label, "
             f"against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest). Samples of other classes relabelled "
@@ -106,7 +104,7 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
             f"spectral signatures agree on {c.agreement:.0%} of the cluster.",
             remediation=f"Quarantine the {len(c.flagged)} flagged samples, retrain without them and test the retrained model "
             f"for the trigger; do not register {'this model' if uploaded else 'a model trained on this data'} as it is.",
-            evidence={"class": label(c.label), "flagged": flagged, **_class_evidence(c), "per_class": per_class, **context},
+            evidence={"class": _label(ds, c.label), "flagged": flagged, **_class_evidence(c), "per_class": per_class, **context},
             technique=technique,
         ))
     if not findings:
