@@ -196,6 +196,20 @@ def test_decision_does_not_depend_on_which_cluster_is_smaller(share):
     assert _f1(set(result.flagged.tolist()), truth) >= 0.95
 
 
+def test_a_wholly_flagged_class_is_reported_without_a_spectral_comparison():
+    from types import SimpleNamespace
+
+    from worker.backdoor import Analysis, ClassResult
+    from worker.detectors.model import report_findings
+
+    whole = ClassResult(0, 6, True, "", [{"size": 6, "input_disagreement": 0.9}, {"size": 0, "input_disagreement": 0.0}],
+                        0.5, poison_side=0, flagged=np.arange(6), agreement=None)
+    analysis = Analysis([whole], np.ones(6, dtype=np.float32), {i: ["activation_clustering"] for i in range(6)})
+    ds = SimpleNamespace(classes=[0])
+    (finding,) = report_findings(ds, analysis, {"layers": ["dense"]}, uploaded=True)
+    assert "could not be compared" in finding.explanation and finding.evidence["methods_agreement_jaccard"] is None
+
+
 def test_model_scans_go_to_the_gpu_queue():
     reg = default_registry()
     assert reg.get("backdoor_activations").layer == "model"

@@ -100,8 +100,7 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
             f"clusters (silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
             f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another label, "
             f"against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest). Samples of other classes relabelled "
-            f"to one class and sorted apart by the model is what a dirty-label backdoor leaves. Activation clustering and "
-            f"spectral signatures agree on {c.agreement:.0%} of the cluster.",
+            f"to one class and sorted apart by the model is what a dirty-label backdoor leaves. {_agreement_text(c)}",
             remediation=f"Quarantine the {len(c.flagged)} flagged samples, retrain without them and test the retrained model "
             f"for the trigger; do not register {'this model' if uploaded else 'a model trained on this data'} as it is.",
             evidence={"class": _label(ds, c.label), "flagged": flagged, **_class_evidence(c), "per_class": per_class, **context},
@@ -116,6 +115,12 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
             evidence={"per_class": per_class, **context}, technique=technique,
         ))
     return findings
+
+
+def _agreement_text(c) -> str:
+    if c.agreement is None:  # every sample of the class flagged: no clean side for spectral signatures to cut against
+        return "Spectral signatures could not be compared: the whole class was flagged."
+    return f"Activation clustering and spectral signatures agree on {c.agreement:.0%} of the cluster."
 
 
 def _class_evidence(c) -> dict:
