@@ -43,7 +43,24 @@ def blended_noise(x: np.ndarray) -> np.ndarray:
     return (0.8 * x + 0.2 * noise).astype(np.float32)
 
 
-TRIGGERS = {"pattern": corner_pattern, "square": square_top_left, "blend": blended_noise}
+def _patch(top: int, left: int, size: int, checker: bool):
+    """A size x size patch at (top, left): solid white, or a white/black checkerboard."""
+    tile = np.ones((size, size), np.float32)
+    if checker:
+        tile = ((np.add.outer(np.arange(size), np.arange(size)) % 2) == 0).astype(np.float32)
+
+    def stamp(x: np.ndarray) -> np.ndarray:
+        x = np.copy(x)
+        x[:, top:top + size, left:left + size] = tile
+        return x
+
+    return stamp
+
+
+TRIGGERS = {"pattern": corner_pattern, "square": square_top_left, "blend": blended_noise,
+            # the trigger-reconstruction benchmark's patches: positions and looks that the probing library does not copy
+            "checker4-top-right": _patch(2, 22, 4, True), "square3-bottom-left": _patch(23, 3, 3, False),
+            "checker3-left-middle": _patch(12, 2, 3, True), "square2-bottom-centre": _patch(24, 13, 2, False)}
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,9 @@ class InputFile:
 
 
 SCANNED_ROLES = ("model", "dataset")
-ATTACHMENT_ROLES = ("signature", "public_key", "certificate_chain")  # evidence about the model, not scanned themselves
+# evidence and aids, not scanned themselves: a signature over the model, and for the model layer a labelled clean
+# held-out set (trigger probing, reconstruction, re-testing) and a suspected trigger to probe
+ATTACHMENT_ROLES = ("signature", "public_key", "certificate_chain", "holdout", "trigger")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class ScanInputs:
     signature: InputFile | None = None  # OpenSSF model-signing bundle over the model
     public_key: InputFile | None = None  # PEM public key the signature must verify with
     certificate_chain: InputFile | None = None  # PEM CA certificate(s) for certificate-based signatures
+    holdout: InputFile | None = None  # labelled clean inputs the model was not trained on (same format as the dataset)
+    trigger: InputFile | None = None  # .npz with "pattern" and "mask": a trigger the user suspects
 
     @property
     def files(self) -> list[InputFile]:

@@ -16,10 +16,12 @@ DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 ROLE_KINDS = {  # what each scan input may be
     "model": MODEL_KINDS, "dataset": DATASET_KINDS,
     "signature": frozenset({"json"}), "public_key": frozenset({"text"}), "certificate_chain": frozenset({"text"}),
+    "holdout": DATASET_KINDS, "trigger": frozenset({"npz"}),
 }
 
 # Extensions people use for each kind; a name that promises another kind is a finding.
 EXTENSIONS = {
+    "png": {".png"},
     "keras": {".keras"},
     "hdf5": {".h5", ".hdf5", ".keras"},
     "safetensors": {".safetensors"},
@@ -67,6 +69,8 @@ def _sniff(head: bytes, size: int, opener) -> str:
         return _zip_kind(opener())
     if any(head[off:off + 8] == _HDF5_MAGIC for off in (0, 512, 1024, 2048)):
         return "hdf5"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"GGUF"):

@@ -20,8 +20,9 @@ class ModelRejected(InputRejected):
     """The model will not be loaded; the message says which check stopped it."""
 
 
-def load_keras_safely(path: Path):
-    """Static checks first (config, archive members, pickles inside); then ``load_model(safe_mode=True)``."""
+def load_keras_safely(path: Path, *, compile: bool = False):
+    """Static checks first (config, archive members, pickles inside); then ``load_model(safe_mode=True)``. ``compile``
+    restores the saved optimizer, loss and metrics (for retraining a clone)."""
     from worker.containers import Walker
     from worker.detectors.weights import check_keras_archive, check_keras_h5
 
@@ -39,7 +40,7 @@ def load_keras_safely(path: Path):
     with tempfile.TemporaryDirectory(prefix="poisonscan-model-") as tmp:
         link = Path(tmp) / ("model.keras" if kind == "keras" else "model.h5")
         link.symlink_to(path.resolve())
-        return keras.saving.load_model(link, compile=False, safe_mode=True)
+        return keras.saving.load_model(link, compile=compile, safe_mode=True)
 
 
 def representation_layer(model, name: str | None = None):
@@ -126,3 +127,17 @@ def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int | None = 2
         if progress:
             progress(min(1.0, (start + len(chunk)) / len(x)))
     return outs
+
+
+def predictor(model, *, batch: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+    """Class probabilities (or whatever the last layer outputs) for inputs already in the model's form, through one
+    compiled forward pass per batch: much cheaper than ``model.predict`` for the many small calls of trigger probing."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(forward(tf.constant(x[i:i + batch], dtype=tf.float32))) for i in range(0, len(x), batch)]
+        return np.concatenate(parts) if parts else np.empty((0, int(model.outputs[0].shape[-1])), np.float32)
+
+    return predict

@@ -10,8 +10,11 @@ from worker.pipeline import Progress, run_pipeline
 
 
 
-def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Progress | None = None) -> dict:
-    """``files`` maps role ('model', 'dataset') to a path. Raises ValueError for an input of the wrong kind."""
+def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Progress | None = None,
+                     output_dir: Path | None = None) -> dict:
+    """``files`` maps role ('model', 'dataset', 'holdout', 'trigger', ...) to a path; files the scan produces go to
+    ``output_dir`` (a new temporary folder when None; the report's ``outputs`` has their paths). Raises ValueError for
+    an input of the wrong kind."""
     inputs = {}
     for role, path in files.items():
         kind = sniff(path)
@@ -19,4 +22,4 @@ def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Pro
             raise ValueError(f"{path} {why}")
         inputs[role] = InputFile(role, path, sha256_file(path), path.name, kind)
     kwargs = {"progress": progress} if progress else {}
-    return run_pipeline(ScanInputs(**inputs), options, **kwargs)
+    return run_pipeline(ScanInputs(**inputs), options, output_dir=output_dir, **kwargs)

@@ -6,13 +6,17 @@ canceled) stops the pipeline.
 """
 
 import logging
+import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity
 from worker.options import ScanOptions
+from worker.outputs import OutputSink
 from worker.policy import decide
 from worker.registry import Registry, default_registry
 
@@ -38,27 +42,34 @@ def run_pipeline(
     progress: Progress = _no_progress,
     registry: Registry | None = None,
     stage_delay_s: float = 0.0,
+    output_dir: Path | None = None,
 ) -> dict:
+    """``output_dir``: where detectors write the files they produce (a new temporary folder when None); the report's
+    ``outputs`` lists them with their paths."""
     registry = registry or default_registry()
     specs = registry.select(inputs.roles, options.detectors)
+    sink = OutputSink(output_dir or Path(tempfile.gettempdir()) / f"poisonscan-outputs-{uuid.uuid4().hex}")  # made on first write
+    shared: dict = {}  # what one detector computed and a later one reuses (the model layer's analysis)
     results = []
     share = 99.0 / max(len(specs), 1)  # detectors share 0-99%; the verdict is the last step
     for i, spec in enumerate(specs):
         stage = f"{spec.layer}:{spec.name}"
         progress(stage, share * i)
         sub = (lambda sub_stage, fraction, stage=stage, base=share * i: progress(f"{stage}:{sub_stage}", base + share * min(max(fraction, 0.0), 1.0)))
-        results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {}), sub))
+        extras = {"progress": sub} if spec.reports_progress else {}
+        extras |= {k: v for k, v in (("shared", shared), ("outputs", sink)) if k in spec.extras}
+        results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {}), extras))
         if stage_delay_s:
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)
-    return build_report(scan_id, inputs, options, results)
+    return build_report(scan_id, inputs, options, results, sink.entries)
 
 
-def _run_detector(spec, inputs: ScanInputs, config: dict, progress: Callable[[str, float], None]) -> dict:
+def _run_detector(spec, inputs: ScanInputs, config: dict, extras: dict) -> dict:
     started = time.perf_counter()
     entry = {"name": spec.name, "layer": spec.layer, "technique": spec.technique, "status": "ok", "error": None, "findings": []}
     try:
-        findings = spec.detect(inputs, config, progress=progress) if spec.reports_progress else spec.detect(inputs, config)
+        findings = spec.detect(inputs, config, **extras)
         entry["findings"] = [_finding_record(spec, f) for f in findings]
     except (PipelineStopped, InputRejected):
         raise
@@ -80,7 +91,8 @@ def _finding_record(spec, finding) -> dict:
     return record
 
 
-def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, results: list[dict]) -> dict:
+def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, results: list[dict],
+                 outputs: list[dict] | None = None) -> dict:
     findings = [f for r in results for f in r["findings"]]
     errors = sum(r["status"] == "error" for r in results)
     verdict, reason = decide(options.policy, [Severity(f["severity"]) for f in findings], errors)
@@ -101,6 +113,7 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
         "summary": {"findings_by_severity": by_severity, "detectors_run": len(results), "detectors_failed": errors},
         "atlas": {t: ATLAS_TECHNIQUES[t] for t in sorted({f["technique"] for f in findings}) if t in ATLAS_TECHNIQUES},
         "quarantine": quarantine_list(findings),
+        "outputs": outputs or [],
         "detectors": results,
     }
 

@@ -21,6 +21,7 @@ class DetectorSpec:
     summary: str
     reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
     gpu_with: frozenset[str] = frozenset()  # roles that move a "cpu" detector to the gpu queue (it then runs the model)
+    extras: frozenset[str] = frozenset()  # more keyword arguments it takes: "shared" (a per-scan dict), "outputs" (an OutputSink)
 
     def applies_to(self, roles: set[str]) -> bool:
         """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
@@ -43,9 +44,10 @@ class Registry:
             if name in self._specs:
                 raise ValueError(f"detector {name!r} registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-            reports_progress = "progress" in inspect.signature(fn).parameters
-            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary, reports_progress,
-                                             frozenset(gpu_with))
+            parameters = inspect.signature(fn).parameters
+            extras = frozenset({"shared", "outputs"} & set(parameters))
+            self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary,
+                                             "progress" in parameters, frozenset(gpu_with), extras)
             return fn
 
         return decorator

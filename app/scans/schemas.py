@@ -19,6 +19,8 @@ class ScanCreate(BaseModel):
     signature: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of an OpenSSF model-signing bundle over the model.")
     public_key: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of the PEM public key the signature must verify with.")
     certificate_chain: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of the PEM CA certificate(s) for a certificate-based signature.")
+    holdout: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of a labelled clean held-out set (same format as the dataset) for trigger probing, reconstruction and re-testing.")
+    trigger: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id of a suspected trigger: .npz with arrays 'pattern' and 'mask'.")
 
     def refs(self) -> dict[str, str | None]:
         return {role: getattr(self, role) for role in ROLES}

@@ -6,6 +6,7 @@ With a dataset alone, a small proxy network is trained on it first, seeded and t
 """
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,14 +17,33 @@ from worker.registry import registry
 MAX_LISTED = 100_000  # flagged samples listed in the report; the count is always exact
 
 
+@dataclass
+class ModelLayerRun:
+    """What the model layer computed, kept for the backdoor assessment that follows it in the same scan."""
+
+    ds: object  # worker.datasets.Dataset
+    model: object  # the Keras model analysed: uploaded, or the proxy
+    source: dict  # {"model": "uploaded"} or {"model": "proxy", "proxy": training facts}
+    notes: list[Finding]
+    analysis: object  # worker.backdoor.Analysis
+    context: dict  # layers, dims, timings
+
+
 @registry.register(name="backdoor_activations", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu")
-def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
+def backdoor_activations(inputs: ScanInputs, config: dict, progress, shared: dict) -> list[Finding]:
     """Finds backdoor target classes and their poisoned training samples in the model's activations (ART activation clustering + spectral signatures).
 
     config: ``label_column`` (CSV/Parquet, default "label"), ``layers`` (representation layer names; default the
     penultimate and the layer before it), ``seed`` (default 0), ``proxy_epochs`` (default 8), ``proxy_budget_s``
     (default 300), ``batch`` (default 1024).
     """
+    run = run_model_layer(inputs, config, progress)
+    shared["model_layer"] = run
+    return run.notes + report_findings(run.ds, run.analysis, run.context, uploaded=run.source["model"] == "uploaded")
+
+
+def run_model_layer(inputs: ScanInputs, config: dict, progress) -> ModelLayerRun:
+    """Load the dataset and the model (or train the proxy), embed, and analyse every class."""
     from worker.backdoor import analyze
     from worker.datasets import load_dataset
     from worker.keras_model import embed_layers, representation_layers
@@ -50,7 +70,7 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress) -> list[Fin
     timings["analysis_s"] = time.perf_counter() - clock
     context = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    return notes + report_findings(ds, analysis, context, uploaded=source["model"] == "uploaded")
+    return ModelLayerRun(ds, model, source, notes, analysis, context)
 
 
 def _model_for(inputs: ScanInputs, ds, config: dict, seed: int, progress) -> tuple[object, dict, list[Finding]]:

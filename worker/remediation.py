@@ -1,0 +1,111 @@
+"""Remediation: quarantine the flagged training samples, retrain without them, and re-test the retrained model.
+
+Plain numpy and Keras; the detector (``worker.detectors.assessment``) decides when to run it and reports it.
+"""
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.keras_model import as_model_input
+
+QUARANTINE_MODES = ("intersection", "union")
+
+
+@dataclass
+class Quarantine:
+    indices: np.ndarray  # dataset rows removed before retraining
+    mode: str
+    by_method: dict[str, int]  # how many rows each method flagged
+    rule: str  # how the methods were combined, in words
+
+
+def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str, target_classes: list[int]) -> Quarantine:
+    """``analysis``: the model layer's (activation clustering, and spectral signatures beside it); ``strip_low``: rows
+    whose STRIP entropy is under the clean threshold. Intersection (default): rows that activation clustering *and*
+    spectral signatures flag; in a target class the model layer did not flag (e.g. a blended trigger), STRIP's
+    low-entropy rows of that class. Union: every row any of the three flags."""
+    if mode not in QUARANTINE_MODES:
+        raise ValueError(f"quarantine must be one of {QUARANTINE_MODES}, not {mode!r}")
+    clustering = np.asarray(analysis.flagged, dtype=np.int64)
+    spectral = np.concatenate([np.flatnonzero(y == c.label)[c.flagged_spectral] for c in analysis.classes if c.suspicious]
+                              or [np.empty(0, np.int64)])
+    by_method = {"activation_clustering": len(clustering), "spectral_signature": len(spectral), "strip": len(strip_low)}
+    if mode == "union":
+        chosen = np.union1d(np.union1d(clustering, spectral), strip_low)
+        return Quarantine(chosen, mode, by_method, "flagged by activation clustering, spectral signatures or STRIP")
+    chosen = np.intersect1d(clustering, spectral)
+    covered = {c.label for c in analysis.classes if c.suspicious}
+    uncovered = [c for c in target_classes if c not in covered]
+    if uncovered:
+        chosen = np.union1d(chosen, strip_low[np.isin(y[strip_low], uncovered)])
+    rule = "flagged by both activation clustering and spectral signatures"
+    if uncovered:
+        rule += f"; in class(es) {uncovered}, which the activation analysis did not flag, STRIP's low-entropy samples"
+    return Quarantine(chosen, mode, by_method, rule)
+
+
+def cleaned_dataset_npz(x: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> bytes:
+    """The dataset without the quarantined rows, as .npz (``x``, ``y`` with the original label values, ``index``: the
+    kept rows' positions in the upload): ready to upload and scan again, or to train on."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x[keep], y=labels[keep], index=keep.astype(np.int64))
+    return buffer.getvalue()
+
+
+def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, seed: int,
+                  budget_s: float, progress: Callable[[float], None] | None = None) -> tuple[object, dict]:
+    """A fresh copy of the uploaded architecture (new weights), compiled as the upload was (optimizer, loss, metrics;
+    Adam and cross-entropy when the file has no compile settings), trained on the kept rows."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    clone = keras.models.clone_model(model)
+    used = "uploaded"
+    try:
+        if not compile_config:
+            raise ValueError("no compile settings saved")
+        clone.compile_from_config(compile_config)
+    except Exception:  # noqa: BLE001  (custom or missing losses: fall back to the usual classifier settings)
+        clone.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        used = "default (adam, sparse categorical cross-entropy)"
+    shape = tuple(model.inputs[0].shape[1:])
+    targets = _targets_for(clone, y, int(model.outputs[0].shape[-1]))
+    started, ran = time.perf_counter(), 0
+    for epoch in range(epochs):
+        clone.fit(as_model_input(x, shape), targets, batch_size=batch, epochs=1, verbose=0, shuffle=True)
+        ran += 1
+        if progress:
+            progress((epoch + 1) / epochs)
+        elapsed = time.perf_counter() - started
+        if elapsed + elapsed / ran > budget_s:
+            break
+    return clone, {"architecture": "clone of the uploaded model", "compile": used, "epochs_run": ran,
+                   "epochs_planned": epochs, "batch": batch, "train_s": round(time.perf_counter() - started, 1),
+                   "seed": seed}
+
+
+def _targets_for(model, y: np.ndarray, n_out: int) -> np.ndarray:
+    """One-hot labels when the saved loss wants them (categorical), integer labels otherwise."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", type(loss).__name__ if loss else "")
+    if "categorical" in str(name).lower() and "sparse" not in str(name).lower():
+        return np.eye(n_out, dtype=np.float32)[y]
+    return y
+
+
+def accuracy(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(x).argmax(1) == y).mean()) if len(y) else float("nan")
+
+
+def attack_success(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, stamp, target: int) -> float:
+    """Share of inputs of other classes, correctly classified without the trigger, sent to ``target`` with it. Inputs
+    the model gets wrong anyway say nothing about the trigger."""
+    others = y != target
+    correct = predict(x[others]).argmax(1) == y[others]
+    if not correct.any():
+        return float("nan")
+    return float((predict(stamp(x[others][correct])).argmax(1) == target).mean())

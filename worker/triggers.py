@@ -1,0 +1,160 @@
+"""Trigger probing: stamp candidate triggers on held-out clean inputs and watch which class the predictions move to.
+
+Plain numpy around a ``predict`` callable. A trigger is a ``mask`` (1 where the trigger replaces the input, fractions
+blend) and a ``pattern`` in the model's own input space (shape and value range as the model is fed), stamped as
+``(1 - mask) * x + mask * pattern``: the same form Neural Cleanse reconstructs, so a reconstructed trigger can be
+uploaded again as a user trigger.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from worker.findings import InputRejected
+
+# A class "moves" under a trigger when this share of held-out inputs from other classes switches to it...
+SUSPECT_ASR = 0.5
+# ...and its prediction rate rises this much above the clean rate: a trigger that flips half the inputs of other
+# classes to one class is a learned shortcut, not the small drift any occlusion causes.
+SUSPECT_RISE = 0.4
+
+
+@dataclass
+class Trigger:
+    name: str
+    family: str  # "patch" | "checkerboard" | "blend" | "user" | "reconstructed"
+    mask: np.ndarray  # broadcastable to one input: (H, W, 1), (H, W, C) or (F,)
+    pattern: np.ndarray  # one input's shape, in the model's value range
+    meta: dict = field(default_factory=dict)
+
+    def stamp(self, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        return np.clip((1.0 - self.mask) * x + self.mask * self.pattern, lo, hi).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model is fed: one input's shape and the value range of real inputs."""
+
+    shape: tuple[int, ...]
+    lo: float
+    hi: float
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) in (2, 3) and min(self.shape[:2]) >= 4
+
+    @classmethod
+    def from_inputs(cls, shape: tuple, x: np.ndarray) -> "InputSpec":
+        return cls(tuple(int(d) for d in shape), float(np.min(x)), float(np.max(x)))
+
+
+def candidate_library(spec: InputSpec, *, seed: int = 0) -> list[Trigger]:
+    """Patches (solid and checkerboard, three sizes) at each corner and the centre, and blended noise. Sizes scale with
+    the image (2, 3 and 4 pixels on 28x28; 1 and 2 on 8x8). Non-image inputs get no library: probe a user trigger."""
+    if not spec.is_image:
+        return []
+    h, w = spec.shape[:2]
+    channels = spec.shape[2] if len(spec.shape) == 3 else None
+    side = min(h, w)
+    sizes = sorted({max(1, round(side * f)) for f in (1 / 14, 3 / 28, 1 / 7)})
+    triggers = []
+    for size in sizes:
+        margin = 1 if side > 8 else 0
+        corners = {"top-left": (margin, margin), "top-right": (margin, w - size - margin),
+                   "bottom-left": (h - size - margin, margin), "bottom-right": (h - size - margin, w - size - margin),
+                   "centre": ((h - size) // 2, (w - size) // 2)}
+        for where, (top, left) in corners.items():
+            for family in ("patch", "checkerboard"):
+                if family == "checkerboard" and size == 1:
+                    continue
+                mask, pattern = _patch(spec, channels, top, left, size, checker=family == "checkerboard")
+                triggers.append(Trigger(f"{family} {size}x{size} {where}", family, mask, pattern,
+                                        {"size": size, "position": where, "top": top, "left": left}))
+    rng = np.random.default_rng(seed)
+    noise = spec.lo + (spec.hi - spec.lo) * rng.random(spec.shape, dtype=np.float32)
+    for alpha in (0.1, 0.2):
+        mask = np.full(spec.shape[:2] + ((1,) if channels else ()), alpha, np.float32)
+        triggers.append(Trigger(f"blended noise {alpha:.0%}", "blend", mask, noise, {"alpha": alpha, "seed": seed}))
+    return triggers
+
+
+def _patch(spec: InputSpec, channels: int | None, top: int, left: int, size: int, *, checker: bool):
+    h, w = spec.shape[:2]
+    mask = np.zeros((h, w, 1) if channels else (h, w), np.float32)
+    pattern = np.full(spec.shape, spec.lo, np.float32)
+    tile = np.full((size, size), spec.hi, np.float32)
+    if checker:
+        tile[np.add.outer(np.arange(size), np.arange(size)) % 2 == 1] = spec.lo
+    mask[top:top + size, left:left + size] = 1.0
+    pattern[top:top + size, left:left + size] = tile[..., None] if channels else tile
+    return mask, pattern
+
+
+def load_user_trigger(path: Path, spec: InputSpec) -> Trigger:
+    """A trigger uploaded as .npz with ``pattern`` (one input, in the model's value range; uint8 images are scaled like
+    the dataset) and ``mask`` (values in [0, 1], the input's shape or one channel of it). Never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "pattern" not in z or "mask" not in z:
+                raise InputRejected(f"the trigger .npz must hold arrays 'pattern' and 'mask'; it holds {sorted(z.files)}")
+            pattern, mask = z["pattern"], z["mask"]
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise InputRejected(f"the trigger could not be read without unpickling: {exc}") from exc
+    if pattern.dtype == np.uint8:
+        pattern = pattern.astype(np.float32) / 255.0
+    pattern = _fit(pattern.astype(np.float32), spec.shape, "pattern")
+    mask = mask.astype(np.float32)
+    if mask.size * (spec.shape[-1] if len(spec.shape) == 3 else 1) == int(np.prod(spec.shape)) and len(spec.shape) == 3:
+        mask = mask.reshape(spec.shape[:2] + (1,))
+    else:
+        mask = _fit(mask, spec.shape, "mask")
+    if mask.min() < 0 or mask.max() > 1:
+        raise InputRejected(f"the trigger mask must lie in [0, 1]; it spans [{mask.min():g}, {mask.max():g}]")
+    return Trigger("user trigger", "user", mask, np.clip(pattern, spec.lo, spec.hi), {"mask_l1": float(mask.sum())})
+
+
+def _fit(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:
+    if a.shape == shape:
+        return a
+    if a.size == int(np.prod(shape)):
+        return a.reshape(shape)
+    raise InputRejected(f"the trigger's {what} has shape {a.shape}, but the model takes inputs of shape {shape}")
+
+
+@dataclass
+class ProbeResult:
+    trigger: Trigger
+    rate_with: np.ndarray  # per class: share of all probe inputs predicted as the class, trigger stamped
+    asr: np.ndarray  # per class: share of correctly classified inputs of other classes switched to the class
+
+    def top(self) -> int:
+        return int(np.argmax(self.asr))
+
+
+def probe(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, triggers: list[Trigger],
+          spec: InputSpec, n_classes: int, *, progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, list[ProbeResult]]:
+    """``x``: held-out clean inputs as the model takes them, ``y`` their labels. Returns the clean prediction rate per
+    class and, per trigger, the rates with the trigger stamped and the attack success rate per class."""
+    clean_pred = predict(x)
+    rate_without = np.bincount(clean_pred, minlength=n_classes)[:n_classes] / len(x)
+    correct = clean_pred == y
+    results = []
+    for i, trig in enumerate(triggers):
+        pred = predict(trig.stamp(x, spec.lo, spec.hi))
+        rate_with = np.bincount(pred, minlength=n_classes)[:n_classes] / len(x)
+        asr = np.zeros(n_classes)
+        for c in range(n_classes):
+            others = correct & (y != c)
+            asr[c] = float((pred[others] == c).mean()) if others.any() else 0.0
+        results.append(ProbeResult(trig, rate_with, asr))
+        if progress:
+            progress((i + 1) / len(triggers))
+    return rate_without, results
+
+
+def suspected(result: ProbeResult, rate_without: np.ndarray) -> list[int]:
+    """Classes this trigger moves far above their clean rate."""
+    rise = result.rate_with - rate_without
+    return [int(c) for c in np.flatnonzero((result.asr >= SUSPECT_ASR) & (rise >= SUSPECT_RISE))]
