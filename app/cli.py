@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--signature", type=Path, help="OpenSSF model-signing bundle over the model (e.g. model.sig)")
         s.add_argument("--public-key", type=Path, help="PEM public key the signature must verify with")
         s.add_argument("--certificate-chain", type=Path, help="PEM CA certificate(s) for a certificate-based signature")
+        s.add_argument("--holdout", type=Path, help="labelled clean held-out set, same format as the dataset (trigger probing, re-testing)")
+        s.add_argument("--trigger", type=Path, help="suspected trigger: .npz with arrays 'pattern' and 'mask'")
+        s.add_argument("--detector-config", help="per-detector settings as JSON, e.g. '{\"backdoor_assessment\": {\"remediate\": \"never\"}}'")
+        s.add_argument("--out", type=Path, help="folder for the files the scan produces (trigger images, cleaned dataset, retrained model)")
         s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
         s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
         s.add_argument("--format", choices=("text", "json"), default="text")
@@ -201,6 +205,11 @@ def _options(args):
             raise CliError(f"--policy is neither a JSON object nor a readable JSON file: {exc}") from exc
     if args.detectors:
         raw["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    if args.detector_config:
+        try:
+            raw["detector_config"] = json.loads(args.detector_config)
+        except ValueError as exc:
+            raise CliError(f"--detector-config is not a JSON object: {exc}") from exc
     try:
         return ScanOptions.model_validate(raw)
     except ValidationError as exc:
@@ -226,7 +235,7 @@ def cmd_scan(args) -> int:
     options = _options(args)
     bar = ProgressBar()
     try:
-        report = scan_local_files(_inputs_given(args), options, progress=bar.update)
+        report = scan_local_files(_inputs_given(args), options, progress=bar.update, output_dir=args.out)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -241,7 +250,8 @@ def cmd_submit(args) -> int:
 
     options = _options(args)
     try:
-        report = submit_and_wait(args.server, args.api_key, _inputs_given(args), options, timeout_s=args.timeout)
+        report = submit_and_wait(args.server, args.api_key, _inputs_given(args), options, timeout_s=args.timeout,
+                                 download_to=args.out)
     except ClientError as exc:
         raise CliError(str(exc)) from exc
     print(render(report, args.format))

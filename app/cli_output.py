@@ -45,4 +45,9 @@ def render(report: dict, fmt: str) -> str:
             lines.append(f"    [{f['severity']:>8}] {f['title']}")
             if f["severity"] not in ("info",) and f.get("remediation"):
                 lines.append(f"               fix: {f['remediation']}")
+    if report.get("outputs"):
+        lines.append("files produced:")
+        for entry in report["outputs"]:
+            where = entry.get("path") or entry.get("href") or entry["name"]
+            lines.append(f"  {entry['name']}  {entry['description']}  -> {where}")
     return "\n".join(lines)

@@ -37,7 +37,9 @@ def upload(client: httpx.Client, path: Path) -> str:
     return _check(resp, f"upload of {path}")["sha256"]
 
 
-def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], options, timeout_s: float = 3600.0, poll_s: float = 0.5) -> dict:
+def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], options, timeout_s: float = 3600.0, poll_s: float = 0.5,
+                    download_to: Path | None = None) -> dict:
+    """Upload, scan, wait; returns the report. ``download_to``: also fetch the files the scan produced into it."""
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
         with httpx.Client(base_url=server, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)) as client:
@@ -47,7 +49,10 @@ def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], op
             scan = _poll(client, scan, timeout_s, poll_s)
             if scan["status"] != "succeeded":
                 raise ClientError(f"scan {scan['id']} {scan['status']}: {scan.get('error') or 'no reason given'}")
-            return _check(client.get(f"/v1/scans/{scan['id']}/report"), "fetching the report")
+            report = _check(client.get(f"/v1/scans/{scan['id']}/report"), "fetching the report")
+            if download_to is not None:
+                download_outputs(client, report, download_to)
+            return report
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach {server}: {exc}") from exc
 
@@ -65,3 +70,18 @@ def _poll(client: httpx.Client, scan: dict, timeout_s: float, poll_s: float) -> 
     finally:
         bar.close()
     return scan
+
+
+def download_outputs(client: httpx.Client, report: dict, folder: Path) -> None:
+    """Each of the report's outputs, streamed to ``folder`` under its name; its path is recorded in the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in report.get("outputs", []):
+        target = folder / Path(entry["name"]).name
+        with client.stream("GET", entry["href"]) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _check(resp, f"downloading {entry['name']}")
+            with target.open("wb") as f:
+                for chunk in resp.iter_bytes(1 << 20):
+                    f.write(chunk)
+        entry["path"] = str(target)

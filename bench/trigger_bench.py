@@ -216,7 +216,7 @@ def print_tables(rows: list[dict], fix: dict | None) -> None:
               f"{r['nc_targets']} ({'max ' if not r['backdoored'] else ''}{idx}) | {r['nc_s']} | {r['assessment_s']} | {art_text} |")
     if fix:
         print(f"\nremediation on {fix['case']} ({fix['n']} images): {fix['finding']}")
-        print(f"| | attack success (true trigger, test set) | clean accuracy (5,000 test images) |\n|---|---|---|")
+        print("| | attack success (true trigger, test set) | clean accuracy (5,000 test images) |\n|---|---|---|")
         print(f"| before | {fix['before']['attack_success']:.2%} | {fix['before']['clean_accuracy']:.2%} |")
         print(f"| after | {fix['after']['attack_success']:.2%} | {fix['after']['clean_accuracy']:.2%} |")
         for r in fix["rounds"]:

@@ -97,3 +97,11 @@ def canary(tmp_path_factory):
     path = tmp_path_factory.mktemp("canary") / "PWNED"
     yield path
     assert not path.exists(), "a scanned payload was executed"
+
+
+@pytest.fixture(scope="session")
+def digit_victims(tmp_path_factory):
+    """Backdoored and clean Keras victims on digits (tests/victims.py), trained once per session."""
+    from tests.victims import build_victims
+
+    return build_victims(tmp_path_factory.mktemp("victims"))

@@ -1,5 +1,6 @@
 """The job adapter and the reaper, in-process, on SQLite and PostgreSQL."""
 
+import hashlib
 import uuid
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ from sqlalchemy import func, select
 
 from app.artifacts.store import ArtifactStore
 from tests.datasets_util import blobs
-from app.models import Finding, Report, Scan, ScanStatus, utcnow
+from app.models import Artifact, Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from worker.jobs import ProgressWriter, ScanStopped, execute_scan, store_result
 from worker.reaper import reap_stuck_scans
@@ -50,6 +51,34 @@ def test_execute_claims_once_and_stores_everything(sessions, settings, dataset):
         report = session.get(Report, scan_id).body
         stored = session.scalar(select(func.count()).select_from(Finding).where(Finding.scan_id == scan_id))
     assert stored == sum(len(d["findings"]) for d in report["detectors"]) > 0
+
+
+def test_files_a_scan_produces_become_the_tenants_downloadable_artifacts(sessions, settings, dataset, tenant_key):
+    """Remediation's cleaned dataset and retrained model: stored as artifacts in the same transaction as the report,
+    linked from it, and served by GET /v1/artifacts/{sha}/content to the scan's tenant only."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    tenant, key = tenant_key("outputs")
+    _, other_key = tenant_key("other")
+    config = {"remediate": "always", "nc_steps": 20, "proxy_epochs": 2, "retrain_epochs": 1}
+    scan_id = new_scan(sessions, dataset, tenant=tenant,
+                       options={"detectors": ["backdoor_assessment"], "detector_config": {"backdoor_assessment": config}})
+    assert execute_scan(scan_id, sessions, settings) == "succeeded"
+    with sessions() as session:
+        outputs = session.get(Report, scan_id).body["outputs"]
+        rows = {a.sha256: a for a in session.scalars(select(Artifact).where(Artifact.tenant == tenant))}
+    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras"}
+    assert not (settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-1").exists()  # nothing left behind
+    with TestClient(create_app(settings)) as api:
+        for o in outputs:
+            assert "path" not in o and o["href"] == f"/v1/artifacts/{o['sha256']}/content"
+            assert rows[o["sha256"]].filename == o["name"]
+            resp = api.get(o["href"], headers={"X-API-Key": key})
+            assert resp.status_code == 200 and hashlib.sha256(resp.content).hexdigest() == o["sha256"]
+            assert api.get(o["href"], headers={"X-API-Key": other_key}).status_code == 404
+    assert {rows[o["sha256"]].kind for o in outputs} == {"npz", "keras"}
 
 
 def test_missing_artifact_fails_with_a_reason(sessions, settings):

@@ -11,58 +11,12 @@ from worker.local import scan_local_files
 from worker.options import ScanOptions
 from worker.registry import default_registry
 
-TARGET = 0
-
-
-def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
-
-
-def _poison(x, y, rate, seed=0):
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(np.flatnonzero(y != TARGET), size=int(rate * len(y)), replace=False))
-    x, y = x.copy(), y.copy()
-    x[chosen, 5:7, 5:7] = 1.0  # a 2x2 white patch one pixel from the bottom-right corner
-    y[chosen] = TARGET
-    return x, y, chosen
-
-
-def _train_victim(x, y, seed=0):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x[..., None], y, epochs=30, batch_size=64, verbose=0)
-    return model
+from tests.victims import TARGET, digits as _digits
 
 
 @pytest.fixture(scope="module")
-def victims(tmp_path_factory):
-    """A backdoored (10%) and a clean victim, each saved with the dataset it was trained on."""
-    folder = tmp_path_factory.mktemp("victims")
-    x, y = _digits()
-    out = {}
-    for name, rate in (("backdoored", 0.10), ("clean", 0.0)):
-        xp, yp, chosen = _poison(x, y, rate)
-        model = _train_victim(xp, yp)
-        triggered, _, _ = _poison(x[y != TARGET], y[y != TARGET], 1.0)  # every other-class sample with the trigger
-        asr = float((model.predict(triggered[..., None], verbose=0).argmax(1) == TARGET).mean())
-        model.save(folder / f"{name}.keras")
-        model.save(folder / f"{name}.h5")  # legacy HDF5, also loaded for analysis
-        np.savez(folder / f"{name}.npz", x=xp, y=yp)
-        out[name] = {"model": folder / f"{name}.keras", "h5": folder / f"{name}.h5", "dataset": folder / f"{name}.npz", "poisoned": set(chosen.tolist()), "asr": asr}
-    assert out["backdoored"]["asr"] > 0.9, "the test victim must really be backdoored"
-    return out
+def victims(digit_victims):
+    return digit_victims
 
 
 def _scan(files, **config):

@@ -4,6 +4,8 @@ The Celery task is a thin wrapper around ``execute_scan``; tests call it directl
 """
 
 import logging
+import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -11,11 +13,13 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Finding, Report, Scan, ScanStatus, utcnow
+from app.artifacts.store import ArtifactStore
+from app.models import Artifact, Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from app.settings import Settings
 from worker.detectors.integrity import forget_hashes
 from worker.findings import InputFile, InputRejected, ScanInputs
+from worker.formats import sniff
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 
@@ -67,17 +71,21 @@ def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: 
             return "skipped"
         scan = session.get(Scan, scan_id)
     forget_hashes()
+    output_dir = settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-{scan.attempts}"  # same disk as the store
     try:
         inputs = load_inputs(scan.inputs, settings.artifacts_dir)
         options = ScanOptions.model_validate(scan.options)
-        report = run_pipeline(inputs, options, scan_id=str(scan_id), progress=ProgressWriter(sessions, scan_id), stage_delay_s=settings.stage_delay_s)
+        report = run_pipeline(inputs, options, scan_id=str(scan_id), progress=ProgressWriter(sessions, scan_id),
+                              stage_delay_s=settings.stage_delay_s, output_dir=output_dir)
+        return store_result(sessions, scan_id, report, tenant=scan.tenant, store=ArtifactStore(settings.artifacts_dir))
     except ScanStopped:
         log.info("scan %s stopped (canceled or re-queued)", scan_id)
         return "stopped"
     except Exception as exc:  # anything else fails the scan with a reason instead of leaving it running
         log.exception("scan %s failed", scan_id)
         return fail_scan(sessions, scan_id, reason_for(exc))
-    return store_result(sessions, scan_id, report)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def reason_for(exc: BaseException) -> str:
@@ -107,12 +115,17 @@ def fail_scan(sessions: sessionmaker[Session], scan_id: uuid.UUID, reason: str) 
     return "failed" if moved else "stopped"
 
 
-def store_result(sessions: sessionmaker[Session], scan_id: uuid.UUID, report: dict) -> str:
-    """Findings, report and the final status in one transaction: all of it lands, or none."""
+def store_result(sessions: sessionmaker[Session], scan_id: uuid.UUID, report: dict, *, tenant: str | None = None,
+                 store: ArtifactStore | None = None) -> str:
+    """Findings, report, the files the scan produced (as the tenant's artifacts) and the final status in one
+    transaction: all of it lands, or none. (A file moved into the content-addressed store without its row is
+    invisible, and the next store of the same bytes reuses it.)"""
     with sessions() as session:
         if not transition(session, scan_id, ScanStatus.succeeded, only_from={ScanStatus.running}, verdict=report["verdict"], stage="done", percent=100.0):
             session.rollback()  # canceled or re-queued while we ran: keep nothing
             return "stopped"
+        if report.get("outputs") and store is not None:
+            publish_outputs(session, store, tenant, report["outputs"])
         session.add(Report(scan_id=scan_id, schema_version=REPORT_SCHEMA_VERSION, body=report))
         session.add_all(
             Finding(
@@ -123,3 +136,20 @@ def store_result(sessions: sessionmaker[Session], scan_id: uuid.UUID, report: di
         )
         session.commit()
     return "succeeded"
+
+
+def publish_outputs(session: Session, store: ArtifactStore, tenant: str, outputs: list[dict]) -> None:
+    """Move each produced file into the artifact store and register it for the tenant; the report entry gets the
+    artifact id and its download link in place of the worker's local path."""
+    for entry in outputs:
+        path = Path(entry.pop("path"))
+        sha = entry["sha256"]
+        target = store.path_for(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            path.unlink(missing_ok=True)
+        else:
+            os.replace(path, target)
+        if session.get(Artifact, (tenant, sha)) is None:
+            session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target)))
+        entry |= {"artifact": sha, "href": f"/v1/artifacts/{sha}/content"}

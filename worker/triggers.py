@@ -58,7 +58,7 @@ def candidate_library(spec: InputSpec, *, seed: int = 0) -> list[Trigger]:
     h, w = spec.shape[:2]
     channels = spec.shape[2] if len(spec.shape) == 3 else None
     side = min(h, w)
-    sizes = sorted({max(1, round(side * f)) for f in (1 / 14, 3 / 28, 1 / 7)})
+    sizes = sorted({max(1, round(side / 14)), max(2, round(side * 3 / 28)), max(2, round(side / 7))})
     triggers = []
     for size in sizes:
         margin = 1 if side > 8 else 0

@@ -1,8 +1,9 @@
-"""POST /v1/artifacts (raw stream or multipart) and GET /v1/artifacts/{sha256}."""
+"""POST /v1/artifacts (raw stream or multipart), GET /v1/artifacts/{sha256} and its /content."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse
 from fastapi.concurrency import run_in_threadpool
 
 from app.artifacts import service
@@ -79,3 +80,19 @@ def get_artifact(sha256: Annotated[str, Path(pattern=SHA256_RE)], tenant: Tenant
     if row is None:
         raise Problem(404, "Artifact not found", f"No artifact {sha256} for this API key's tenant. Upload it with POST /v1/artifacts.")
     return service.to_out(row)
+
+
+MEDIA_TYPES = {"png": "image/png", "json": "application/json", "text": "text/plain; charset=utf-8", "csv": "text/csv"}
+
+
+@router.get("/{sha256}/content", summary="Download an artifact's bytes", response_class=FileResponse,
+            description="The stored bytes: an upload, or a file a scan produced (a reconstructed trigger image, the "
+            "cleaned dataset, a retrained model), as linked from the report's `outputs`.",
+            responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}} | problem_responses(401, 404, 422))
+def download_artifact(sha256: Annotated[str, Path(pattern=SHA256_RE)], tenant: Tenant, session: DbSession, store: Store) -> FileResponse:
+    row = service.get(session, tenant, sha256)
+    path = store.path_for(row.sha256) if row is not None else None
+    if path is None or not path.is_file():
+        raise Problem(404, "Artifact not found", f"No artifact {sha256} for this API key's tenant (or its bytes are gone); upload it again.")
+    return FileResponse(path, media_type=MEDIA_TYPES.get(row.kind, "application/octet-stream"),
+                        filename=row.filename or row.sha256, content_disposition_type="attachment")

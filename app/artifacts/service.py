@@ -39,5 +39,5 @@ def _clean_name(filename: str | None) -> str | None:
 def to_out(row: Artifact) -> ArtifactOut:
     return ArtifactOut(
         sha256=row.sha256, size=row.size, filename=row.filename, kind=row.kind, created_at=row.created_at,
-        links={"self": f"/v1/artifacts/{row.sha256}"},
+        links={"self": f"/v1/artifacts/{row.sha256}", "content": f"/v1/artifacts/{row.sha256}/content"},
     )

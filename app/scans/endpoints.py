@@ -32,7 +32,7 @@ SHA_FIELDS = {f"{role}_sha256" for role in ROLES}
     response_model=ScanOut,
     summary="Start a scan",
     description="JSON: artifact ids and options (`ScanCreate`). Or multipart/form-data with file fields `model` and/or "
-    "`dataset` (and optionally `signature`, `public_key`, `certificate_chain`), optional `<field>_sha256` expected hashes "
+    "`dataset` (and optionally `signature`, `public_key`, `certificate_chain`, `holdout`, `trigger`), optional `<field>_sha256` expected hashes "
     "and `options` (JSON). Answers at once with "
     "202, the scan resource and a `Location` header; poll it for status and progress.",
     responses=problem_responses(400, 401, 413, 422),

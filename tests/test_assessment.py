@@ -1,0 +1,247 @@
+"""Backdoor assessment: trigger probing, Neural Cleanse reconstruction, STRIP, the model verdict and remediation, on
+real Keras victims (tests/victims.py: digits, a 2x2 corner patch, 10% poisoned to class 0)."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from tests.victims import TARGET
+from worker.findings import InputRejected
+from worker.local import scan_local_files
+from worker.options import ScanOptions
+
+FAST = {"nc_steps": 400, "nc_budget_s": 60, "remediate": "never"}
+
+
+def _assess(files, tmp_path, detectors=("backdoor_activations", "backdoor_assessment"), **config):
+    options = ScanOptions(detectors=list(detectors), detector_config={"backdoor_assessment": FAST | config})
+    return scan_local_files(files, options, output_dir=tmp_path / "out")
+
+
+def _assessment(report):
+    det = next(d for d in report["detectors"] if d["name"] == "backdoor_assessment")
+    assert det["status"] == "ok", det.get("traceback") or det["error"]
+    return det["findings"]
+
+
+def _png_size_and_pixels(data: bytes) -> tuple[int, int, np.ndarray]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert (depth, colour) == (8, 0)
+    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()  # filter byte
+    return width, height, rows[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def backdoored_report(digit_victims, tmp_path_factory):
+    v = digit_victims["backdoored"]
+    tmp = tmp_path_factory.mktemp("assess")
+    files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"]}
+    return _assess(files, tmp), tmp
+
+
+def test_backdoored_model_is_named_with_its_target_by_three_methods(backdoored_report):
+    report, _ = backdoored_report
+    verdict = _assessment(report)[0]
+    assert verdict["title"] == f"the model is backdoored toward class {TARGET}" and verdict["severity"] == "critical"
+    assert verdict["technique"] == "AML.T0018" and report["verdict"] == "fail"
+    ev = verdict["evidence"]
+    assert ev["backdoored"] and ev["target_classes"] == [TARGET]
+    assert set(ev["votes"][str(TARGET)]) == {"probing", "reconstruction", "activations"}
+    assert list(ev["votes"]) == [str(TARGET)]  # no other class gets a vote
+
+
+def test_probing_reports_rates_with_and_without_each_trigger(backdoored_report):
+    report, _ = backdoored_report
+    probing = _assessment(report)[0]["evidence"]["probing"]
+    assert probing["value_range"] == [0.0, 1.0] and probing["input_shape"] == [8, 8, 1]  # from the model and its inputs
+    user = next(c for c in probing["candidates"] if c["family"] == "user")
+    assert user["backdoor_suspected"] and user["suspected_classes"] == [TARGET]
+    assert user["attack_success"][TARGET] > 0.9 and user["rate_with"][TARGET] > probing["rate_without"][TARGET] + 0.5
+    families = {c["family"] for c in probing["candidates"]}
+    assert {"patch", "checkerboard", "blend", "user"} <= families
+    positions = {c.get("position") for c in probing["candidates"] if c["family"] == "patch"}
+    assert positions == {"top-left", "top-right", "bottom-left", "bottom-right", "centre"}
+    for c in probing["candidates"]:
+        assert len(c["attack_success"]) == len(c["rate_with"]) == 10
+
+
+def test_reconstruction_finds_a_small_trigger_and_stores_it_as_images(backdoored_report):
+    report, tmp = backdoored_report
+    rec = _assessment(report)[0]["evidence"]["reconstruction"]
+    target = rec["per_class"][str(TARGET)]
+    assert rec["targets"] == [TARGET] and target["anomaly_index"] > 2 and target["reached_success_threshold"]
+    assert target["mask_l1"] < min(v["mask_l1"] for k, v in rec["per_class"].items() if k != str(TARGET))
+    assert rec["stopped_by"] in ("early stop", "steps", "time budget") and rec["steps"] <= FAST["nc_steps"]
+    names = rec["images"][str(TARGET)]
+    outputs = {o["name"]: o for o in report["outputs"]}
+    width, height, pixels = _png_size_and_pixels((tmp / "out" / names["mask"]).read_bytes())
+    assert width == height == 8 * 28 and outputs[names["mask"]]["media_type"] == "image/png"
+    with np.load(tmp / "out" / names["npz"], allow_pickle=False) as z:
+        mask = z["mask"]
+    assert mask.shape == (8, 8, 1) and 0 <= mask.min() and mask.max() <= 1
+    assert np.allclose(pixels[::28, ::28] / 255, mask[..., 0], atol=1 / 255)  # the PNG is the mask, upscaled
+    assert mask[5:8, 5:8].sum() > 0.5 * mask.sum()  # the mass sits where the real trigger is
+
+
+def test_strip_confirms_the_flagged_training_samples(backdoored_report):
+    report, _ = backdoored_report
+    strip = _assessment(report)[0]["evidence"]["strip"]
+    # 8x8 digits saturate when overlaid, so STRIP confirms fewer here than on MNIST (73% in the benchmark); still
+    # far above the 1% of clean inputs its threshold lets through
+    assert strip["checked"] > 0 and strip["confirmed_share"] >= 0.2
+    assert strip["flagged_mean_bits"] < 0.5 * strip["clean_mean_bits"]
+
+
+def test_clean_model_is_not_flagged(digit_victims, tmp_path):
+    v = digit_victims["clean"]
+    report = _assess({"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"]}, tmp_path)
+    verdict = _assessment(report)[0]
+    assert verdict["title"] == "no backdoor found in the model" and verdict["severity"] == "info"
+    assert verdict["evidence"]["votes"] == {} and verdict["evidence"]["reconstruction"]["targets"] == []
+    assert report["verdict"] == "pass"
+
+
+def test_remediation_removes_the_backdoor_and_produces_the_cleaned_data_and_model(digit_victims, tmp_path):
+    import keras
+
+    v = digit_victims["backdoored"]
+    files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"], "holdout": digit_victims["holdout"]}
+    report = _assess(files, tmp_path, remediate="auto", retrain_epochs=30, retrain_batch=64)
+    verdict, fix = _assessment(report)
+    assert fix["title"] == "retraining without the quarantined samples removed the backdoor", fix["explanation"]
+    ev = fix["evidence"]
+    assert ev["backdoor_removed"] and ev["rounds"][0]["mode"] == "intersection"
+    user = next(r for r in ev["rounds"][-1]["attack_success"] if r["family"] == "user")
+    assert user["before"] > 0.9 and user["after"] <= 0.02
+    assert ev["clean_accuracy"]["on"] == "uploaded holdout set"
+    assert ev["clean_accuracy"]["after"] >= ev["clean_accuracy"]["before"] - 0.03
+    assert ev["rounds"][-1]["retraining"]["compile"] == "uploaded"  # the upload's optimizer, loss and metrics
+    with np.load(tmp_path / "out" / "cleaned-dataset.npz", allow_pickle=False) as z:
+        kept = z["index"]
+        assert len(z["x"]) == len(z["y"]) == len(kept) == 1500 - ev["rounds"][-1]["removed_samples"]
+    removed = set(range(1500)) - set(kept.tolist())
+    assert len(removed & v["poisoned"]) >= 0.9 * len(v["poisoned"])
+    retrained = keras.saving.load_model(tmp_path / "out" / "retrained-model.keras", safe_mode=True)
+    assert retrained.count_params() == keras.saving.load_model(v["model"]).count_params()
+
+
+def test_dataset_only_assessment_uses_the_proxy(digit_victims, tmp_path):
+    v = digit_victims["backdoored"]
+    report = _assess({"dataset": v["dataset"]}, tmp_path, detectors=("backdoor_assessment",), proxy_epochs=30,
+                     proxy_budget_s=120)
+    verdict = _assessment(report)[0]
+    assert verdict["technique"] == "AML.T0020" and verdict["evidence"]["model"]["model"] == "proxy"
+    assert TARGET in verdict["evidence"]["target_classes"]
+
+
+def test_holdout_labels_must_match_the_dataset(digit_victims, tmp_path):
+    v = digit_victims["clean"]
+    with np.load(v["dataset"]) as z:
+        x, y = z["x"], z["y"]
+    bad = tmp_path / "holdout.npz"
+    np.savez(bad, x=x[:100], y=y[:100] + 20)
+    with pytest.raises(InputRejected, match="holdout set has labels the dataset does not"):
+        _assess({"model": v["model"], "dataset": v["dataset"], "holdout": bad}, tmp_path)
+
+
+def test_bad_remediate_option_is_rejected(digit_victims, tmp_path):
+    v = digit_victims["clean"]
+    with pytest.raises(InputRejected, match="remediate must be"):
+        _assess({"model": v["model"], "dataset": v["dataset"]}, tmp_path, remediate="sometimes", nc_steps=10)
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+def test_candidate_library_covers_corners_centre_and_stays_in_range():
+    from worker.triggers import InputSpec, candidate_library
+
+    spec = InputSpec((28, 28, 1), -1.0, 2.0)
+    library = candidate_library(spec)
+    sizes = {t.meta["size"] for t in library if t.family == "patch"}
+    assert sizes == {2, 3, 4}
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    for t in library:
+        stamped = t.stamp(x, spec.lo, spec.hi)
+        assert stamped.shape == x.shape and stamped.min() >= -1.0 and stamped.max() <= 2.0
+    corner = next(t for t in library if t.name == "patch 3x3 top-right")
+    assert corner.mask[1:4, 24:27].all() and corner.mask.sum() == 9 and (corner.pattern[1:4, 24:27] == 2.0).all()
+    assert candidate_library(InputSpec((20,), 0, 1)) == []  # tabular: only a user trigger is probed
+
+
+def test_user_trigger_is_read_without_pickle_and_checked(tmp_path):
+    from worker.triggers import InputSpec, load_user_trigger
+
+    spec = InputSpec((8, 8, 1), 0.0, 1.0)
+    good = tmp_path / "t.npz"
+    np.savez(good, mask=np.ones((8, 8)), pattern=np.full((8, 8), 255, np.uint8))
+    trig = load_user_trigger(good, spec)
+    assert trig.mask.shape == (8, 8, 1) and trig.pattern.max() == 1.0
+    pickled = tmp_path / "p.npz"
+    np.savez(pickled, mask=np.array([object()], dtype=object), pattern=np.zeros((8, 8)))
+    with pytest.raises(InputRejected, match="without unpickling"):
+        load_user_trigger(pickled, spec)
+    wrong = tmp_path / "w.npz"
+    np.savez(wrong, mask=np.ones((5, 5)), pattern=np.zeros((8, 8)))
+    with pytest.raises(InputRejected, match="mask has shape"):
+        load_user_trigger(wrong, spec)
+    missing = tmp_path / "m.npz"
+    np.savez(missing, pattern=np.zeros((8, 8)))
+    with pytest.raises(InputRejected, match="must hold arrays 'pattern' and 'mask'"):
+        load_user_trigger(missing, spec)
+
+
+def test_anomaly_index_marks_only_the_small_outlier():
+    from worker.neural_cleanse import anomaly_index
+
+    norms = np.array([60.0, 70, 65, 80, 75, 5, 68, 72, 66, 90])
+    index = anomaly_index(norms)
+    assert index[5] > 2 and (np.delete(index, 5) < 2).all()
+
+
+def test_strip_entropy_is_low_for_an_input_whose_trigger_survives_overlays():
+    from worker.strip import strip_entropy, threshold
+
+    def predict(x):  # "backdoored": a bright corner wins; otherwise the model is unsure among four classes
+        flat = x.reshape(len(x), -1)
+        triggered = flat[:, -1] >= 1.0
+        p = np.tile(np.array([0.4, 0.3, 0.2, 0.1]), (len(x), 1))
+        p[triggered] = [0.0, 0.0, 0.0, 1.0]
+        return p
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((50, 4, 4)).astype(np.float32) * 0.4
+    with_trigger = clean.copy()
+    with_trigger[:, 3, 3] = 1.0
+    cut = threshold(strip_entropy(predict, clean, clean, 0.0, 1.0))
+    assert (strip_entropy(predict, with_trigger, clean, 0.0, 1.0) < cut).all()
+
+
+def test_quarantine_intersection_and_union():
+    from worker.backdoor import Analysis, ClassResult
+    from worker.remediation import choose_quarantine
+
+    y = np.array([0] * 10 + [1] * 10)
+    cls = ClassResult(0, 10, True, "", flagged=np.array([0, 1, 2, 3]), flagged_spectral=np.array([2, 3, 4]))
+    analysis = Analysis([cls, ClassResult(1, 10, False, "")], np.zeros(20, np.float32),
+                        {i: ["activation_clustering"] for i in range(4)})
+    strip_low = np.array([15, 16])
+    assert choose_quarantine(y, analysis, strip_low, "intersection", [0]).indices.tolist() == [2, 3]
+    assert choose_quarantine(y, analysis, strip_low, "union", [0]).indices.tolist() == [0, 1, 2, 3, 4, 15, 16]
+    # a target class the activation analysis did not flag (a blended trigger): STRIP's rows of that class
+    assert choose_quarantine(y, analysis, strip_low, "intersection", [0, 1]).indices.tolist() == [2, 3, 15, 16]
+    with pytest.raises(ValueError):
+        choose_quarantine(y, analysis, strip_low, "everything", [0])
+
+
+def test_png_encoder_round_trips():
+    from worker.images import png_bytes
+
+    image = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    width, height, pixels = _png_size_and_pixels(png_bytes(image, scale=2))
+    assert (width, height) == (8, 6)
+    assert np.array_equal(pixels[::2, ::2], np.round(image * 255).astype(np.uint8))
