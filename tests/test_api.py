@@ -71,7 +71,7 @@ def test_multipart_upload_and_expected_hash(api, key):
     sha = hashlib.sha256(data).hexdigest()
     resp = api.post("/v1/artifacts", files={"file": ("model.pkl", data)}, params={"expected_sha256": sha}, headers=hdr(key))
     assert resp.status_code == 201 and resp.json() | {"created_at": None} == {
-        "sha256": sha, "size": len(data), "filename": "model.pkl", "kind": "pickle", "created_at": None, "links": {"self": f"/v1/artifacts/{sha}"}}
+        "sha256": sha, "size": len(data), "filename": "model.pkl", "kind": "pickle", "created_at": None, "links": {"self": f"/v1/artifacts/{sha}", "content": f"/v1/artifacts/{sha}/content"}}
 
 
 def test_bad_uploads_keep_nothing(api, key, settings):

@@ -149,10 +149,12 @@ def test_holdout_labels_must_match_the_dataset(digit_victims, tmp_path):
         _assess({"model": v["model"], "dataset": v["dataset"], "holdout": bad}, tmp_path)
 
 
-def test_bad_remediate_option_is_rejected(digit_victims, tmp_path):
+@pytest.mark.parametrize(("option", "message"), [({"remediate": "sometimes"}, "remediate must be"),
+                                                ({"quarantine": "everything"}, "quarantine must be one of")])
+def test_bad_options_are_rejected_before_any_work(digit_victims, tmp_path, option, message):
     v = digit_victims["clean"]
-    with pytest.raises(InputRejected, match="remediate must be"):
-        _assess({"model": v["model"], "dataset": v["dataset"]}, tmp_path, remediate="sometimes", nc_steps=10)
+    with pytest.raises(InputRejected, match=message):
+        _assess({"model": v["model"], "dataset": v["dataset"]}, tmp_path, detectors=("backdoor_assessment",), **option)
 
 
 # ------------------------------------------------------------------------------------------------ units

@@ -1,6 +1,7 @@
 """End to end on real processes, in both configurations: upload, scan, poll, report; the CLI's
 exit codes; a worker killed with SIGKILL mid-scan."""
 
+import hashlib
 import json
 import pickle
 
@@ -90,6 +91,20 @@ def test_local_scan_matches_the_service(stack, files):
                        "--dataset", str(files / "train.npz"), "--format", "json", check=False)
     strip = lambda r: [(d["name"], [(f["title"], f["severity"]) for f in d["findings"]]) for d in json.loads(r.stdout)["detectors"]]  # noqa: E731
     assert strip(local) == strip(remote)
+
+
+def test_files_a_scan_produces_are_downloaded_by_submit_and_written_by_scan(stack, files, tmp_path):
+    config = json.dumps({"backdoor_assessment": {"remediate": "always", "nc_steps": 20, "proxy_epochs": 2, "retrain_epochs": 1}})
+    common = ("--dataset", str(files / "train.npz"), "--detectors", "backdoor_assessment", "--detector-config", config, "--format", "json")
+    remote = stack.cli("submit", "--server", stack.base_url, "--api-key", stack.api_key, "--out", str(tmp_path / "remote"), *common, check=False)
+    local = stack.cli("scan", "--out", str(tmp_path / "local"), *common, check=False)
+    assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
+    outputs = json.loads(remote.stdout)["outputs"]
+    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras"}
+    for o in outputs:  # downloaded through GET /v1/artifacts/{sha}/content, byte for byte
+        assert hashlib.sha256((tmp_path / "remote" / o["name"]).read_bytes()).hexdigest() == o["sha256"]
+        assert o["href"] == f"/v1/artifacts/{o['sha256']}/content"
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == sorted(o["name"] for o in outputs)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

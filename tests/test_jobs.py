@@ -29,8 +29,8 @@ def dataset(settings, tmp_path):
 
 def new_scan(sessions, inputs, **values) -> uuid.UUID:
     with sessions() as session:
-        defaults = {"status": "queued", "stage": "queued", "attempts": 0}
-        scan = Scan(tenant=f"jobs-{uuid.uuid4().hex[:6]}", queue="cpu", percent=0, inputs=inputs, options={}, **(defaults | values))
+        defaults = {"tenant": f"jobs-{uuid.uuid4().hex[:6]}", "options": {}, "status": "queued", "stage": "queued", "attempts": 0}
+        scan = Scan(queue="cpu", percent=0, inputs=inputs, **(defaults | values))
         session.add(scan)
         session.commit()
         return scan.id

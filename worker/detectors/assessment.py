@@ -45,6 +45,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     from worker.keras_model import predictor
 
     seed = int(config.get("seed", 0))
+    mode = _check_config(config)
     run = shared.get("model_layer")
     span = (0.0, 0.0)
     if run is None:  # run alone: do the model layer's work first (its findings are that detector's to report)
@@ -85,9 +86,6 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
                 "activations": _activation_evidence(ds, run.analysis), "strip": strip["report"]}
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
 
-    mode = config.get("remediate", "auto")
-    if mode not in ("auto", "always", "never"):
-        raise InputRejected(f"backdoor_assessment: remediate must be 'auto', 'always' or 'never', not {mode!r}")
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
         findings.append(_remediate(inputs, run, held, probing, reconstruction, strip, backdoored or possible, config,
@@ -95,6 +93,18 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return findings
+
+
+def _check_config(config: dict) -> str:
+    """Refuse bad choices before the expensive work; returns the remediation mode."""
+    from worker.remediation import QUARANTINE_MODES
+
+    mode = config.get("remediate", "auto")
+    if mode not in ("auto", "always", "never"):
+        raise InputRejected(f"backdoor_assessment: remediate must be 'auto', 'always' or 'never', not {mode!r}")
+    if config.get("quarantine", "intersection") not in QUARANTINE_MODES:
+        raise InputRejected(f"backdoor_assessment: quarantine must be one of {QUARANTINE_MODES}, not {config['quarantine']!r}")
+    return mode
 
 
 # ------------------------------------------------------------------------------------------------ held-out inputs
