@@ -1,7 +1,7 @@
 """Model-level backdoor benchmark: is each model backdoored, toward which class (poisonscan's backdoor_assessment vs
 ART's Neural Cleanse at its defaults), and does remediation remove the backdoor.
 
-    .venv/bin/python bench/trigger_bench.py [--art-cap-s 30] [--skip-remediation]
+    .venv/bin/python bench/trigger_bench.py [--art-cap-s 30] [--skip-detection] [--skip-remediation] [--extra]
 
 (run from the repository root; victims are cached in bench/.cache/backdoor/, about 10 s each to train on 2 cores).
 
@@ -22,6 +22,8 @@ Remediation: the model layer benchmark's 10% BadNets case (add_pattern_bd -> 0, 
 true trigger uploaded as the user trigger; remediation on (quarantine = intersection, escalating to union). The
 retrained model (an output of the scan) is then measured here, independently: attack success with the true trigger
 on all non-target test images, and clean accuracy on the 5,000 test images, before and after.
+--extra: remediation on the model layer benchmark's blended-noise case (20% noise -> 7, 10%), which the activation
+analysis misses; no user trigger (the attack success is measured here with the true blend).
 Goals: five backdoored flagged with the right target, no clean one flagged; after remediation attack success <= 2%
 and clean accuracy within 1 point; reconstruction <= 120 s per model.
 Results: markdown on stdout and bench/results/trigger-<timestamp>.json.
@@ -170,14 +172,14 @@ def detection(args, tmp: Path, holdout: Path) -> list[dict]:
     return rows
 
 
-def remediation(args, tmp: Path, holdout: Path, xt: np.ndarray, yt: np.ndarray) -> dict:
+def remediation(tmp: Path, holdout: Path, xt: np.ndarray, yt: np.ndarray, case: Case, with_trigger: bool) -> dict:
+    """Scan with remediation on; then measure the scan's retrained model here, with the true trigger function."""
     import keras
 
-    case = Case(0.10)
     meta = build(case)
     folder = Path(meta["folder"])
-    trigger = trigger_file(tmp, case.trigger)
-    out_dir = tmp / "outputs"
+    trigger = trigger_file(tmp, case.trigger) if with_trigger else None
+    out_dir = tmp / f"outputs-{case.trigger}"
     report, wall = scan(folder, holdout, {"remediate": "auto"}, trigger=trigger, output_dir=out_dir)
     _, findings = assessment(report)
     fix = next(f for f in findings if f["title"].startswith("retraining"))
@@ -191,10 +193,18 @@ def remediation(args, tmp: Path, holdout: Path, xt: np.ndarray, yt: np.ndarray) 
         asr = float((model.predict(stamped, batch_size=1024, verbose=0).argmax(1) == case.target).mean())
         return {"clean_accuracy": round(acc, 4), "attack_success": round(asr, 4)}
 
-    result = {"case": case.name, "n": case.n, "scan_verdict": report["verdict"], "verdict": findings[0]["title"],
+    result = {"case": case.name, "n": case.n, "user_trigger": with_trigger, "scan_verdict": report["verdict"],
+              "verdict": findings[0]["title"], "votes": findings[0]["evidence"]["votes"],
               "finding": fix["title"], "explanation": fix["explanation"], "rounds": fix["evidence"]["rounds"],
               "before": measure(before), "after": measure(after), "scan_wall_s": round(wall, 1),
               "timings_s": findings[0]["evidence"]["timings_s"]}
+    with np.load(out_dir / "cleaned-dataset.npz", allow_pickle=False) as z:
+        kept = z["index"]
+    removed = np.setdiff1d(np.arange(case.n), kept)
+    truth = np.load(folder / "poisoned.npy", allow_pickle=False)
+    hit = len(np.intersect1d(removed, truth))
+    result["quarantine"] = {"removed": int(len(removed)), "poisoned": int(len(truth)),
+                            "precision": round(hit / max(len(removed), 1), 4), "recall": round(hit / max(len(truth), 1), 4)}
     result["goal_met"] = (result["after"]["attack_success"] <= 0.02
                           and result["after"]["clean_accuracy"] >= result["before"]["clean_accuracy"] - 0.01)
     print(f"[remediation {case.name}] before {result['before']} after {result['after']} rounds "
@@ -203,6 +213,13 @@ def remediation(args, tmp: Path, holdout: Path, xt: np.ndarray, yt: np.ndarray) 
 
 
 def print_tables(rows: list[dict], fix: dict | None) -> None:
+    if rows:
+        print_detection(rows)
+    if fix:
+        print_remediation(fix)
+
+
+def print_detection(rows: list[dict]) -> None:
     print("\n| model | truth | poisonscan verdict | target(s) | votes | NC target (anomaly index of truth) | NC s | assessment s | ART NC defaults |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -214,14 +231,17 @@ def print_tables(rows: list[dict], fix: dict | None) -> None:
                   f"projected {art.get('projected_s', '?')} s)" if art.get("reached") else str(art.get("error", "-")))
         print(f"| {r['case']} s{r['seed']} | {truth} | {r['severity']}: {r['verdict']} | {r['targets']} | {r['votes']} | "
               f"{r['nc_targets']} ({'max ' if not r['backdoored'] else ''}{idx}) | {r['nc_s']} | {r['assessment_s']} | {art_text} |")
-    if fix:
-        print(f"\nremediation on {fix['case']} ({fix['n']} images): {fix['finding']}")
-        print("| | attack success (true trigger, test set) | clean accuracy (5,000 test images) |\n|---|---|---|")
-        print(f"| before | {fix['before']['attack_success']:.2%} | {fix['before']['clean_accuracy']:.2%} |")
-        print(f"| after | {fix['after']['attack_success']:.2%} | {fix['after']['clean_accuracy']:.2%} |")
-        for r in fix["rounds"]:
-            print(f"  round {r['mode']}: removed {r['removed_samples']} ({r['by_method']}), removed backdoor: {r['removed']}, "
-                  f"retrain {r['retraining']['train_s']} s")
+
+
+def print_remediation(fix: dict) -> None:
+    print(f"\nremediation on {fix['case']} ({fix['n']} images, votes {fix['votes']}): {fix['finding']}; quarantine vs the "
+          f"true poison: {fix['quarantine']}")
+    print("| | attack success (true trigger, test set) | clean accuracy (5,000 test images) |\n|---|---|---|")
+    print(f"| before | {fix['before']['attack_success']:.2%} | {fix['before']['clean_accuracy']:.2%} |")
+    print(f"| after | {fix['after']['attack_success']:.2%} | {fix['after']['clean_accuracy']:.2%} |")
+    for r in fix["rounds"]:
+        print(f"  round {r['mode']}: removed {r['removed_samples']} ({r['by_method']}), removed backdoor: {r['removed']}, "
+              f"retrain {r['retraining']['train_s']} s")
 
 
 def goals(rows: list[dict], fix: dict | None) -> dict:
@@ -238,6 +258,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--art-cap-s", type=float, default=30, help="seconds ART's Neural Cleanse may run per model (0: skip)")
     ap.add_argument("--skip-remediation", action="store_true")
+    ap.add_argument("--skip-detection", action="store_true")
+    ap.add_argument("--extra", action="store_true", help="also remediate the blended-noise case (20%% noise -> class 7, 10%%)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -245,15 +267,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="trigger-bench-") as tmp_name:
         tmp = Path(tmp_name)
         holdout, xt, yt = holdout_file(tmp)
-        rows = detection(args, tmp, holdout)
-        fix = None if args.skip_remediation else remediation(args, tmp, holdout, xt, yt)
+        rows = [] if args.skip_detection else detection(args, tmp, holdout)
+        fix = None if args.skip_remediation else remediation(tmp, holdout, xt, yt, Case(0.10), with_trigger=True)
+        extra = remediation(tmp, holdout, xt, yt, Case(0.10, trigger="blend", target=7), with_trigger=False) if args.extra else None
     print_tables(rows, fix)
+    if extra:
+        print("\nextra, outside the goals: a trigger blended over the whole image (the model layer's known gap), no user trigger")
+        print_tables([], extra)
     g = goals(rows, fix)
-    save(args, rows, fix, g)
+    save(args, rows, fix, g, extra)
     return 0
 
 
-def save(args, rows, fix, g) -> None:
+def save(args, rows, fix, g, extra=None) -> None:
     import art
     import keras
     import tensorflow as tf
@@ -265,7 +291,8 @@ def save(args, rows, fix, g) -> None:
     path.write_text(json.dumps({"args": vars(args), "git_commit": commit,
                                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                                 "versions": {"art": art.__version__, "keras": keras.__version__, "tensorflow": tf.__version__},
-                                "detection": rows, "remediation": fix, "goals": g}, indent=1, default=str))
+                                "detection": rows, "remediation": fix, "extra_remediation": extra, "goals": g}, indent=1,
+                                default=str))
     print(f"\nwrote {path}")
 
 

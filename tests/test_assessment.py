@@ -234,10 +234,27 @@ def test_quarantine_intersection_and_union():
     strip_low = np.array([15, 16])
     assert choose_quarantine(y, analysis, strip_low, "intersection", [0]).indices.tolist() == [2, 3]
     assert choose_quarantine(y, analysis, strip_low, "union", [0]).indices.tolist() == [0, 1, 2, 3, 4, 15, 16]
-    # a target class the activation analysis did not flag (a blended trigger): STRIP's rows of that class
+    # a target class the activation analysis did not flag (a blended trigger): its trigger-anchored rows, else STRIP's
     assert choose_quarantine(y, analysis, strip_low, "intersection", [0, 1]).indices.tolist() == [2, 3, 15, 16]
+    anchored = np.array([12, 13, 14])
+    assert choose_quarantine(y, analysis, strip_low, "intersection", [0, 1], anchored).indices.tolist() == [2, 3, 12, 13, 14]
+    assert choose_quarantine(y, analysis, strip_low, "union", [0, 1], anchored).indices.tolist() == [0, 1, 2, 3, 4, 12, 13, 14, 15, 16]
     with pytest.raises(ValueError):
         choose_quarantine(y, analysis, strip_low, "everything", [0])
+
+
+def test_trigger_anchored_rows_are_those_represented_like_triggered_inputs():
+    """Synthetic representations: the trigger adds one direction; poisoned rows of the class carry it, clean ones not."""
+    from worker.remediation import trigger_anchored
+
+    rng = np.random.default_rng(0)
+    direction = np.eye(16)[3] * 4
+    clean_class = rng.normal(size=(200, 16)) + np.eye(16)[0] * 3
+    others = rng.normal(size=(300, 16)) + np.eye(16)[1] * 3
+    training = np.vstack([rng.normal(size=(150, 16)) + np.eye(16)[0] * 3,  # clean rows of the class
+                          rng.normal(size=(50, 16)) + np.eye(16)[1] * 3 + direction])  # other-class inputs with the trigger
+    flagged = trigger_anchored(lambda a: a, training, others + direction, clean_class)
+    assert flagged[150:].mean() >= 0.95 and flagged[:150].mean() <= 0.05
 
 
 def test_png_encoder_round_trips():

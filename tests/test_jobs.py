@@ -67,7 +67,8 @@ def test_files_a_scan_produces_become_the_tenants_downloadable_artifacts(session
                        options={"detectors": ["backdoor_assessment"], "detector_config": {"backdoor_assessment": config}})
     assert execute_scan(scan_id, sessions, settings) == "succeeded"
     with sessions() as session:
-        outputs = session.get(Report, scan_id).body["outputs"]
+        report = session.get(Report, scan_id).body
+        outputs = report["outputs"]
         rows = {a.sha256: a for a in session.scalars(select(Artifact).where(Artifact.tenant == tenant))}
     assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras"}
     assert not (settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-1").exists()  # nothing left behind
@@ -79,6 +80,8 @@ def test_files_a_scan_produces_become_the_tenants_downloadable_artifacts(session
             assert resp.status_code == 200 and hashlib.sha256(resp.content).hexdigest() == o["sha256"]
             assert api.get(o["href"], headers={"X-API-Key": other_key}).status_code == 404
     assert {rows[o["sha256"]].kind for o in outputs} == {"npz", "keras"}
+    titles = [f["title"] for d in report["detectors"] for f in d["findings"]]
+    assert "retrained without the quarantined samples (no backdoor target to re-test)" in titles  # blobs hold no backdoor
 
 
 def test_missing_artifact_fails_with_a_reason(sessions, settings):

@@ -23,29 +23,54 @@ class Quarantine:
     rule: str  # how the methods were combined, in words
 
 
-def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str, target_classes: list[int]) -> Quarantine:
+def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str, target_classes: list[int],
+                      anchored: np.ndarray | None = None) -> Quarantine:
     """``analysis``: the model layer's (activation clustering, and spectral signatures beside it); ``strip_low``: rows
-    whose STRIP entropy is under the clean threshold. Intersection (default): rows that activation clustering *and*
-    spectral signatures flag; in a target class the model layer did not flag (e.g. a blended trigger), STRIP's
-    low-entropy rows of that class. Union: every row any of the three flags."""
+    whose STRIP entropy is under the clean threshold; ``anchored``: rows of target classes the activation analysis did
+    not flag whose activations look like triggered inputs (``trigger_anchored``).
+
+    Intersection (default): rows that activation clustering *and* spectral signatures flag; in a target class the
+    activation analysis did not flag (e.g. a blended trigger), the trigger-anchored rows (STRIP's where there are none).
+    Union: every row any method flags."""
     if mode not in QUARANTINE_MODES:
         raise ValueError(f"quarantine must be one of {QUARANTINE_MODES}, not {mode!r}")
+    anchored = np.empty(0, np.int64) if anchored is None else anchored
     clustering = np.asarray(analysis.flagged, dtype=np.int64)
     spectral = np.concatenate([np.flatnonzero(y == c.label)[c.flagged_spectral] for c in analysis.classes if c.suspicious]
                               or [np.empty(0, np.int64)])
-    by_method = {"activation_clustering": len(clustering), "spectral_signature": len(spectral), "strip": len(strip_low)}
+    by_method = {"activation_clustering": len(clustering), "spectral_signature": len(spectral), "strip": len(strip_low),
+                 "trigger_anchored": len(anchored)}
     if mode == "union":
-        chosen = np.union1d(np.union1d(clustering, spectral), strip_low)
-        return Quarantine(chosen, mode, by_method, "flagged by activation clustering, spectral signatures or STRIP")
+        chosen = np.union1d(np.union1d(clustering, spectral), np.union1d(strip_low, anchored))
+        return Quarantine(chosen, mode, by_method, "flagged by any of activation clustering, spectral signatures, "
+                          "STRIP and trigger-anchored activations")
     chosen = np.intersect1d(clustering, spectral)
     covered = {c.label for c in analysis.classes if c.suspicious}
     uncovered = [c for c in target_classes if c not in covered]
-    if uncovered:
-        chosen = np.union1d(chosen, strip_low[np.isin(y[strip_low], uncovered)])
     rule = "flagged by both activation clustering and spectral signatures"
-    if uncovered:
-        rule += f"; in class(es) {uncovered}, which the activation analysis did not flag, STRIP's low-entropy samples"
+    for c in uncovered:
+        own = anchored[y[anchored] == c]
+        chosen = np.union1d(chosen, own if len(own) else strip_low[y[strip_low] == c])
+        rule += (f"; in class {c}, which the activation analysis did not flag, "
+                 f"{'the trigger-anchored samples' if len(own) else 'STRIP’s low-entropy samples'}")
     return Quarantine(chosen, mode, by_method, rule)
+
+
+def trigger_anchored(embed: Callable[[np.ndarray], np.ndarray], x_class: np.ndarray, triggered: np.ndarray,
+                     clean: np.ndarray) -> np.ndarray:
+    """Which of ``x_class`` (training inputs labelled with a target class) the model represents like ``triggered``
+    (held-out inputs of other classes carrying the trigger) rather than like ``clean`` (the class's own held-out
+    inputs): a logistic regression on penultimate activations between the two anchors. Finds the poison of a trigger
+    the activation clustering cannot call, once probing or reconstruction has named the target and a trigger."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    anchors = np.vstack([embed(triggered), embed(clean)])
+    is_triggered = np.r_[np.ones(len(triggered)), np.zeros(len(clean))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced"))
+    clf.fit(anchors, is_triggered)
+    return clf.predict_proba(embed(x_class))[:, 1] >= 0.5
 
 
 def cleaned_dataset_npz(x: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> bytes:

@@ -47,11 +47,12 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     seed = int(config.get("seed", 0))
     mode = _check_config(config)
     run = shared.get("model_layer")
-    span = (0.0, 0.0)
+    base = 0.0  # progress already spent before the assessment's own stages
     if run is None:  # run alone: do the model layer's work first (its findings are that detector's to report)
-        span = (0.0, 0.3)
-        run = run_model_layer(inputs, config, lambda stage, f: progress(stage, 0.3 * f))
+        base = 0.3
+        run = run_model_layer(inputs, config, lambda stage, f: progress(stage, base * f))
         shared["model_layer"] = run
+    at = lambda f: base + (1 - base) * f  # noqa: E731  (the assessment's share of the detector's progress)
     ds, model = run.ds, run.model
     uploaded = run.source["model"] == "uploaded"
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -59,14 +60,14 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     predict = predictor(model)
     timings: dict[str, float] = {}
 
-    progress("probing", span[1])
+    progress("probing", at(0.0))
     clock = time.perf_counter()
-    probing = _probe(inputs, ds, predict, held, shape, config, seed, lambda f: progress("probing", span[1] + 0.05 * f))
+    probing = _probe(inputs, ds, predict, held, shape, config, seed, lambda f: progress("probing", at(0.05 * f)))
     timings["probing_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     reconstruction = _reconstruct(model, ds, held, probing["spec"], config, seed,
-                                  lambda f: progress("reconstruction", span[1] + 0.05 + 0.35 * f))
+                                  lambda f: progress("reconstruction", at(0.05 + 0.35 * f)))
     timings["reconstruction_s"] = time.perf_counter() - clock
     images = _save_reconstruction(ds, reconstruction, probing["spec"], outputs)
 
@@ -74,7 +75,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     backdoored = [c for c, v in votes.items() if len(v) >= 2]
     possible = [c for c, v in votes.items() if len(v) == 1]
 
-    progress("STRIP", span[1] + 0.42)
+    progress("STRIP", at(0.42))
     clock = time.perf_counter()
     strip = _strip(predict, ds, run.analysis, held, probing["spec"], backdoored + possible, config, seed, shape)
     timings["strip_s"] = time.perf_counter() - clock
@@ -89,7 +90,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
         findings.append(_remediate(inputs, run, held, probing, reconstruction, strip, backdoored or possible, config,
-                                   seed, outputs, lambda f: progress("remediation", span[1] + 0.45 + 0.55 * (1 - span[1]) * f)))
+                                   seed, outputs, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return findings
@@ -162,7 +163,8 @@ def _probe(inputs, ds, predict, held: HeldOut, shape, config, seed, progress) ->
     report = {"inputs": n, "value_range": [spec.lo, spec.hi], "input_shape": list(spec.shape),
               "rate_without": _round(rate_without), "candidates": rows,
               "suspected": {str(_label(ds, c)): [r.trigger.name for r in rs] for c, rs in by_class.items()}}
-    return {"spec": spec, "report": report, "suspected": set(by_class), "strongest": strongest, "user": user}
+    return {"spec": spec, "report": report, "suspected": set(by_class), "strongest": strongest, "user": user,
+            "rate_without": rate_without}
 
 
 # ------------------------------------------------------------------------------------------------ reconstruction
@@ -338,6 +340,9 @@ def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targe
                 "flagged": [{"index": int(i), "reason": "quarantined: low STRIP entropy, or spectral signatures alone, in a backdoor target class",
                              "method": "strip" if i in by_strip else "spectral_signature"} for i in stripped_only]}
     text = " ".join(_round_text(r, acc_before, held.source) for r in rounds)
+    if not targets:  # remediate="always" on a model with no backdoor found: nothing to re-test
+        return Finding("retrained without the quarantined samples (no backdoor target to re-test)", Severity.info, 0.0,
+                       text, evidence=evidence)
     if last["removed"]:
         return Finding("retraining without the quarantined samples removed the backdoor", Severity.info, 0.0, text,
                        remediation="Review the cleaned dataset, retrain your production model on it, and scan the result.",
@@ -353,7 +358,8 @@ def _retrain_round(inputs, run, held, probing, reconstruction, strip, targets, m
     from worker.remediation import accuracy, attack_success, choose_quarantine, retrain_clone
 
     ds = run.ds
-    quarantine = choose_quarantine(ds.y, run.analysis, strip["low"], mode, targets)
+    quarantine = choose_quarantine(ds.y, run.analysis, strip["low"], mode, targets,
+                                   anchored=_anchored_rows(run, held, probing, reconstruction, targets))
     keep = np.setdiff1d(np.arange(len(ds.y)), quarantine.indices)
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
     epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
@@ -377,33 +383,58 @@ def _retrain_round(inputs, run, held, probing, reconstruction, strip, targets, m
 
 def _round_text(r: dict, acc_before: float, source: str) -> str:
     asr = "; ".join(f"{t['trigger']} to class {t['class']}: {t['before']:.1%} -> {t['after']:.1%}" for t in r["attack_success"])
-    outcome = "the backdoor is gone" if r["removed"] else "the backdoor is still there"
+    outcome = ("there was no trigger to re-test" if not r["attack_success"]
+               else "the backdoor is gone" if r["removed"] else "the backdoor is still there")
     return (f"Quarantine by {r['mode']} removed {r['removed_samples']} samples ({r['rule']}); after retraining "
             f"({r['retraining']['architecture']}, {r['retraining']['epochs_run']} epochs) {outcome}. Attack success "
             f"{asr or 'not measured'}; clean accuracy {acc_before:.1%} -> {r['clean_accuracy_after']:.1%} on {source}.")
 
 
-def _retest(ds, held, probing, reconstruction, targets, before, after, attack_success) -> list[dict]:
-    """Attack success before and after, for each target class and each trigger known for it: the user's, the
-    strongest library candidate that fired, the reconstructed one."""
-    from worker.triggers import Trigger
+def _anchored_rows(run, held: HeldOut, probing, reconstruction, targets) -> np.ndarray:
+    """Trigger-anchored poison rows for each target class the activation analysis did not flag, with the best trigger
+    known for it (the user's, the strongest library candidate, else the reconstructed one)."""
+    from worker.keras_model import embed
+    from worker.remediation import trigger_anchored
 
-    spec, result = probing["spec"], reconstruction["result"]
+    ds, spec = run.ds, probing["spec"]
+    covered = {c.label for c in run.analysis.classes if c.suspicious}
+    found = [np.empty(0, np.int64)]
+    for c in (c for c in targets if c not in covered):
+        trigger = _triggers_for(ds, probing, reconstruction, c)[0]
+        clean, others = held.x[held.y == c], held.x[held.y != c][:1000]
+        rows = np.flatnonzero(ds.y == c)
+        if len(clean) < 10 or not len(others):
+            continue
+        represent = lambda a: embed(run.model, a)  # noqa: E731  (penultimate layer, whole)
+        found.append(rows[trigger_anchored(represent, ds.x[rows], trigger.stamp(others, spec.lo, spec.hi), clean)])
+    return np.concatenate(found)
+
+
+def _triggers_for(ds, probing, reconstruction, c: int) -> list:
+    """The triggers known for class ``c``, best first: the user's (when it fires toward ``c``), the strongest library
+    candidate that fired, the reconstructed one."""
+    from worker.triggers import Trigger, suspected
+
+    result = reconstruction["result"]
+    user = probing["user"]
+    known = [user.trigger] if user is not None and c in suspected(user, probing["rate_without"]) else []
+    if c in probing["strongest"]:
+        known.append(probing["strongest"][c].trigger)
+    return known + [Trigger(f"reconstructed trigger (class {_label(ds, c)})", "reconstructed", result.masks[c], result.patterns[c])]
+
+
+def _retest(ds, held, probing, reconstruction, targets, before, after, attack_success) -> list[dict]:
+    """Attack success before and after, for each target class and each trigger known for it."""
+    spec = probing["spec"]
     rows = []
     for c in targets:
-        triggers = []
-        if probing["user"] is not None:
-            triggers.append(probing["user"].trigger)
-        if c in probing["strongest"]:
-            triggers.append(probing["strongest"][c].trigger)
-        known = bool(triggers)
-        triggers.append(Trigger(f"reconstructed trigger (class {_label(ds, c)})", "reconstructed", result.masks[c], result.patterns[c]))
+        triggers = _triggers_for(ds, probing, reconstruction, c)
         for t in triggers:
             stamp = lambda a, t=t: t.stamp(a, spec.lo, spec.hi)  # noqa: E731
             # a reconstructed trigger is partly an adversarial patch for the old model: it decides only when no real
             # trigger (the user's, or a library candidate that fired) is known for the class
             rows.append({"class": _label(ds, c), "trigger": t.name, "family": t.family,
-                         "decides": t.family != "reconstructed" or not known,
+                         "decides": t.family != "reconstructed" or len(triggers) == 1,
                          "before": round(attack_success(before, held.x, held.y, stamp, c), 4),
                          "after": round(attack_success(after, held.x, held.y, stamp, c), 4)})
     return rows
