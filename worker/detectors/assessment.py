@@ -36,10 +36,11 @@ class HeldOut:
 def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict, outputs) -> list[Finding]:
     """Decides whether the model is backdoored and toward which class (trigger probing, Neural Cleanse reconstruction, the activation analysis; STRIP), then quarantines, retrains and re-tests.
 
-    config: ``seed`` (0), ``probe_samples`` (1000), ``nc_steps`` (1000), ``nc_budget_s`` (90), ``nc_samples`` (1000),
-    ``strip_copies`` (16), ``remediate`` ("auto": when a backdoor is found; "always"; "never"), ``quarantine``
-    ("intersection" or "union"), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600), and the
-    model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
+    config: ``seed`` (0), ``holdout_max`` (10000 rows used), ``probe_samples`` (1000), ``nc_steps`` (1000),
+    ``nc_budget_s`` (90), ``nc_samples`` (1000), ``strip_copies`` (16), ``remediate`` ("auto": when a backdoor is found;
+    "always"; "never"), ``quarantine`` ("intersection" or "union"), ``escalate`` (true: try the union when the
+    intersection leaves the backdoor in), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
+    and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
     """
     from worker.detectors.model import run_model_layer
     from worker.keras_model import predictor
@@ -125,7 +126,11 @@ def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> 
             raise InputRejected(f"the holdout set has labels the dataset does not: {unknown[:5]}; give a holdout set "
                                 "labelled like the dataset")
         y = np.array([index[v] for v in hold.classes])[hold.y]
-        return HeldOut(as_model_input(hold.x, shape), y, None, "uploaded holdout set")
+        rows = np.arange(len(y))
+        cap = int(config.get("holdout_max", 10_000))  # enough for rates to 1%; bounded memory for a huge holdout
+        if len(rows) > cap:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=cap, replace=False))
+        return HeldOut(as_model_input(hold.x[rows], shape), y[rows], None, "uploaded holdout set")
     rng = np.random.default_rng(seed)
     clean = np.setdiff1d(np.arange(len(ds.y)), run.analysis.flagged)
     size = min(len(clean) // 5, max(int(config.get("probe_samples", 1000)), len(ds.y) // 10))
