@@ -257,6 +257,21 @@ def test_trigger_anchored_rows_are_those_represented_like_triggered_inputs():
     assert flagged[150:].mean() >= 0.95 and flagged[:150].mean() <= 0.05
 
 
+def test_one_method_alone_gives_a_possible_backdoor_and_two_a_backdoor():
+    from types import SimpleNamespace
+
+    from worker.detectors.assessment import _verdict
+    from worker.findings import Severity
+
+    ds = SimpleNamespace(classes=["cat", "dog", "fox"])
+    evidence = {"strip": {"confirmed_share": None}}
+    one = _verdict(ds, {2: ["reconstruction"]}, [], [2], evidence, uploaded=True)
+    assert one.severity == Severity.medium and one.title == "possible backdoor toward class fox (one method)"
+    assert one.evidence["possible_target_classes"] == ["fox"] and not one.evidence["backdoored"]
+    two = _verdict(ds, {1: ["probing", "reconstruction"]}, [1], [], evidence, uploaded=False)
+    assert two.severity == Severity.critical and two.technique == "AML.T0020" and two.evidence["target_classes"] == ["dog"]
+
+
 def test_png_encoder_round_trips():
     from worker.images import png_bytes
 

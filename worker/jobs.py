@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts.store import ArtifactStore
@@ -151,5 +152,9 @@ def publish_outputs(session: Session, store: ArtifactStore, tenant: str, outputs
         else:
             os.replace(path, target)
         if session.get(Artifact, (tenant, sha)) is None:
-            session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target)))
+            try:
+                with session.begin_nested():  # a savepoint: a concurrent scan may register the same bytes first
+                    session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target)))
+            except IntegrityError:
+                pass  # the row exists now, which is all we need
         entry |= {"artifact": sha, "href": f"/v1/artifacts/{sha}/content"}
