@@ -10,9 +10,11 @@ Detection: ten small MNIST CNNs (bench/backdoor_cases.py, 10,000 stratified trai
 ART's add_pattern_bd (bottom right) -> 2, a solid 3x3 square top-left -> 3, a 4x4 checkerboard top-right -> 5, a
 3x3 square bottom-left -> 7, a 3x3 checkerboard at the left middle -> 9 (no library candidate sits there).
 Each model is scanned with its training set and a clean holdout set (the first 5,000 MNIST test images), detectors
-backdoor_activations + backdoor_assessment, remediation off. Reported: the verdict finding (backdoored / possible /
-none, target classes, votes per method), Neural Cleanse's own target (anomaly index > 2) and its time, and the whole
-assessment's time. "Flagged" = the verdict names a target class (critical or medium).
+backdoor_activations + backdoor_assessment, remediation off. --model-only: without the training data, the holdout
+set standing in as the dataset (the activation analysis then has nothing to find).
+Reported: the verdict finding (backdoored / possible / none, target classes, votes per method), Neural Cleanse's own
+target (anomaly index > 2) and its time, and the whole assessment's time. "Flagged" = the verdict names a target
+class (critical or medium).
 
 ART: NeuralCleanse(KerasClassifier(model))(...) at its defaults (steps 1000, batch 32, ...), outlier_detection on
 the same 1,000 held-out images, in a subprocess capped at --art-cap-s seconds per model; the table gives what it
@@ -93,11 +95,13 @@ def trigger_file(folder: Path, name: str) -> Path:
     return path
 
 
-def scan(folder: Path, holdout: Path, config: dict, trigger: Path | None = None, output_dir: Path | None = None) -> tuple[dict, float]:
+def scan(folder: Path, holdout: Path, config: dict, trigger: Path | None = None, output_dir: Path | None = None,
+         model_only: bool = False) -> tuple[dict, float]:
+    """``model_only``: the clean holdout set stands in for the training data (a model assessed without its data)."""
     from worker.local import scan_local_files
     from worker.options import ScanOptions
 
-    files = {"model": folder / "model.keras", "dataset": folder / "dataset.npz", "holdout": holdout}
+    files = {"model": folder / "model.keras", "dataset": holdout if model_only else folder / "dataset.npz", "holdout": holdout}
     if trigger:
         files["trigger"] = trigger
     options = ScanOptions(detectors=["backdoor_activations", "backdoor_assessment"],
@@ -149,7 +153,7 @@ def detection(args, tmp: Path, holdout: Path) -> list[dict]:
     for case in detection_cases():
         meta = build(case)
         folder = Path(meta["folder"])
-        report, wall = scan(folder, holdout, {"remediate": "never"})
+        report, wall = scan(folder, holdout, {"remediate": "never"}, model_only=args.model_only)
         det, findings = assessment(report)
         verdict = findings[0]
         ev = verdict["evidence"]
@@ -259,6 +263,8 @@ def main() -> int:
     ap.add_argument("--art-cap-s", type=float, default=30, help="seconds ART's Neural Cleanse may run per model (0: skip)")
     ap.add_argument("--skip-remediation", action="store_true")
     ap.add_argument("--skip-detection", action="store_true")
+    ap.add_argument("--model-only", action="store_true",
+                    help="detection without the training data: the clean holdout set is the scan's dataset")
     ap.add_argument("--extra", action="store_true", help="also remediate the blended-noise case (20%% noise -> class 7, 10%%)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
