@@ -167,8 +167,8 @@ def _outputs_probabilities(model, x: np.ndarray) -> bool:
 
 
 def _success(model, x: np.ndarray, masks: np.ndarray, patterns: np.ndarray) -> np.ndarray:
-    rates = np.zeros(len(masks))
-    for k, (m, p) in enumerate(zip(masks, patterns)):
-        pred = np.asarray(model.predict((1 - m) * x + m * p, batch_size=512, verbose=0)).argmax(1)
-        rates[k] = float((pred == k).mean())
-    return rates
+    from worker.keras_model import predictor
+
+    predict = predictor(model)
+    return np.array([float((predict((1 - m) * x + m * p).argmax(1) == k).mean())
+                     for k, (m, p) in enumerate(zip(masks, patterns))])

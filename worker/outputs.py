@@ -6,8 +6,11 @@ lists them under ``outputs``. The worker then stores each one as an artifact of 
 """
 
 import hashlib
+import io
 import re
 from pathlib import Path
+
+import numpy as np
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
@@ -39,3 +42,10 @@ class OutputSink:
         self.entries.append({"name": name, "media_type": media_type, "description": description,
                              "size": path.stat().st_size, "sha256": digest.hexdigest(), "path": str(path)})
         return name
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Arrays as an uncompressed .npz in memory (readable with ``allow_pickle=False``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

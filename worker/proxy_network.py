@@ -34,6 +34,21 @@ def proxy_network(input_shape: tuple, n_classes: int, kind: str, x_sample: np.nd
                              keras.layers.Dense(n_classes, activation="softmax", name="proxy_output")], name="poisonscan_proxy_mlp")
 
 
+def fit_within_budget(run_epoch: Callable[[], None], epochs: int, budget_s: float,
+                      progress: Callable[[float], None] | None = None) -> int:
+    """Run up to ``epochs`` epochs, stopping before one that would overrun ``budget_s`` (epochs take about equally
+    long); returns how many ran."""
+    started = time.perf_counter()
+    for done in range(1, epochs + 1):
+        run_epoch()
+        if progress:
+            progress(done / epochs)
+        elapsed = time.perf_counter() - started
+        if elapsed + elapsed / done > budget_s:
+            return done
+    return epochs
+
+
 def train_proxy(x: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
                 budget_s: float = DEFAULT_BUDGET_S, batch: int = 128,
                 progress: Callable[[float], None] | None = None) -> tuple[object, dict]:
@@ -49,17 +64,15 @@ def train_proxy(x: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, epoch
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model_shape = tuple(model.inputs[0].shape[1:])
     started, history = time.perf_counter(), []
-    for epoch in range(epochs):
+
+    def epoch() -> None:
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch * 64):  # feed in slices: never a float copy of the whole set
             idx = np.sort(order[start:start + batch * 64])
             out = model.fit(as_model_input(x[idx], model_shape), y[idx], batch_size=batch, epochs=1, verbose=0, shuffle=True)
         history.append(float(out.history["accuracy"][-1]))
-        if progress:
-            progress((epoch + 1) / epochs)
-        elapsed = time.perf_counter() - started
-        if elapsed + elapsed / (epoch + 1) > budget_s:  # the next epoch would overrun (epochs take about equally long)
-            break
+
+    fit_within_budget(epoch, epochs, budget_s, progress)
     return model, {"architecture": model.name, "epochs_run": len(history), "epochs_planned": epochs,
                    "stopped_by_budget": len(history) < epochs, "train_s": round(time.perf_counter() - started, 1),
                    "last_epoch_accuracy": round(history[-1], 4) if history else None, "seed": seed}

@@ -3,7 +3,6 @@
 Plain numpy and Keras; the detector (``worker.detectors.assessment``) decides when to run it and reports it.
 """
 
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.keras_model import as_model_input
+from worker.outputs import npz_bytes
 
 QUARANTINE_MODES = ("intersection", "union")
 
@@ -19,8 +19,12 @@ QUARANTINE_MODES = ("intersection", "union")
 class Quarantine:
     indices: np.ndarray  # dataset rows removed before retraining
     mode: str
-    by_method: dict[str, int]  # how many rows each method flagged
+    methods: dict[str, np.ndarray]  # the rows each method flagged
     rule: str  # how the methods were combined, in words
+
+    @property
+    def by_method(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.methods.items()}
 
 
 def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str, target_classes: list[int],
@@ -38,11 +42,11 @@ def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str,
     clustering = np.asarray(analysis.flagged, dtype=np.int64)
     spectral = np.concatenate([np.flatnonzero(y == c.label)[c.flagged_spectral] for c in analysis.classes if c.suspicious]
                               or [np.empty(0, np.int64)])
-    by_method = {"activation_clustering": len(clustering), "spectral_signature": len(spectral), "strip": len(strip_low),
-                 "trigger_anchored": len(anchored)}
+    methods = {"activation_clustering": clustering, "spectral_signature": spectral, "strip": strip_low,
+               "trigger_anchored": anchored}
     if mode == "union":
         chosen = np.union1d(np.union1d(clustering, spectral), np.union1d(strip_low, anchored))
-        return Quarantine(chosen, mode, by_method, "flagged by any of activation clustering, spectral signatures, "
+        return Quarantine(chosen, mode, methods, "flagged by any of activation clustering, spectral signatures, "
                           "STRIP and trigger-anchored activations")
     chosen = np.intersect1d(clustering, spectral)
     covered = {c.label for c in analysis.classes if c.suspicious}
@@ -53,7 +57,7 @@ def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str,
         chosen = np.union1d(chosen, own if len(own) else strip_low[y[strip_low] == c])
         rule += (f"; in class {c}, which the activation analysis did not flag, "
                  f"{'the trigger-anchored samples' if len(own) else 'STRIP’s low-entropy samples'}")
-    return Quarantine(chosen, mode, by_method, rule)
+    return Quarantine(chosen, mode, methods, rule)
 
 
 def trigger_anchored(embed: Callable[[np.ndarray], np.ndarray], x_class: np.ndarray, triggered: np.ndarray,
@@ -76,9 +80,7 @@ def trigger_anchored(embed: Callable[[np.ndarray], np.ndarray], x_class: np.ndar
 def cleaned_dataset_npz(x: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> bytes:
     """The dataset without the quarantined rows, as .npz (``x``, ``y`` with the original label values, ``index``: the
     kept rows' positions in the upload): ready to upload and scan again, or to train on."""
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x[keep], y=labels[keep], index=keep.astype(np.int64))
-    return buffer.getvalue()
+    return npz_bytes(x=x[keep], y=labels[keep], index=keep.astype(np.int64))
 
 
 def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, seed: int,
@@ -86,6 +88,8 @@ def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarr
     """A fresh copy of the uploaded architecture (new weights), compiled as the upload was (optimizer, loss, metrics;
     Adam and cross-entropy when the file has no compile settings), trained on the kept rows."""
     import keras
+
+    from worker.proxy_network import fit_within_budget
 
     keras.utils.set_random_seed(seed)
     clone = keras.models.clone_model(model)
@@ -97,17 +101,11 @@ def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarr
     except Exception:  # noqa: BLE001  (custom or missing losses: fall back to the usual classifier settings)
         clone.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         used = "default (adam, sparse categorical cross-entropy)"
-    shape = tuple(model.inputs[0].shape[1:])
+    inputs = as_model_input(x, tuple(model.inputs[0].shape[1:]))  # once, not every epoch
     targets = _targets_for(clone, y, int(model.outputs[0].shape[-1]))
-    started, ran = time.perf_counter(), 0
-    for epoch in range(epochs):
-        clone.fit(as_model_input(x, shape), targets, batch_size=batch, epochs=1, verbose=0, shuffle=True)
-        ran += 1
-        if progress:
-            progress((epoch + 1) / epochs)
-        elapsed = time.perf_counter() - started
-        if elapsed + elapsed / ran > budget_s:
-            break
+    started = time.perf_counter()
+    ran = fit_within_budget(lambda: clone.fit(inputs, targets, batch_size=batch, epochs=1, verbose=0, shuffle=True),
+                            epochs, budget_s, progress)
     return clone, {"architecture": "clone of the uploaded model", "compile": used, "epochs_run": ran,
                    "epochs_planned": epochs, "batch": batch, "train_s": round(time.perf_counter() - started, 1),
                    "seed": seed}

@@ -106,7 +106,7 @@ def load_user_trigger(path: Path, spec: InputSpec) -> Trigger:
         pattern = pattern.astype(np.float32) / 255.0
     pattern = _fit(pattern.astype(np.float32), spec.shape, "pattern")
     mask = mask.astype(np.float32)
-    if mask.size * (spec.shape[-1] if len(spec.shape) == 3 else 1) == int(np.prod(spec.shape)) and len(spec.shape) == 3:
+    if len(spec.shape) == 3 and mask.size == spec.shape[0] * spec.shape[1]:  # one value per pixel, for every channel
         mask = mask.reshape(spec.shape[:2] + (1,))
     else:
         mask = _fit(mask, spec.shape, "mask")

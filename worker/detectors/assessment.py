@@ -91,7 +91,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
         findings.append(_remediate(inputs, run, held, probing, reconstruction, strip, backdoored or possible, config,
-                                   seed, outputs, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
+                                   seed, outputs, predict, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return findings
@@ -151,8 +151,7 @@ def _probe(inputs, ds, predict, held: HeldOut, shape, config, seed, progress) ->
     rng = np.random.default_rng(seed)
     n = min(len(held.y), int(config.get("probe_samples", 1000)))
     pick = np.sort(rng.choice(len(held.y), size=n, replace=False))
-    labels = lambda probs: probs.argmax(1)  # noqa: E731
-    rate_without, results = probe(lambda a: labels(predict(a)), held.x[pick], held.y[pick], triggers, spec,
+    rate_without, results = probe(lambda a: predict(a).argmax(1), held.x[pick], held.y[pick], triggers, spec,
                                   ds.n_classes, progress=progress)
     rows, by_class = [], {}
     for r in results:
@@ -200,6 +199,7 @@ def _save_reconstruction(ds, reconstruction: dict, spec, outputs) -> dict:
     """Mask, pattern and stamped trigger as PNG, and the pair as .npz (upload it as a ``trigger`` to probe again), for
     each target class and the most anomalous class."""
     from worker.images import png_bytes
+    from worker.outputs import npz_bytes
 
     result = reconstruction["result"]
     if not spec.is_image:
@@ -217,7 +217,7 @@ def _save_reconstruction(ds, reconstruction: dict, spec, outputs) -> dict:
                                    description=f"Neural Cleanse pattern toward class {_label(ds, c)}"),
             "stamped": outputs.add(f"{stem}-stamped.png", png_bytes(mask * pattern + (1 - mask) * spec.lo, spec.lo, spec.hi, scale=scale),
                                    media_type="image/png", description=f"the reconstructed trigger toward class {_label(ds, c)} on a blank input"),
-            "npz": outputs.add(f"{stem}.npz", _npz(mask=mask, pattern=pattern), media_type="application/octet-stream",
+            "npz": outputs.add(f"{stem}.npz", npz_bytes(mask=mask, pattern=pattern), media_type="application/octet-stream",
                                description=f"mask and pattern toward class {_label(ds, c)}; upload as a scan's trigger to probe with it"),
         }
         saved[str(_label(ds, c))] = names
@@ -310,22 +310,25 @@ def _strip_text(strip: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ remediation
 
-def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targets, config, seed, outputs, progress) -> Finding:
+def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targets, config, seed, outputs, before,
+               progress) -> Finding:
     """Quarantine, retrain, re-test. The intersection goes first (it removes the fewest clean samples); when the
-    re-test still shows the backdoor, the union is tried (``escalate``, on by default)."""
-    from worker.keras_model import predictor
+    re-test still shows the backdoor, the union is tried (``escalate``, on by default). ``before``: the analysed
+    model's predictor."""
     from worker.remediation import accuracy, cleaned_dataset_npz
 
     ds = run.ds
     modes = [config.get("quarantine", "intersection")]
     if modes[0] == "intersection" and config.get("escalate", True):
         modes.append("union")
-    before = predictor(run.model)
     acc_before = round(accuracy(before, held.x, held.y), 4)
+    anchored = _anchored_rows(run, held, probing, reconstruction, targets)  # the same for every round
+    compile_config = _compile_config(inputs.model.path) if run.source["model"] == "uploaded" else None
     rounds = []
     for i, mode in enumerate(modes):
         sub = lambda f, i=i: progress((i + f) / len(modes))  # noqa: E731
-        rounds.append(_retrain_round(inputs, run, held, probing, reconstruction, strip, targets, mode, config, seed, before, sub))
+        rounds.append(_retrain_round(run, held, probing, reconstruction, strip["low"], anchored, compile_config, targets,
+                                     mode, config, seed, before, sub))
         if rounds[-1]["removed"]:
             break
     last = rounds[-1]
@@ -337,13 +340,14 @@ def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targe
     last["model"].save(outputs.reserve("retrained-model.keras"))
     saved = outputs.register("retrained-model.keras", media_type="application/octet-stream",
                              description="the model retrained without the quarantined samples")
-    stripped_only = np.setdiff1d(q.indices, run.analysis.flagged)
-    by_strip = set(strip["low"].tolist())
+    not_clustered = np.setdiff1d(q.indices, run.analysis.flagged)  # the rows the model layer's list does not hold
+    flagged_by = {name: set(rows.tolist()) for name, rows in q.methods.items()}
     evidence = {"rounds": [{k: v for k, v in r.items() if k not in ("model", "quarantine")} for r in rounds],
                 "cleaned_dataset": cleaned, "retrained_model": saved, "backdoor_removed": last["removed"],
                 "clean_accuracy": {"before": acc_before, "after": last["clean_accuracy_after"], "on": held.source},
-                "flagged": [{"index": int(i), "reason": "quarantined: low STRIP entropy, or spectral signatures alone, in a backdoor target class",
-                             "method": "strip" if i in by_strip else "spectral_signature"} for i in stripped_only]}
+                "flagged": [{"index": int(i), "reason": "quarantined for retraining in a backdoor target class",
+                             "method": "+".join(name for name, rows in flagged_by.items() if i in rows)}
+                            for i in not_clustered]}
     text = " ".join(_round_text(r, acc_before, held.source) for r in rounds)
     if not targets:  # remediate="always" on a model with no backdoor found: nothing to re-test
         return Finding("retrained without the quarantined samples (no backdoor target to re-test)", Severity.info, 0.0,
@@ -358,31 +362,32 @@ def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targe
                    "do not deploy a model trained on this data.", evidence=evidence)
 
 
-def _retrain_round(inputs, run, held, probing, reconstruction, strip, targets, mode, config, seed, before, progress) -> dict:
-    from worker.keras_model import load_keras_safely, predictor
-    from worker.remediation import accuracy, attack_success, choose_quarantine, retrain_clone
+def _retrain_round(run, held, probing, reconstruction, strip_low, anchored, compile_config, targets, mode, config, seed,
+                   before, progress) -> dict:
+    from worker.keras_model import predictor
+    from worker.remediation import accuracy, choose_quarantine, retrain_clone
 
     ds = run.ds
-    quarantine = choose_quarantine(ds.y, run.analysis, strip["low"], mode, targets,
-                                   anchored=_anchored_rows(run, held, probing, reconstruction, targets))
+    quarantine = choose_quarantine(ds.y, run.analysis, strip_low, mode, targets, anchored=anchored)
     keep = np.setdiff1d(np.arange(len(ds.y)), quarantine.indices)
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
     epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
     if run.source["model"] == "uploaded":
-        retrained, facts = retrain_clone(run.model, _compile_config(load_keras_safely, inputs.model.path), ds.x[train],
-                                         ds.y[train], epochs=epochs, batch=int(config.get("retrain_batch", 128)), seed=seed,
-                                         budget_s=budget, progress=progress)
+        retrained, facts = retrain_clone(run.model, compile_config, ds.x[train], ds.y[train], epochs=epochs,
+                                         batch=int(config.get("retrain_batch", 128)), seed=seed, budget_s=budget,
+                                         progress=progress)
     else:
         from worker.proxy_network import train_proxy
 
         retrained, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
                                        budget_s=budget, progress=progress)
-    retest = _retest(ds, held, probing, reconstruction, targets, before, predictor(retrained), attack_success)
+    after = predictor(retrained)
+    retest = _retest(ds, held, probing, reconstruction, targets, before, after)
     deciding = [t for t in retest if t["decides"] and not np.isnan(t["after"])]
     worst = max((t["after"] for t in deciding), default=0.0)
     return {"mode": mode, "rule": quarantine.rule, "removed_samples": int(len(quarantine.indices)),
             "by_method": quarantine.by_method, "retraining": facts, "attack_success": retest,
-            "clean_accuracy_after": round(accuracy(predictor(retrained), held.x, held.y), 4),
+            "clean_accuracy_after": round(accuracy(after, held.x, held.y), 4),
             "worst_after": worst, "removed": worst <= REMEDIATED_ASR, "model": retrained, "quarantine": quarantine}
 
 
@@ -428,8 +433,10 @@ def _triggers_for(ds, probing, reconstruction, c: int) -> list:
     return known + [Trigger(f"reconstructed trigger (class {_label(ds, c)})", "reconstructed", result.masks[c], result.patterns[c])]
 
 
-def _retest(ds, held, probing, reconstruction, targets, before, after, attack_success) -> list[dict]:
+def _retest(ds, held, probing, reconstruction, targets, before, after) -> list[dict]:
     """Attack success before and after, for each target class and each trigger known for it."""
+    from worker.remediation import attack_success
+
     spec = probing["spec"]
     rows = []
     for c in targets:
@@ -445,9 +452,12 @@ def _retest(ds, held, probing, reconstruction, targets, before, after, attack_su
     return rows
 
 
-def _compile_config(load, path) -> dict | None:
+def _compile_config(path) -> dict | None:
+    """The uploaded model's saved optimizer, loss and metrics (loaded safely once more, compiled this time)."""
+    from worker.keras_model import load_keras_safely
+
     try:
-        return load(path, compile=True).get_compile_config()
+        return load_keras_safely(path, compile=True).get_compile_config()
     except Exception:  # noqa: BLE001  (no or custom compile settings: the clone gets the usual ones)
         return None
 
@@ -464,11 +474,3 @@ def _round(a: np.ndarray) -> list[float]:
 
 def _safe(label) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", str(label))[:40] or "x"
-
-
-def _npz(**arrays) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
