@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from worker.formats import extension_matches, sniff
+from worker.inspect.formats import extension_matches, sniff
 
 
 def write(tmp_path, name, data: bytes):

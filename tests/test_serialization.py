@@ -7,10 +7,10 @@ import zipfile
 import pytest
 
 from tests import payloads
-from worker.containers import Limits, Walker
+from worker.inspect.archives import Limits, Walker
 from worker.local import scan_local_files
 from worker.options import ScanOptions
-from worker.pickles import classify
+from worker.inspect.allowlist import classify
 
 
 @pytest.fixture(scope="module")

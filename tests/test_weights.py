@@ -1,4 +1,4 @@
-"""Structural checks of weight files (worker/detectors/weights.py).
+"""Structural checks of weight files (worker/inspect/: safetensors, keras, onnx).
 
 Fixtures are real files built with safetensors / Keras / onnx.helper, then corrupted byte by byte.
 Nothing here loads a scanned file with a code-running loader: Keras is only used to *save* models.
@@ -12,13 +12,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from worker.detectors.weights import (
-    check_keras_archive,
-    check_keras_h5,
-    check_onnx,
-    check_safetensors,
-    keras_config_findings,
-)
+from worker.inspect.keras import check_keras_archive, check_keras_h5, keras_config_findings
+from worker.inspect.onnx import check_onnx
+from worker.inspect.safetensors import check_safetensors
 from worker.findings import Finding, Severity
 
 

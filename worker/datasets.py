@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from worker.findings import InputRejected
-from worker.formats import sniff
+from worker.inspect.formats import sniff
 
 MAX_CLASSES = 100_000
 ACCEPTED_KINDS = ("npz", "csv", "parquet")
@@ -51,7 +51,7 @@ class DatasetError(InputRejected):
 
 def load_dataset(path: Path, kind: str | None = None, *, label_column: str = "label",
                  classes: list | None = None, max_rows: int | None = None) -> Dataset:
-    """Load and validate the dataset at ``path``. ``kind`` is ``worker.formats.sniff(path)`` (sniffed when None)."""
+    """Load and validate the dataset at ``path``. ``kind`` is ``worker.inspect.formats.sniff(path)`` (sniffed when None)."""
     path = Path(path)
     if kind is None:
         kind = sniff(path)

@@ -20,7 +20,7 @@ from app.scans.state import transition
 from app.settings import Settings
 from worker.detectors.integrity import forget_hashes
 from worker.findings import InputFile, InputRejected, ScanInputs
-from worker.formats import sniff
+from worker.inspect.formats import sniff
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 

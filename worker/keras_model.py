@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.findings import InputRejected, Severity
-from worker.formats import sniff
+from worker.inspect.formats import sniff
 
 BLOCKING = (Severity.critical, Severity.high)
 
@@ -23,8 +23,8 @@ class ModelRejected(InputRejected):
 def load_keras_safely(path: Path, *, compile: bool = False):
     """Static checks first (config, archive members, pickles inside); then ``load_model(safe_mode=True)``. ``compile``
     restores the saved optimizer, loss and metrics (for retraining a clone)."""
-    from worker.containers import Walker
-    from worker.detectors.weights import check_keras_archive, check_keras_h5
+    from worker.inspect.archives import Walker
+    from worker.inspect.keras import check_keras_archive, check_keras_h5
 
     kind = sniff(path)
     if kind not in ("keras", "hdf5"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from worker.detectors.integrity import sha256_file
 from worker.findings import InputFile, ScanInputs
-from worker.formats import sniff, wrong_kind_for_role
+from worker.inspect.formats import sniff, wrong_kind_for_role
 from worker.options import ScanOptions
 from worker.pipeline import Progress, run_pipeline
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.artifacts.schemas import ArtifactOut
 from app.models import Artifact
-from worker.formats import sniff
+from worker.inspect.formats import sniff
 
 
 def register(session: Session, tenant: str, sha256: str, size: int, path: Path, filename: str | None) -> tuple[Artifact, bool]:

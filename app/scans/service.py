@@ -15,7 +15,7 @@ from app.models import Artifact, Report, Scan, ScanStatus, utcnow
 from app.problems import Problem
 from app.scans.schemas import ScanOut, Timings
 from app.scans.state import TERMINAL, transition
-from worker.formats import wrong_kind_for_role
+from worker.inspect.formats import wrong_kind_for_role
 from worker.options import ScanOptions
 from worker.registry import default_registry
 

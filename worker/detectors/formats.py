@@ -1,7 +1,7 @@
 """Supply chain: identify each input's format by content and flag what the name or format hides."""
 
 from worker.findings import Finding, ScanInputs, Severity
-from worker.formats import ROLE_KINDS, extension_matches, sniff
+from worker.inspect.formats import ROLE_KINDS, extension_matches, sniff
 from worker.registry import registry
 
 

@@ -6,7 +6,7 @@ backdoor (AML.T0018), which the critical findings say.
 
 from collections import defaultdict
 
-from worker.containers import ContainerScan, Limits, Walker
+from worker.inspect.archives import ContainerScan, Limits, Walker
 from worker.findings import Finding, InputFile, ScanInputs, Severity
 from worker.registry import registry
 

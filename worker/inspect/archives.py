@@ -4,7 +4,7 @@ Zip members are looked at whatever their names (a PyTorch checkpoint, a .keras o
 zip in a zip), as are tar members, gzip/bz2/xz/zlib payloads, npy object arrays and bytes
 embedded inside pickles. Only a member's head is read unless it may hold a pickle or an archive,
 so tensor data costs almost nothing. Nothing is extracted to disk and nothing is deserialized: bytes that look like a pickle go to
-``worker.pickles.analyze``. A limit that trips (zip bomb, deep nesting, too many members) ends
+``worker.inspect.pickles.analyze``. A limit that trips (zip bomb, deep nesting, too many members) ends
 in a recorded problem, not in a hang or a crash.
 """
 
@@ -23,8 +23,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.formats import COMPRESSED_KINDS, sniff, sniff_bytes
-from worker.pickles import PickleAnalysis, analyze, looks_like_pickle
+from worker.inspect.formats import COMPRESSED_KINDS, sniff, sniff_bytes
+from worker.inspect.pickles import PickleAnalysis, analyze, looks_like_pickle
 
 CHUNK = 1 << 20
 
