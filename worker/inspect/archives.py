@@ -23,8 +23,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.inspect.common import Problem
 from worker.inspect.formats import COMPRESSED_KINDS, sniff, sniff_bytes
 from worker.inspect.pickles import PickleAnalysis, analyze, looks_like_pickle
+from worker.inspect.savedmodel import tf_graph_problems
 
 CHUNK = 1 << 20
 
@@ -43,14 +45,6 @@ class PickleHit:
     location: str
     analysis: PickleAnalysis
     expected: bool  # the location is meant to hold a pickle (not a guess from raw bytes)
-
-
-@dataclass
-class Problem:
-    severity: str  # "high" | "medium"
-    title: str
-    location: str
-    detail: str
 
 
 @dataclass
@@ -311,14 +305,6 @@ class _ZlibReader:
         return bytes(out)
 
 
-# TensorFlow ops that touch the file system or call back into Python when a graph runs.
-# SaveV2/RestoreV2 are left out: every SavedModel has them to load its own variables.
-TF_FILE_OPS = ("ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "WholeFileReader", "WholeFileReaderV2",
-               "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReaderV2", "TFRecordReaderV2", "LMDBReader",
-               "TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset", "PrintV2", "DebugIdentityV2")
-TF_PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
-
-
 def member_escapes(name: str) -> bool:
     """An archive member name that extracts outside its folder (zip-slip): absolute, a drive, '..', or a NUL byte."""
     parts = name.replace("\\", "/").split("/")
@@ -368,22 +354,6 @@ def _local_entry(raw, offset: int) -> tuple[str, bytes] | None:
             return None
         return name, data
     return None
-
-
-def tf_graph_problems(data: bytes, location: str) -> list[Problem]:
-    """Find op names in a serialized GraphDef/SavedModel without TensorFlow: NodeDef.op is field 2, a
-    length-prefixed string (tag 0x12), in the main graph and in the function library alike."""
-    def used(ops):
-        return sorted(op for op in ops if b"\x12" + bytes([len(op)]) + op.encode() in data)
-
-    problems = []
-    if file_ops := used(TF_FILE_OPS):
-        problems.append(Problem("high", "TensorFlow graph reads or writes files", location,
-                                f"the graph uses {', '.join(file_ops)}: running the model can read or write files on the serving host."))
-    if py_ops := used(TF_PYTHON_OPS):
-        problems.append(Problem("high", "TensorFlow graph calls back into Python", location,
-                                f"the graph uses {', '.join(py_ops)}, which runs a Python function registered in the loading process."))
-    return problems
 
 
 def _npy_header(f) -> dict | None:

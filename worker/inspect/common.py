@@ -1,6 +1,8 @@
 """What every format inspector shares: finding constructors with bounded evidence, and the one
 fail-closed helper (``not_inspected``) for whatever could not be opened, parsed or bounded."""
 
+from dataclasses import dataclass
+
 from worker.findings import Finding, Severity
 
 MAX_JSON_BYTES = 100 * 1024 * 1024  # refuse JSON headers/configs larger than this
@@ -59,3 +61,13 @@ def _reject_constant(name):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+
+
+@dataclass
+class Problem:
+    """Something an archive or stream walk could not do or found odd, before it becomes a finding."""
+
+    severity: str  # "high" | "medium"
+    title: str
+    location: str
+    detail: str
