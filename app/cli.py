@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from app.cli_output import escape_text
+
+        print(f"error: {escape_text(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -223,8 +225,8 @@ def _inputs_given(args) -> dict[str, Path]:
     if not (files.get("model") or files.get("dataset")):
         raise CliError("give --model, --dataset, or both")
     for role, path in files.items():
-        if not path.is_file():
-            raise CliError(f"--{role} {path}: no such file")
+        if not (path.is_file() or (role == "model" and path.is_dir())):
+            raise CliError(f"--{role} {path}: no such file" + (" or folder" if role == "model" else ""))
     return files
 
 
@@ -232,10 +234,15 @@ def cmd_scan(args) -> int:
     from app.cli_output import ProgressBar, exit_code, render
     from worker.local import scan_local_files
 
+    from worker.findings import InputRejected
+
     options = _options(args)
+    files = _inputs_given(args)
     bar = ProgressBar()
     try:
-        report = scan_local_files(_inputs_given(args), options, progress=bar.update, output_dir=args.out)
+        report = scan_local_files(files, options, progress=bar.update, output_dir=args.out)
+    except InputRejected as exc:  # a file poisonscan cannot use: a verdict with the reason, not a usage error
+        report = rejected_report(files, str(exc))
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -246,16 +253,25 @@ def cmd_scan(args) -> int:
 
 def cmd_submit(args) -> int:
     from app.cli_output import exit_code, render
-    from app.client import ClientError, submit_and_wait
+    from app.client import ClientError, ScanFailed, submit_and_wait
 
     options = _options(args)
     try:
         report = submit_and_wait(args.server, args.api_key, _inputs_given(args), options, timeout_s=args.timeout,
                                  download_to=args.out)
+    except ScanFailed as exc:  # the server could not scan what we sent: the gate does not open
+        report = rejected_report({}, str(exc))
     except ClientError as exc:
         raise CliError(str(exc)) from exc
     print(render(report, args.format))
     return exit_code(report["verdict"], args.fail_on_warn)
+
+
+def rejected_report(files: dict, reason: str) -> dict:
+    """A scan that could not use its inputs: verdict fail with the reason (exit 1, never a pass)."""
+    return {"verdict": "fail", "verdict_reason": f"the scan could not be completed: {reason}",
+            "inputs": [{"role": r, "filename": p.name, "kind": "unknown", "sha256": None} for r, p in files.items()],
+            "detectors": [], "outputs": [], "quarantine": []}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,17 @@
 """Rendering for the CLI: a progress bar on stderr, the report as text or JSON, the exit code."""
 
 import json
+import re
 import sys
+
+# C0/C1 controls, DEL and the bidi overrides: an artifact's name or metadata must not steer the terminal
+# (a member name with escape sequences could print a forged "verdict: PASS" line).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every control character shown as a visible escape (\\x1b, \\u202e, ...)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 VERDICT_EXIT = {"pass": 0, "warn": 0, "fail": 1}
 
@@ -21,7 +31,7 @@ class ProgressBar:
 
     def update(self, stage: str, percent: float) -> None:
         filled = int(self.width * min(max(percent, 0.0), 100.0) / 100)
-        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {percent:5.1f}% {stage[:40]:40}"
+        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {percent:5.1f}% {escape_text(stage)[:40]:40}"
         self.stream.write(line)
         self.stream.flush()
         self._shown = True
@@ -33,16 +43,37 @@ class ProgressBar:
 
 
 def render(report: dict, fmt: str) -> str:
+    """JSON stays exact (json.dumps escapes controls itself); text escapes every line, since lines carry artifact strings."""
     if fmt == "json":
         return json.dumps(report, indent=2)
+    return "\n".join(escape_text(line) for line in _text_lines(report))
+
+
+def _where(evidence: dict) -> str | None:
+    """Where in the artifact a finding is: an archive member path, a pickle offset, a file of a folder."""
+    if evidence.get("location"):
+        return str(evidence["location"])
+    occurrences = evidence.get("occurrences") or []
+    if occurrences and isinstance(occurrences[0], dict) and occurrences[0].get("location"):
+        return f"{occurrences[0]['location']} @ {occurrences[0].get('offset')}"
+    return None
+
+
+def _text_lines(report: dict) -> list[str]:
     lines = [f"verdict: {report['verdict'].upper()} ({report['verdict_reason']})"]
     for item in report["inputs"]:
         lines.append(f"  {item['role']}: {item.get('filename') or '-'}  {item['kind']}  sha256={item['sha256']}")
+    failing = [f for f in report.get("files", []) if f["verdict"] != "pass"]
+    if len(report.get("files", [])) > 1:
+        lines.append(f"files: {len(report['files'])} inspected, {len(failing)} not clean")
+        lines += [f"  [{f['verdict']:>4}] {f['file']} ({f['kind']}, worst {f['severity']})" for f in failing[:50]]
     for det in report["detectors"]:
-        status = "" if det["status"] == "ok" else f"  [{det['status']}: {det['error']}]"
+        status = "" if det["status"] == "ok" else f"  [{det['status']}: {det['error'] or det.get('skipped_because')}]"
         lines.append(f"- {det['layer']}/{det['name']} ({det['technique']}) {det['duration_s']:.3f}s{status}")
         for f in det["findings"]:
             lines.append(f"    [{f['severity']:>8}] {f['title']}")
+            if f["severity"] != "info" and (where := _where(f["evidence"])):
+                lines.append(f"               at: {where}")
             if f["severity"] not in ("info",) and f.get("remediation"):
                 lines.append(f"               fix: {f['remediation']}")
     if report.get("outputs"):
@@ -50,4 +81,4 @@ def render(report: dict, fmt: str) -> str:
         for entry in report["outputs"]:
             where = entry.get("path") or entry.get("href") or entry["name"]
             lines.append(f"  {entry['name']}  {entry['description']}  -> {where}")
-    return "\n".join(lines)
+    return lines

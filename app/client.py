@@ -14,6 +14,10 @@ class ClientError(Exception):
     pass
 
 
+class ScanFailed(ClientError):
+    """The server ran the scan and it failed (an input it could not use, a limit): a fail verdict, not a usage error."""
+
+
 def _check(resp: httpx.Response, what: str) -> dict:
     if resp.status_code >= 400:
         try:
@@ -32,9 +36,25 @@ def _file_chunks(path: Path, size: int = 1 << 20):
 
 
 def upload(client: httpx.Client, path: Path) -> str:
+    if path.is_dir():
+        return _upload_folder(client, path)
     resp = client.post("/v1/artifacts", params={"filename": path.name}, content=_file_chunks(path),
                        headers={"content-type": "application/octet-stream", "content-length": str(path.stat().st_size)})
     return _check(resp, f"upload of {path}")["sha256"]
+
+
+def _upload_folder(client: httpx.Client, folder: Path) -> str:
+    """A model folder (a Hugging Face-style snapshot) travels as one zip; the server inspects every member."""
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(prefix="poisonscan-upload-") as tmp:
+        packed = Path(tmp) / f"{folder.name or 'model'}.zip"
+        with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    zf.write(path, path.relative_to(folder).as_posix())
+        return upload(client, packed)
 
 
 def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], options, timeout_s: float = 3600.0, poll_s: float = 0.5,
@@ -43,10 +63,12 @@ def submit_and_wait(server: str, api_key: str | None, files: dict[str, Path], op
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
         with httpx.Client(base_url=server, headers=headers, timeout=httpx.Timeout(60.0, read=600.0)) as client:
-            body = {role: upload(client, path) for role, path in files.items()}
+            body = {role: upload(client, path) for role, path in files.items()}  # a folder goes up as a zip
             body["options"] = options.model_dump(mode="json", exclude_defaults=True)
             scan = _check(client.post("/v1/scans", json=body), "starting the scan")
             scan = _poll(client, scan, timeout_s, poll_s)
+            if scan["status"] == "failed":
+                raise ScanFailed(f"scan {scan['id']} failed: {scan.get('error') or 'no reason given'}")
             if scan["status"] != "succeeded":
                 raise ClientError(f"scan {scan['id']} {scan['status']}: {scan.get('error') or 'no reason given'}")
             report = _check(client.get(f"/v1/scans/{scan['id']}/report"), "fetching the report")

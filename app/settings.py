@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     allow_anonymous: bool = Field(default=False, description="Accept requests without an API key (tenant 'anonymous').")
     auth_cache_ttl_s: float = Field(default=5.0, description="How long an API process trusts a key it has checked; a revocation elsewhere takes at most this long.")
 
+    tenant_detector_config: dict[str, dict[str, dict]] = Field(
+        default_factory=dict, description="Per-tenant defaults for detector_config, as JSON: {tenant: {detector: {setting: "
+        "value}}}; a scan's own detector_config wins, and allow-lists (e.g. unsafe_serialization.allow_globals) are joined.")
+
     api_db_pool_size: int = Field(default=30, description="Database connections each API process keeps open.")
 
     # Worker behaviour.

@@ -43,6 +43,11 @@ class Finding:
         d["severity"] = str(self.severity)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        return cls(d["title"], Severity(d["severity"]), float(d["score"]), d["explanation"], d.get("remediation", ""),
+                   d.get("evidence") or {}, d.get("technique"))
+
 
 @dataclass(frozen=True)
 class InputFile:

@@ -14,11 +14,12 @@ def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Pro
                      output_dir: Path | None = None) -> dict:
     """``files`` maps role ('model', 'dataset', 'holdout', 'trigger', ...) to a path; files the scan produces go to
     ``output_dir`` (a new temporary folder when None; the report's ``outputs`` has their paths). Raises ValueError for
-    an input of the wrong kind."""
+    an input of the wrong kind (a model is never refused: what poisonscan cannot understand fails the scan).
+    ``files["model"]`` may be a folder (a Hugging Face-style snapshot): every file in it is inspected."""
     inputs = {}
     for role, path in files.items():
-        kind = sniff(path)
-        if why := wrong_kind_for_role(role, kind):
+        kind = "folder" if path.is_dir() else sniff(path, path.name)
+        if role != "model" and (why := wrong_kind_for_role(role, kind)):  # a model of any kind gets a verdict
             raise ValueError(f"{path} {why}")
         inputs[role] = InputFile(role, path, sha256_file(path), path.name, kind)
     kwargs = {"progress": progress} if progress else {}

@@ -12,6 +12,9 @@ class ScanOptions(BaseModel):
     detectors: list[str] | None = Field(default=None, description="Detector names to run; default: every detector that applies to the inputs.")
     policy: Policy = Field(default_factory=Policy)
     detector_config: dict[str, dict] = Field(default_factory=dict, description="Per-detector settings, keyed by detector name.")
+    stop_at_critical: bool = Field(
+        default=True, description="End the scan after the supply-chain layer when it found a critical problem in the model: "
+        "the data and model layers take minutes and cannot change a fail. Set false to keep the full scan (forensics).")
 
     @field_validator("detectors", "detector_config")
     @classmethod
@@ -21,4 +24,8 @@ class ScanOptions(BaseModel):
             unknown = sorted(set(value) - set(known))
             if unknown:
                 raise ValueError(f"unknown detector(s) {unknown}; known: {known}")
+        if isinstance(value, dict):  # detector_config: typed where the detector declares its settings
+            for name, settings in value.items():
+                if (model := default_registry().get(name).config_model) is not None:
+                    model.model_validate(settings)
         return value

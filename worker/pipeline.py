@@ -53,6 +53,9 @@ def run_pipeline(
     results = []
     share = 99.0 / max(len(specs), 1)  # detectors share 0-99%; the verdict is the last step
     for i, spec in enumerate(specs):
+        if spec.layer != "supply_chain" and options.stop_at_critical and (why := _critical_on_model(results)):
+            results += [_skipped(s, why) for s in specs[i:]]
+            break
         stage = f"{spec.layer}:{spec.name}"
         progress(stage, share * i)
         sub = (lambda sub_stage, fraction, stage=stage, base=share * i: progress(f"{stage}:{sub_stage}", base + share * min(max(fraction, 0.0), 1.0)))
@@ -63,6 +66,20 @@ def run_pipeline(
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)
     return build_report(scan_id, inputs, options, results, sink.entries)
+
+
+def _critical_on_model(results: list[dict]) -> str | None:
+    """Why the scan stops early: a critical supply-chain finding on the model (or on a file inside it)."""
+    for r in results:
+        for f in r["findings"]:
+            if r["layer"] == "supply_chain" and f["severity"] == "critical" and f.get("evidence", {}).get("role", "model") == "model":
+                return f"the supply-chain layer found a critical problem in the model ({f['title']}); stop_at_critical=true"
+    return None
+
+
+def _skipped(spec, why: str) -> dict:
+    return {"name": spec.name, "layer": spec.layer, "technique": spec.technique, "status": "skipped", "error": None,
+            "skipped_because": why, "findings": [], "duration_s": 0.0}
 
 
 def _run_detector(spec, inputs: ScanInputs, config: dict, extras: dict) -> dict:
@@ -95,7 +112,8 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
                  outputs: list[dict] | None = None) -> dict:
     findings = [f for r in results for f in r["findings"]]
     errors = sum(r["status"] == "error" for r in results)
-    verdict, reason = decide(options.policy, [Severity(f["severity"]) for f in findings], errors)
+    supply_chain_errors = sum(r["status"] == "error" and r["layer"] == "supply_chain" for r in results)
+    verdict, reason = decide(options.policy, [Severity(f["severity"]) for f in findings], errors, supply_chain_errors)
     by_severity: dict[str, int] = {}
     for f in findings:
         by_severity[f["severity"]] = by_severity.get(f["severity"], 0) + 1
@@ -110,12 +128,38 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
         "policy": options.policy.model_dump(mode="json"),
         "verdict": verdict,
         "verdict_reason": reason,
-        "summary": {"findings_by_severity": by_severity, "detectors_run": len(results), "detectors_failed": errors},
+        "summary": {"findings_by_severity": by_severity, "detectors_run": sum(r["status"] != "skipped" for r in results),
+                    "detectors_failed": errors, "detectors_skipped": sum(r["status"] == "skipped" for r in results)},
         "atlas": {t: ATLAS_TECHNIQUES[t] for t in sorted({f["technique"] for f in findings}) if t in ATLAS_TECHNIQUES},
+        "files": files_summary(results, options),
         "quarantine": quarantine_list(findings),
         "outputs": outputs or [],
         "detectors": results,
     }
+
+
+def files_summary(results: list[dict], options: ScanOptions) -> list[dict]:
+    """One entry per file the supply-chain layer inspected (every file of a folder or bundle): its kind, its worst
+    finding and the verdict it alone would get, so a gate can say which file failed."""
+    files: dict[tuple, dict] = {}
+    for r in results:
+        for f in r["findings"]:
+            ev = f["evidence"]
+            if r["name"] == "unsafe_serialization" and "files" in ev:  # the inventory: every file, clean ones too
+                for item in ev["files"]:
+                    name = item["file"] or ev.get("file") or ""
+                    files.setdefault((ev["role"], name), {"role": ev["role"], "file": name, "kind": item["kind"], "severities": []})
+    for r in results:
+        for f in r["findings"]:
+            key = (f["evidence"].get("role"), f["evidence"].get("file"))
+            if r["layer"] == "supply_chain" and key in files and f["severity"] != "info":
+                files[key]["severities"].append(Severity(f["severity"]))
+    out = []
+    for entry in files.values():
+        severities = entry.pop("severities")
+        worst = max(severities, key=lambda s: s.rank, default=None)
+        out.append(entry | {"severity": str(worst) if worst else None, "verdict": decide(options.policy, severities, 0)[0]})
+    return out
 
 
 def quarantine_list(findings: list[dict]) -> list[dict]:

@@ -22,6 +22,7 @@ class DetectorSpec:
     reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
     gpu_with: frozenset[str] = frozenset()  # roles that move a "cpu" detector to the gpu queue (it then runs the model)
     extras: frozenset[str] = frozenset()  # more keyword arguments it takes: "shared" (a per-scan dict), "outputs" (an OutputSink)
+    config_model: type | None = None  # a pydantic model (extra="forbid", bounded fields) its config is validated with
 
     def applies_to(self, roles: set[str]) -> bool:
         """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
@@ -36,7 +37,7 @@ class Registry:
         self._specs: dict[str, DetectorSpec] = {}
 
     def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu",
-                 gpu_with: tuple[str, ...] = ()):
+                 gpu_with: tuple[str, ...] = (), config: type | None = None):
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
 
@@ -47,7 +48,7 @@ class Registry:
             parameters = inspect.signature(fn).parameters
             extras = frozenset({"shared", "outputs"} & set(parameters))
             self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary,
-                                             "progress" in parameters, frozenset(gpu_with), extras)
+                                             "progress" in parameters, frozenset(gpu_with), extras, config)
             return fn
 
         return decorator

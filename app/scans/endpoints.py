@@ -54,7 +54,8 @@ async def create_scan(request: Request, response: Response, tenant: Tenant, sess
     else:
         raise Problem(415, "Unsupported media type", f"Send application/json or multipart/form-data, not {content_type!r}.")
     found = await run_in_threadpool(service.resolve_inputs, session, tenant, body.refs())
-    scan = await run_in_threadpool(service.create_scan, session, tenant, found, body.options)
+    options = service.with_tenant_defaults(body.options, settings.tenant_detector_config.get(tenant, {}))
+    scan = await run_in_threadpool(service.create_scan, session, tenant, found, options)
     try:
         enqueue_scan(request.app.state.celery, str(scan.id), scan.queue)
     except Exception:  # the row is committed: the reaper re-enqueues it once the broker is back

@@ -33,10 +33,26 @@ def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -
         row = artifacts.get(session, tenant, sha)
         if row is None:
             raise Problem(422, "Unknown artifact", f"The {role} artifact {sha} does not exist for this API key's tenant; upload it first.")
-        if why := wrong_kind_for_role(role, row.kind):
+        if why := wrong_kind_for_role(role, row.kind):  # a model of any kind is scanned: what is not understood fails
             raise Problem(422, f"Wrong kind of {role}", f"Artifact {sha} {why}.")
         found[role] = row
     return found
+
+
+def with_tenant_defaults(options: ScanOptions, tenant_config: dict[str, dict]) -> ScanOptions:
+    """The tenant's detector_config under the scan's own: scalar settings of the scan win, lists are joined (a tenant's
+    allowlist of pickle globals stays in force when a scan adds entries of its own)."""
+    if not tenant_config:
+        return options
+    merged = {name: dict(settings) for name, settings in tenant_config.items()}
+    for name, settings in options.detector_config.items():
+        for key, value in settings.items():
+            base = merged.setdefault(name, {}).get(key)
+            merged[name][key] = sorted(set(base) | set(value)) if isinstance(base, list) and isinstance(value, list) else value
+    try:
+        return options.model_copy(update={"detector_config": ScanOptions(detector_config=merged).detector_config})
+    except ValueError as exc:
+        raise Problem(422, "Invalid detector settings", f"With this tenant's defaults the detector settings are invalid: {exc}") from exc
 
 
 def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions) -> Scan:

@@ -16,8 +16,26 @@ from worker.registry import registry
 def sha256_file(path) -> str:
     """SHA-256 of a file; hashed once per process for the same (path, size, mtime) so a local scan,
     which names its inputs by hash before the integrity detector runs, reads a big file only once."""
+    if os.path.isdir(path):
+        return sha256_tree(path)
     st = os.stat(path)
     return _sha256_cached(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+def sha256_tree(root) -> str:
+    """A folder's digest: SHA-256 over its sorted 'relative path, NUL, file SHA-256' lines (links are not followed)."""
+    lines = [f"{name}\0{digest}\n" for name, digest in sorted(folder_manifest(root).items())]
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def folder_manifest(root) -> dict[str, str]:
+    manifest = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            manifest[rel] = "link: not hashed" if os.path.islink(path) else sha256_file(path)
+    return manifest
 
 
 def forget_hashes() -> None:
@@ -42,6 +60,8 @@ MAX_RATIO = 200.0
 def archive_manifest(path, max_members: int = 100_000) -> dict[str, str] | None:
     """member name -> SHA-256 for a zip or tar file; None for anything else. Bomb-like members are not read."""
     manifest: dict[str, str] = {}
+    if os.path.isdir(path):
+        return folder_manifest(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist()[:max_members]:

@@ -1,0 +1,180 @@
+"""Inspect one artifact statically: a file, a folder (a Hugging Face-style snapshot), or a zip/tar of a folder.
+
+Every file is identified by content (its name only breaks ties), walked for pickle streams through every
+container layer, and given its format's structure check. The result says, per file, what was found; the
+gate fails closed: a file of a kind poisonscan does not understand is a ``high`` finding, not a pass.
+Runs in-process here; ``worker.inspect.sandbox`` runs it in a child process with resource limits.
+"""
+
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.findings import Finding, Severity
+from worker.inspect import structure_check
+from worker.inspect.archives import Limits, Walker, member_escapes
+from worker.inspect.common import not_inspected
+from worker.inspect.formats import sniff
+from worker.inspect.pickle_report import UserAllowlist, pickle_findings
+
+# Kinds that hold data only: nothing in them is code a loader runs.
+DATA_KINDS = frozenset({"text", "json", "csv", "png", "parquet", "empty"})
+# Kinds a loader may run code from, or whose structure we check: inspected, never merely accepted.
+CODE_NAMES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".bat", ".ps1", ".js")
+BUNDLE_KINDS = frozenset({"zip", "tar"})  # a plain archive of a folder (PyTorch/Keras/npz zips have kinds of their own)
+MAX_BUNDLE_FILES = 10_000
+MAX_BUNDLE_BYTES = 64 * 1024**3  # extracted for structure checks, in all
+
+
+@dataclass
+class InspectOptions:
+    allowlist: UserAllowlist = field(default_factory=UserAllowlist)
+    allow_pickle: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class FileInspection:
+    file: str  # relative to the artifact ('' for a single file)
+    kind: str
+    serialization: list[Finding] = field(default_factory=list)
+    structure: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class ArtifactInspection:
+    kind: str  # the artifact's own kind ('folder' for a directory)
+    files: list[FileInspection] = field(default_factory=list)
+
+
+def inspect_artifact(path: Path, filename: str | None, options: InspectOptions) -> ArtifactInspection:
+    if path.is_dir():
+        return ArtifactInspection("folder", _inspect_folder(path, options))
+    kind = sniff(path, filename)
+    single = _inspect_file(path, filename or path.name, "", kind, options)
+    if kind not in BUNDLE_KINDS:
+        return ArtifactInspection(kind, [single])
+    # A zip/tar of a folder: pickles were found through the archive walk; each member also gets its format's check.
+    return ArtifactInspection(kind, [single] + _inspect_bundle_members(path, kind, options))
+
+
+def _inspect_folder(root: Path, options: InspectOptions, prefix: str = "") -> list[FileInspection]:
+    out: list[FileInspection] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath) / name
+            rel = prefix + path.relative_to(root).as_posix()
+            if len(out) >= MAX_BUNDLE_FILES:
+                out.append(FileInspection(rel, "unknown", [not_inspected(
+                    "folder", f"The folder holds more than {MAX_BUNDLE_FILES} files; the rest were not scanned.", rel)]))
+                return out
+            out.append(_inspect_path(path, rel, options))
+    return out
+
+
+def _inspect_path(path: Path, rel: str, options: InspectOptions) -> FileInspection:
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return FileInspection(rel, "link", structure=[Finding(
+            f"{rel} is a symbolic link", Severity.high, 0.8,
+            f"{rel} points to {os.readlink(path)!r}. A loader follows it out of the model folder (to credentials or "
+            "another model); poisonscan does not follow links.", "Replace links with the files themselves.",
+            {"target": os.readlink(path)})])
+    if not stat.S_ISREG(mode):
+        return FileInspection(rel, "special", structure=[not_inspected(rel, "It is not a regular file (a device, FIFO or socket).", rel)])
+    return _inspect_file(path, path.name, rel, sniff(path, path.name), options)
+
+
+def _inspect_file(path: Path, name: str, rel: str, kind: str, options: InspectOptions) -> FileInspection:
+    result = FileInspection(rel, kind)
+    try:
+        scan = Walker(options.limits).scan_file(path)
+        result.serialization = pickle_findings(scan, options.allowlist, options.allow_pickle)
+        result.structure = _structure(path, name, kind)
+    except Exception as exc:  # noqa: BLE001 - an inspector that crashes must not pass the file
+        result.structure.append(not_inspected(
+            rel or name, f"The {kind} inspector crashed ({type(exc).__name__}: {str(exc)[:200]}).", rel,
+            {"traceback": traceback.format_exc(limit=4)[-2000:]}))
+    return result
+
+
+def _structure(path: Path, name: str, kind: str) -> list[Finding]:
+    check = structure_check(kind)
+    if check is not None:
+        return check(path)
+    if name.lower().endswith(CODE_NAMES) or kind in ("executable", "script"):
+        return [Finding(
+            f"{name} is executable code", Severity.high, 0.9,
+            f"{name} is a program or Python source shipped with the model. Loaders that trust remote code "
+            "(trust_remote_code, custom layers) import and run it; poisonscan does not review code.",
+            "Review the code by hand, or use a model that needs none; never enable trust_remote_code for it unreviewed.")]
+    if kind in DATA_KINDS:
+        return []
+    if kind in ("pickle", "pytorch_zip", "npy", "npz", "zip", "tar", "7z", "gzip", "bz2", "xz", "lzma", "zlib",
+                "joblib_zlib", "lz4"):
+        return []  # a container or pickle: the walk above read every byte that can carry code
+    return [not_inspected(name, f"Its content ({kind}) is not a format poisonscan understands, so it cannot say whether "
+                          "a loader would run code from it.", "", {"detected_kind": kind})]
+
+
+def _inspect_bundle_members(path: Path, kind: str, options: InspectOptions) -> list[FileInspection]:
+    """Extract the members into a private temporary folder (names are ours, never the archive's) and check each."""
+    tmp = Path(tempfile.mkdtemp(prefix="poisonscan-bundle-"))
+    try:
+        members = _extract_zip(path, tmp) if kind == "zip" else _extract_tar(path, tmp)
+        out = []
+        for i, (name, target) in enumerate(members):
+            if target is None:
+                continue
+            member_kind = sniff(target, Path(name).name)
+            structure = _structure(target, Path(name).name, member_kind)
+            if member_kind in BUNDLE_KINDS:  # a folder zipped inside the zip: one more level
+                structure += [f for fi in _inspect_bundle_members(target, member_kind, options) for f in fi.structure]
+            out.append(FileInspection(name, member_kind, structure=structure))
+        return out
+    except Exception as exc:  # noqa: BLE001 - the archive walk already reported what it could not read
+        return [FileInspection("", kind, structure=[not_inspected(
+            f"{kind} archive members", f"They could not be extracted for their format checks ({type(exc).__name__}: {str(exc)[:200]}).")])]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_zip(path: Path, tmp: Path) -> list[tuple[str, Path | None]]:
+    members, total = [], 0
+    with zipfile.ZipFile(path) as zf:
+        for i, info in enumerate(zf.infolist()[:MAX_BUNDLE_FILES]):
+            if info.is_dir() or member_escapes(info.filename):
+                continue
+            total += info.file_size
+            if total > MAX_BUNDLE_BYTES:
+                break
+            target = tmp / f"m{i}"
+            with zf.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            members.append((info.filename, target))
+    return members
+
+
+def _extract_tar(path: Path, tmp: Path) -> list[tuple[str, Path | None]]:
+    members, total = [], 0
+    with tarfile.open(path, mode="r:") as tf:
+        for i, info in enumerate(tf):
+            if i >= MAX_BUNDLE_FILES:
+                break
+            if not info.isfile() or member_escapes(info.name):
+                continue
+            total += info.size
+            if total > MAX_BUNDLE_BYTES:
+                break
+            target = tmp / f"m{i}"
+            with tf.extractfile(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            members.append((info.name, target))
+    return members
