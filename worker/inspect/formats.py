@@ -50,7 +50,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HEAD = 4096
 
 
-def sniff(path: Path) -> str:
+def sniff(path: Path, filename: str | None = None) -> str:
     """Return the kind of the file at ``path`` (see EXTENSIONS), or 'empty' / 'unknown'."""
     with path.open("rb") as f:
         head = f.read(_HEAD)
