@@ -256,3 +256,18 @@ def test_state_transitions_are_conditional(sessions, tenant_key):
         assert scan.status == "succeeded" and scan.finished_at is not None
         with pytest.raises(ValueError):
             transition(session, scan.id, ScanStatus.succeeded, only_from={ScanStatus.queued})  # not in the table
+
+
+def test_tenant_defaults_join_the_scans_own_detector_config(tmp_path, request):
+    from tests.conftest import make_settings
+
+    tenant_config = {"anonymous": {"unsafe_serialization": {"allow_globals": ["teampkg.*"], "allow_pickle": True}}}
+    settings = make_settings("embedded", tmp_path, request, allow_anonymous=True, tenant_detector_config=tenant_config)
+    with TestClient(create_app(settings)) as client:
+        sha = client.post("/v1/artifacts", params={"filename": "m.pkl"}, content=b"\x80\x02cteampkg.net\nNet\n)\x81.").json()["sha256"]
+        resp = client.post("/v1/scans", json={"model": sha, "options": {"detector_config": {"unsafe_serialization": {"allow_globals": ["mine.Layer"]}}}})
+        assert resp.status_code == 202, resp.text
+        stored = resp.json()["options"]["detector_config"]["unsafe_serialization"]
+        assert stored["allow_globals"] == ["mine.Layer", "teampkg.*"] and stored["allow_pickle"] is True
+        bad = client.post("/v1/scans", json={"model": sha, "options": {"detector_config": {"unsafe_serialization": {"allow_globals": ["not a global!"]}}}})
+        assert bad.status_code == 422 and "allow_globals" in bad.text

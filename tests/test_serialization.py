@@ -67,7 +67,7 @@ def test_the_break_does_not_hide_the_payload(corpus):
     titles = [f["title"] for f in findings]
     assert "model pickle imports posix.system and calls it" in titles or "model pickle imports os.system and calls it" in titles
     broken = next(f for f in findings if "cannot be parsed to the end" in f["title"])
-    assert broken["severity"] == "medium" and broken["evidence"]["globals_before_break"]
+    assert broken["severity"] == "high" and broken["evidence"]["globals_before_break"]  # not understood: fails closed
 
 
 def test_dynamic_stack_global_is_critical(corpus):

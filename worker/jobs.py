@@ -154,7 +154,7 @@ def publish_outputs(session: Session, store: ArtifactStore, tenant: str, outputs
         if session.get(Artifact, (tenant, sha)) is None:
             try:
                 with session.begin_nested():  # a savepoint: a concurrent scan may register the same bytes first
-                    session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target)))
+                    session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target, entry["name"])))
             except IntegrityError:
                 pass  # the row exists now, which is all we need
         entry |= {"artifact": sha, "href": f"/v1/artifacts/{sha}/content"}

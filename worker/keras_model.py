@@ -21,17 +21,19 @@ class ModelRejected(InputRejected):
 
 
 def load_keras_safely(path: Path, *, compile: bool = False):
-    """Static checks first (config, archive members, pickles inside); then ``load_model(safe_mode=True)``. ``compile``
-    restores the saved optimizer, loss and metrics (for retraining a clone)."""
-    from worker.inspect.archives import Walker
-    from worker.inspect.keras import check_keras_archive, check_keras_h5
+    """The supply-chain layer's static inspection first (in its sandboxed child: config, archive members, pickles
+    inside); then ``load_model(safe_mode=True)``. ``compile`` restores the saved optimizer, loss and metrics (for
+    retraining a clone)."""
+    from worker.inspect.artifact import InspectOptions
+    from worker.inspect.sandbox import inspect_in_child
 
     kind = sniff(path)
     if kind not in ("keras", "hdf5"):
         raise ModelRejected(f"the model is {kind}, not a Keras .keras or .h5 file; only Keras models are loaded for analysis")
-    findings = check_keras_archive(path) if kind == "keras" else check_keras_h5(path)
+    inspection = inspect_in_child(path, None, InspectOptions())
+    findings = [f for fi in inspection.files for f in fi.structure + fi.serialization]
     blocking = [f.title for f in findings if f.severity in BLOCKING]
-    blocking += [f"pickle inside the model at {h.location}" for h in Walker().scan_file(path).pickles]
+    blocking += [f.title for f in findings if "pickle" in f.title and f.severity != Severity.info]
     if blocking:
         raise ModelRejected(f"the model was not loaded because the static scan found: {'; '.join(blocking[:3])}")
     import keras
@@ -40,7 +42,10 @@ def load_keras_safely(path: Path, *, compile: bool = False):
     with tempfile.TemporaryDirectory(prefix="poisonscan-model-") as tmp:
         link = Path(tmp) / ("model.keras" if kind == "keras" else "model.h5")
         link.symlink_to(path.resolve())
-        return keras.saving.load_model(link, compile=compile, safe_mode=True)
+        try:
+            return keras.saving.load_model(link, compile=compile, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - truncated or inconsistent files fail in many ways inside Keras
+            raise ModelRejected(f"Keras could not load it in safe mode ({type(exc).__name__}: {str(exc)[:300]})") from exc
 
 
 def representation_layer(model, name: str | None = None):

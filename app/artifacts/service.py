@@ -16,7 +16,7 @@ def register(session: Session, tenant: str, sha256: str, size: int, path: Path, 
     existing = get(session, tenant, sha256)
     if existing is not None:
         return existing, False
-    row = Artifact(tenant=tenant, sha256=sha256, size=size, filename=_clean_name(filename), kind=sniff(path))
+    row = Artifact(tenant=tenant, sha256=sha256, size=size, filename=_clean_name(filename), kind=sniff(path, filename))
     session.add(row)
     try:
         session.commit()

@@ -82,7 +82,10 @@ def _model_for(inputs: ScanInputs, ds, config: dict, seed: int, progress) -> tup
         try:
             return load_keras_safely(inputs.model.path), {"model": "uploaded"}, notes
         except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
-            notes.append(Finding("uploaded model not analysed: a proxy network was used", Severity.low, 0.0,
+            # A Keras model we could not open is not "another framework": its own behaviour went unchecked (fail closed).
+            claims_keras = inputs.model.kind in ("keras", "hdf5") or (inputs.model.filename or "").lower().endswith((".keras", ".h5"))
+            notes.append(Finding("uploaded model not analysed: a proxy network was used",
+                                 Severity.high if claims_keras else Severity.low, 0.8 if claims_keras else 0.0,
                                  f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
                                  "The dataset was analysed with a proxy network trained on it instead.",
                                  remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
