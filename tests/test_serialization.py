@@ -81,7 +81,7 @@ def test_where_the_payload_was_found(corpus):
     critical = next(f for f in findings if f["severity"] == "critical")
     assert critical["evidence"]["occurrences"][0]["location"] == "zip_in_zip.zip!inner.zip!model.pkl"
     summary = next(f for f in findings if f["title"] == "model serialization scanned")
-    assert summary["evidence"]["containers"] == ["zip_in_zip.zip", "zip_in_zip.zip!inner.zip"]
+    assert summary["evidence"]["files"][0]["containers"] == ["zip_in_zip.zip", "zip_in_zip.zip!inner.zip"]
 
 
 def test_allowlist_first_classification():
@@ -162,5 +162,5 @@ def test_zip_entry_hidden_from_the_central_directory(corpus):
     path = corpus[("malicious", "zip_hidden_local_entry.zip")]
     assert zipfile.ZipFile(path).namelist() == ["config.json"]  # what directory-based tools see
     titles = {(f["severity"], f["title"]) for f in serialization_findings(scan_local_files({"model": path}, ScanOptions()))}
-    assert ("high", "model: zip entry hidden from the central directory") in titles
+    assert ("high", "model zip entry hidden from the central directory") in titles
     assert any(sev == "critical" and "system" in title for sev, title in titles)

@@ -23,5 +23,5 @@ def unsafe_serialization(inputs: ScanInputs, config: dict, shared: dict | None =
             f"{f.role} serialization scanned", Severity.info, 0.0,
             f"Content kind {inspection.kind}; {len(inspection.files)} file(s) inspected in a sandboxed child process. "
             "Nothing was loaded or executed.",
-            evidence={"role": f.role, "file": f.filename or f.path.name, "kind": inspection.kind, "files": [{"file": x.file, "kind": x.kind} for x in inspection.files][:500]}))
+            evidence={"role": f.role, "file": f.filename or f.path.name, "kind": inspection.kind, "files": [{"file": x.file, "kind": x.kind, "containers": x.containers} for x in inspection.files][:500]}))
     return findings

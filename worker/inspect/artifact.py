@@ -45,6 +45,7 @@ class FileInspection:
     kind: str
     serialization: list[Finding] = field(default_factory=list)
     structure: list[Finding] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)  # archive layers opened on the way (evidence of coverage)
 
 
 @dataclass
@@ -97,6 +98,7 @@ def _inspect_file(path: Path, name: str, rel: str, kind: str, options: InspectOp
     try:
         scan = Walker(options.limits).scan_file(path)
         result.serialization = pickle_findings(scan, options.allowlist, options.allow_pickle)
+        result.containers = scan.containers[:100]
         result.structure = _structure(path, name, kind)
     except Exception as exc:  # noqa: BLE001 - an inspector that crashes must not pass the file
         result.structure.append(not_inspected(

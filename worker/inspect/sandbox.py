@@ -95,14 +95,14 @@ def _killed(path: Path, filename: str | None, reason: str) -> ArtifactInspection
 
 def _from_json(data: dict) -> ArtifactInspection:
     files = [FileInspection(f["file"], f["kind"], [Finding.from_dict(x) for x in f["serialization"]],
-                            [Finding.from_dict(x) for x in f["structure"]]) for f in data["files"]]
+                            [Finding.from_dict(x) for x in f["structure"]], f["containers"]) for f in data["files"]]
     return ArtifactInspection(data["kind"], files)
 
 
 def _to_json(inspection: ArtifactInspection) -> dict:
     return {"kind": inspection.kind, "files": [
         {"file": f.file, "kind": f.kind, "serialization": [x.to_dict() for x in f.serialization],
-         "structure": [x.to_dict() for x in f.structure]} for f in inspection.files]}
+         "structure": [x.to_dict() for x in f.structure], "containers": f.containers} for f in inspection.files]}
 
 
 def _child_main() -> int:
