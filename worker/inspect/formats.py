@@ -1,17 +1,22 @@
-"""Identify a file's format from its bytes, never from its name.
+"""Identify a file's format from its bytes; its name decides only what the bytes leave open.
 
-Cheap (reads the head, the tail and, for zip files, the central directory) so the API
-can label an upload as it arrives. Pure Python: no numpy, no TensorFlow.
+Cheap (reads the head, the tail, a few protobuf tags and, for zip files, the central directory) so the API
+can label an upload as it arrives. Pure Python: no numpy, no TensorFlow, no onnx.
 """
 
 import io
+import re
 import struct
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from worker.inspect.protobuf import LEN, VARINT, ProtobufError, ProtobufLimit, iter_fields, iter_stream_fields
+from worker.inspect.savedmodel import TF_AUXILIARY_PROTOS, looks_like_tf_graph
 
 COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib", "lz4"})
 # "unknown" stays scannable as a model: refusing it would let a disguised payload skip the content scan.
-MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz", "unknown"} | COMPRESSED_KINDS)
+MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz",
+                         "savedmodel", "jinja", "yaml", "hf_json", "unknown"} | COMPRESSED_KINDS)
 DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
 ROLE_KINDS = {  # what each scan input may be
     "model": MODEL_KINDS, "dataset": DATASET_KINDS,
@@ -44,29 +49,76 @@ EXTENSIONS = {
     "lz4": {".joblib", ".lz4", ".pkl"},
     "7z": {".7z"},
     "json": {".json"},
+    "savedmodel": {".pb"},
+    "jinja": {".jinja", ".jinja2", ".j2"},
+    "yaml": {".yaml", ".yml"},
+    "hf_json": {".json"},
 }
+
+# Hugging Face JSON files that transformers reads by name (chat templates, auto_map custom code).
+HF_JSON_NAMES = frozenset({"config.json", "tokenizer_config.json", "chat_template.json", "processor_config.json",
+                           "preprocessor_config.json", "generation_config.json", "feature_extractor_config.json",
+                           "image_processor_config.json", "video_preprocessor_config.json"})
+# Kinds a name may give a file whose content does not settle it, each with a check that reports the malformation.
+_NAME_HINT_KINDS = ("safetensors", "gguf", "onnx", "savedmodel", "jinja", "yaml")
+# What the content says when it proves little: text-like guesses, or nothing recognised.
+_WEAK_CONTENT_KINDS = frozenset({"text", "csv", "json", "unknown", "jinja", "yaml"})
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HEAD = 4096
 
 
 def sniff(path: Path, filename: str | None = None) -> str:
-    """Return the kind of the file at ``path`` (see EXTENSIONS), or 'empty' / 'unknown'."""
+    """Return the kind of the file at ``path`` (see EXTENSIONS), or 'empty' / 'unknown'.
+
+    ``filename`` is the file's original name (default ``path.name``; stored artifacts are named by hash). Content
+    decides; the name only settles what the content leaves open (see ``_sniff``)."""
     with path.open("rb") as f:
-        head = f.read(_HEAD)
-    return _sniff(head, path.stat().st_size, lambda: path)
+        return _sniff(f, path.stat().st_size, path.name if filename is None else filename)
 
 
-def sniff_bytes(data: bytes) -> str:
+def sniff_bytes(data: bytes, filename: str | None = None) -> str:
     """The same for bytes in memory (a member of an archive)."""
-    return _sniff(data[:_HEAD], len(data), lambda: io.BytesIO(data))
+    return _sniff(io.BytesIO(data), len(data), filename)
 
 
-def _sniff(head: bytes, size: int, opener) -> str:
+def kind_from_name(filename: str | None) -> str | None:
+    """The kind a file's name promises, among those a name may decide; None when it promises none of them."""
+    if not filename:
+        return None
+    name = PurePosixPath(filename.replace("\\", "/")).name.lower()
+    if name in HF_JSON_NAMES:
+        return "hf_json"
+    if name in TF_AUXILIARY_PROTOS:
+        return None  # TensorFlow's own non-graph protobufs next to saved_model.pb
+    suffix = PurePosixPath(name).suffix
+    return next((kind for kind in _NAME_HINT_KINDS if suffix in EXTENSIONS[kind]), None)
+
+
+def _sniff(f, size: int, filename: str | None) -> str:
     if size == 0:
         return "empty"
+    head = f.read(_HEAD)
+    kind = _content_kind(f, head, size)
+    if kind in ("text", "csv", "json"):
+        kind = _text_refinement(kind, head, _tail(f, size))
+    hinted = kind_from_name(filename)
+    if hinted and kind in _WEAK_CONTENT_KINDS:
+        return hinted  # e.g. x.safetensors with an absurd header length: its own check reports the malformation
+    return kind
+
+
+def _tail(f, size: int) -> bytes:
+    if size <= _HEAD:
+        return b""
+    f.seek(max(_HEAD, size - _HEAD))
+    return f.read(_HEAD)
+
+
+def _content_kind(f, head: bytes, size: int) -> str:
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _zip_kind(opener())
+        f.seek(0)
+        return _zip_kind(f)
     if any(head[off:off + 8] == _HDF5_MAGIC for off in (0, 512, 1024, 2048)):
         return "hdf5"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -85,20 +137,22 @@ def _sniff(head: bytes, size: int, opener) -> str:
         return "bz2"
     if head.startswith(b"\xfd7zXZ\x00"):
         return "xz"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "tar"
+    if _is_safetensors(head, size):  # before the weak 3-byte magics below, which a header length can mimic
+        return "safetensors"
     if head.startswith(b"ZF") and head[2:3] == b"x":  # joblib's zlib container before 0.9.3
         return "joblib_zlib"
     if head.startswith(b"\x5d\x00\x00"):  # lzma "alone" format (joblib compress='lzma')
         return "lzma"
     if head.startswith(b"\x04\x22\x4d\x18"):
         return "lz4"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "tar"
-    if _is_safetensors(head, size):
-        return "safetensors"
     if _is_pickle(head):
         return "pickle"
-    if _is_onnx(head):
+    if _is_onnx(f, size):
         return "onnx"
+    if looks_like_tf_graph(f, size):
+        return "savedmodel"
     if len(head) > 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0 and not head[1] & 0x20:
         return "zlib"  # a raw zlib stream (joblib compress=True / 'zlib')
     return _text_kind(head)
@@ -138,9 +192,58 @@ def _is_pickle(head: bytes) -> bool:
     return False
 
 
-def _is_onnx(head: bytes) -> bool:
-    # ModelProto: field 1 (ir_version, varint) first, and the producer/opset strings appear early.
-    return head[:1] == b"\x08" and (b"onnx" in head[:512].lower() or b"ai.onnx" in head)
+# ModelProto and GraphProto field numbers -> wire types (onnx/onnx.proto)
+_ONNX_MODEL = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN, 20: LEN, 25: LEN, 26: LEN}
+_ONNX_GRAPH = {1: LEN, 2: LEN, 5: LEN, 10: LEN, 11: LEN, 12: LEN, 13: LEN, 14: LEN, 15: LEN, 16: LEN}
+_ONNX_STRINGS = (2, 3, 4)  # producer_name, producer_version, domain
+_MAX_IR_VERSION = 64  # ONNX is at 11; far above that is not an ONNX model
+
+
+def _is_onnx(f, size: int) -> bool:
+    """An ONNX ModelProto by structure, whatever its producer: every top-level field is a ModelProto field with
+    its wire type, there is one plausible ir_version and one graph, and the graph's first bytes parse as a GraphProto."""
+    try:
+        fields = list(_top_fields(f, size, max_fields=256, peek=1024))
+        if not fields or any(_ONNX_MODEL.get(sf.number) != sf.wire_type for sf in fields):
+            return False
+        ir_versions = [sf.value for sf in fields if sf.number == 1]
+        graphs = [sf for sf in fields if sf.number == 7]
+        if len(ir_versions) != 1 or not 1 <= ir_versions[0] <= _MAX_IR_VERSION or len(graphs) != 1:
+            return False
+        for sf in fields:
+            if sf.number in _ONNX_STRINGS and sf.value <= len(sf.peek):
+                sf.peek.decode("utf-8")
+        graph = graphs[0]
+        return all(_ONNX_GRAPH.get(g.number, g.wire_type) == g.wire_type for g in iter_fields(graph.peek, total=graph.value))
+    except (ProtobufError, UnicodeDecodeError):
+        return False
+
+
+def _top_fields(f, size: int, max_fields: int, peek: int):
+    try:
+        yield from iter_stream_fields(f, size, max_fields=max_fields, peek=peek)
+    except ProtobufLimit:
+        return  # consistent for as long as we looked
+
+
+# A YAML tag in node position (!!python/..., !<tag:...>, !!python%2F...) or a %TAG directive: what a loader resolves.
+_YAML_TAG = re.compile(rb"(?:^|[\s\[{,:\-])!(?:!|<)[\w%<]|^%TAG\s|^%YAML\s", re.MULTILINE)
+_JINJA_OPENERS = (b"{{", b"{%", b"{#")
+
+
+def _text_refinement(kind: str, head: bytes, tail: bytes) -> str:
+    """Text a scanner must read as YAML, a Jinja template or a Hugging Face config, by what it contains.
+    A CSV stays a CSV (a dataset may quote anything) unless it carries python/* YAML tags."""
+    text = head + b"\n" + tail
+    if kind == "json" and not head.lstrip().startswith(_JINJA_OPENERS):
+        return "hf_json" if b'"chat_template"' in text or b'"auto_map"' in text else "json"
+    if kind == "csv":
+        return "yaml" if b"!!python/" in text or b"tag:yaml.org,2002:python/" in text else kind
+    if _YAML_TAG.search(text):
+        return "yaml"
+    if (b"{%" in text and b"%}" in text) or (b"{{" in text and b"}}" in text):
+        return "jinja"
+    return kind
 
 
 def _text_kind(head: bytes) -> str:
