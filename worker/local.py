@@ -19,7 +19,7 @@ def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Pro
     inputs = {}
     for role, path in files.items():
         kind = "folder" if path.is_dir() else sniff(path, path.name)
-        if role != "model" and (why := wrong_kind_for_role(role, kind)):  # a model of any kind gets a verdict
+        if why := wrong_kind_for_role(role, kind):
             raise ValueError(f"{path} {why}")
         inputs[role] = InputFile(role, path, sha256_file(path), path.name, kind)
     kwargs = {"progress": progress} if progress else {}

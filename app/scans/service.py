@@ -33,7 +33,7 @@ def resolve_inputs(session: Session, tenant: str, refs: dict[str, str | None]) -
         row = artifacts.get(session, tenant, sha)
         if row is None:
             raise Problem(422, "Unknown artifact", f"The {role} artifact {sha} does not exist for this API key's tenant; upload it first.")
-        if why := wrong_kind_for_role(role, row.kind):  # a model of any kind is scanned: what is not understood fails
+        if why := wrong_kind_for_role(role, row.kind):
             raise Problem(422, f"Wrong kind of {role}", f"Artifact {sha} {why}.")
         found[role] = row
     return found

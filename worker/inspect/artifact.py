@@ -7,6 +7,7 @@ Runs in-process here; ``worker.inspect.sandbox`` runs it in a child process with
 """
 
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -27,6 +28,9 @@ from worker.inspect.pickle_report import UserAllowlist, pickle_findings
 DATA_KINDS = frozenset({"text", "json", "csv", "png", "parquet", "empty"})
 # Kinds a loader may run code from, or whose structure we check: inspected, never merely accepted.
 CODE_NAMES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".bat", ".ps1", ".js")
+# Files beside a model that hold tensors or bookkeeping only, recognised by name and shape: TensorFlow checkpoint
+# shards and index of a SavedModel, its fingerprint, and SentencePiece tokenizer models (protobufs).
+COMPANION_NAMES = re.compile(r"^(variables\.index|variables\.data-\d+-of-\d+|fingerprint\.pb|keras_metadata\.pb)$")
 BUNDLE_KINDS = frozenset({"zip", "tar"})  # a plain archive of a folder (PyTorch/Keras/npz zips have kinds of their own)
 MAX_BUNDLE_FILES = 10_000
 MAX_BUNDLE_BYTES = 64 * 1024**3  # extracted for structure checks, in all
@@ -117,13 +121,26 @@ def _structure(path: Path, name: str, kind: str) -> list[Finding]:
             f"{name} is a program or Python source shipped with the model. Loaders that trust remote code "
             "(trust_remote_code, custom layers) import and run it; poisonscan does not review code.",
             "Review the code by hand, or use a model that needs none; never enable trust_remote_code for it unreviewed.")]
-    if kind in DATA_KINDS:
+    if kind in DATA_KINDS or (kind == "unknown" and (COMPANION_NAMES.match(name) or _is_sentencepiece(path, name))):
         return []
     if kind in ("pickle", "pytorch_zip", "npy", "npz", "zip", "tar", "7z", "gzip", "bz2", "xz", "lzma", "zlib",
                 "joblib_zlib", "lz4"):
         return []  # a container or pickle: the walk above read every byte that can carry code
     return [not_inspected(name, f"Its content ({kind}) is not a format poisonscan understands, so it cannot say whether "
                           "a loader would run code from it.", "", {"detected_kind": kind})]
+
+
+def _is_sentencepiece(path: Path, name: str) -> bool:
+    """A SentencePiece model (tokenizer.model, spiece.model): a protobuf whose every top-level field parses."""
+    from worker.inspect.protobuf import ProtobufError, iter_fields
+
+    if not name.endswith(".model") or path.stat().st_size > 64 * 1024**2:
+        return False
+    try:
+        fields = list(iter_fields(path.read_bytes()))
+    except ProtobufError:
+        return False
+    return bool(fields) and {f.number for f in fields} <= {1, 2, 3, 4, 5}
 
 
 def _inspect_bundle_members(path: Path, kind: str, options: InspectOptions) -> list[FileInspection]:

@@ -265,8 +265,9 @@ def _text_kind(head: bytes) -> str:
 
 
 def wrong_kind_for_role(role: str, kind: str) -> str | None:
-    """Why a file of ``kind`` cannot be this scan input, or None when it can."""
-    if kind in ROLE_KINDS[role]:
+    """Why a file of ``kind`` cannot be this scan input, or None when it can. A model of any kind is scanned: what
+    poisonscan cannot understand fails the scan with the reason (the gate fails closed), it is never refused."""
+    if role == "model" or kind in ROLE_KINDS[role]:
         return None
     return f"is {kind}, which cannot be scanned as a {role}; expected one of: {', '.join(sorted(ROLE_KINDS[role]))}"
 
