@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from worker.findings import Severity
-from worker.inspect import structure_check
+from worker.inspect.checks import structure_check
 from worker.inspect.formats import MODEL_KINDS, extension_matches, kind_from_name, sniff, sniff_bytes
 from worker.inspect.gguf import check_gguf
 from worker.inspect.jinja import check_hf_json, check_jinja_file, check_jinja_template

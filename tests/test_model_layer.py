@@ -9,7 +9,7 @@ import pytest
 from worker.backdoor import analyze
 from worker.local import scan_local_files
 from worker.options import ScanOptions
-from worker.registry import default_registry
+from worker.catalog import default_registry
 
 from tests.victims import TARGET, digits as _digits
 

@@ -1,10 +1,11 @@
 import numpy as np
 
+from worker.catalog import default_registry
 from worker.findings import Finding, InputFile, ScanInputs, Severity
 from worker.options import ScanOptions
 from worker.pipeline import run_pipeline
 from worker.policy import Policy, decide
-from worker.registry import Registry, default_registry
+from worker.registry import Registry
 
 
 def test_verdicts_follow_the_policy():
@@ -23,7 +24,7 @@ def test_verdicts_follow_the_policy():
 def _dataset(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
-    from worker.detectors.integrity import sha256_file
+    from worker.hashing import sha256_file
 
     return ScanInputs(dataset=InputFile("dataset", path, sha256_file(path), "d.npz", "npz"))
 
@@ -93,7 +94,7 @@ def test_archive_manifest_and_expected_manifest(tmp_path):
     import hashlib
     import zipfile
 
-    from worker.detectors.integrity import sha256_file
+    from worker.hashing import sha256_file
 
     path = tmp_path / "model.zip"
     with zipfile.ZipFile(path, "w") as zf:

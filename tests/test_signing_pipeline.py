@@ -4,7 +4,7 @@ attachments as scan inputs, and the policy for unsigned models."""
 import shutil
 
 from tests.test_signing import key_sign, pki  # noqa: F401  (fixture)
-from worker.detectors.integrity import sha256_file
+from worker.hashing import sha256_file
 from worker.findings import InputFile, ScanInputs
 from worker.options import ScanOptions
 from worker.pipeline import run_pipeline

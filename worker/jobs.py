@@ -18,8 +18,8 @@ from app.artifacts.store import ArtifactStore
 from app.models import Artifact, Finding, Report, Scan, ScanStatus, utcnow
 from app.scans.state import transition
 from app.settings import Settings
-from worker.detectors.integrity import forget_hashes
 from worker.findings import InputFile, InputRejected, ScanInputs
+from worker.hashing import forget_hashes
 from worker.inspect.formats import sniff
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline

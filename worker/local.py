@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
-from worker.detectors.integrity import sha256_file
 from worker.findings import InputFile, ScanInputs
+from worker.hashing import sha256_file
 from worker.inspect.formats import sniff, wrong_kind_for_role
 from worker.options import ScanOptions
 from worker.pipeline import Progress, run_pipeline
-
 
 
 def scan_local_files(files: dict[str, Path], options: ScanOptions, progress: Progress | None = None,

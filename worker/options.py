@@ -3,7 +3,7 @@
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.policy import Policy
-from worker.registry import default_registry
+from worker.catalog import default_registry
 
 
 class ScanOptions(BaseModel):

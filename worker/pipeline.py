@@ -14,11 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from worker.catalog import default_registry
 from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity
 from worker.options import ScanOptions
 from worker.outputs import OutputSink
 from worker.policy import decide
-from worker.registry import Registry, default_registry
+from worker.registry import Registry
 
 REPORT_SCHEMA_VERSION = "1.0"
 

@@ -71,10 +71,3 @@ class Registry:
 
 
 registry = Registry()
-
-
-def default_registry() -> Registry:
-    """The registry with every built-in detector imported (imports stay light: no TensorFlow here)."""
-    import worker.detectors  # noqa: F401  (registers on import)
-
-    return registry

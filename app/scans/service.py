@@ -17,7 +17,7 @@ from app.scans.schemas import ScanOut, Timings
 from app.scans.state import TERMINAL, transition
 from worker.inspect.formats import wrong_kind_for_role
 from worker.options import ScanOptions
-from worker.registry import default_registry
+from worker.catalog import default_registry
 
 log = logging.getLogger(__name__)
 

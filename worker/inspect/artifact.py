@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.findings import Finding, Severity
-from worker.inspect import structure_check
+from worker.inspect.checks import structure_check
 from worker.inspect.archives import Limits, Walker, member_escapes
 from worker.inspect.common import not_inspected
 from worker.inspect.formats import sniff

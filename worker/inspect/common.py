@@ -1,6 +1,7 @@
 """What every format inspector shares: finding constructors with bounded evidence, and the one
 fail-closed helper (``not_inspected``) for whatever could not be opened, parsed or bounded."""
 
+import re
 from dataclasses import dataclass
 
 from worker.findings import Finding, Severity
@@ -35,6 +36,11 @@ def _short(value, limit: int = 200) -> str:
 
 _DO_NOT_LOAD = "Do not load this file. Obtain the model again from a trusted publisher and compare its hash with theirs."
 
+
+
+# References that leave the model: a URL scheme, or an absolute Windows path.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]{1,15}://|^file:", re.ASCII)
+_WIN_ABS = re.compile(r"^[A-Za-z]:[\\/]|^\\\\")
 
 
 def not_inspected(what: str, reason: str, location: str = "", evidence: dict | None = None) -> Finding:

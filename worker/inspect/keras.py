@@ -9,8 +9,21 @@ from pathlib import Path
 
 from worker.findings import Finding, Severity
 from worker.inspect.archives import member_escapes
-from worker.inspect.common import (MAX_CONFIG_DEPTH, MAX_CONFIG_NODES, MAX_EMBEDDED_H5_BYTES, MAX_HDF5_OBJECTS, MAX_JSON_BYTES,
-                                   MAX_ZIP_MEMBERS, _DO_NOT_LOAD, _capped, _finding, _reject_constant, _short)
+from worker.inspect.common import (
+    _DO_NOT_LOAD,
+    _URL,
+    _WIN_ABS,
+    MAX_CONFIG_DEPTH,
+    MAX_CONFIG_NODES,
+    MAX_EMBEDDED_H5_BYTES,
+    MAX_HDF5_OBJECTS,
+    MAX_JSON_BYTES,
+    MAX_ZIP_MEMBERS,
+    _capped,
+    _finding,
+    _reject_constant,
+    _short,
+)
 from worker.inspect.safetensors import _sniff_bytes
 
 # --------------------------------------------------------------------------------------------
@@ -42,8 +55,6 @@ _FILE_KEYS = frozenset({
     "module_url", "model_url", "location", "cache_dir", "cache_subdir", "idf_weights", "data_path", "weights_path",
 })
 _OPAQUE_CLASSES = frozenset({"__lambda__", "__bytes__", "__numpy__", "__tensor__"})  # values are data, not references
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]{1,15}://|^file:", re.ASCII)
-_WIN_ABS = re.compile(r"^[A-Za-z]:[\\/]|^\\\\")
 _DOTDOT = re.compile(r"(^|[\\/])\.\.([\\/]|$)")
 
 

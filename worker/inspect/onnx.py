@@ -5,8 +5,17 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from worker.findings import Finding, Severity
-from worker.inspect.common import MAX_LISTED, MAX_ONNX_BYTES, MAX_ONNX_NODES, _DO_NOT_LOAD, _capped, _finding, _short
-from worker.inspect.keras import _URL, _WIN_ABS
+from worker.inspect.common import (
+    _DO_NOT_LOAD,
+    _URL,
+    _WIN_ABS,
+    MAX_LISTED,
+    MAX_ONNX_BYTES,
+    MAX_ONNX_NODES,
+    _capped,
+    _finding,
+    _short,
+)
 
 # --------------------------------------------------------------------------------------------
 # ONNX
