@@ -81,7 +81,22 @@ def _inspect_folder(root: Path, options: InspectOptions, prefix: str = "") -> li
                     "folder", f"The folder holds more than {MAX_BUNDLE_FILES} files; the rest were not scanned.", rel)]))
                 return out
             out.append(_inspect_path(path, rel, options))
-    return out
+    return _accept_onnx_external_data(out)
+
+
+def _accept_onnx_external_data(files: list[FileInspection]) -> list[FileInspection]:
+    """Raw tensor bytes that an ONNX model in the folder names as its external data are data, not an unknown format
+    (they were still searched for pickles). Only locations inside the folder count: escaping ones are critical."""
+    referenced = set()
+    for fi in files:
+        for f in fi.structure:
+            if f.title == "ONNX model references external data files":
+                folder = Path(fi.file).parent
+                referenced |= {(folder / loc).as_posix() for loc in f.evidence.get("files", [])}
+    for fi in files:
+        if fi.file in referenced and fi.kind == "unknown":
+            fi.structure = [f for f in fi.structure if "not inspected" not in f.title]
+    return files
 
 
 def _inspect_path(path: Path, rel: str, options: InspectOptions) -> FileInspection:
