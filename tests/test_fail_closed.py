@@ -44,12 +44,12 @@ def test_a_called_global_outside_the_allowlist_fails_even_when_no_denylist_knows
     assert "numpy.f2py.crackfortran.myeval" in high[0]["evidence"]["globals"]
 
 
-def test_a_global_only_imported_is_medium(tmp_path):
+def test_a_global_only_handed_out_is_high_too(tmp_path):
     path = tmp_path / "model.pkl"
     path.write_bytes(UNKNOWN_IMPORT_ONLY)
     report = scan_local_files({"model": path}, ScanOptions())
-    assert report["verdict"] == "warn"
-    assert any("never called" in f["title"] and f["severity"] == "medium" for f in findings_of(report, "unsafe_serialization"))
+    assert report["verdict"] == "fail"
+    assert any("not called while loading" in f["title"] and f["severity"] == "high" for f in findings_of(report, "unsafe_serialization"))
 
 
 def test_a_user_allowlist_admits_named_globals_and_says_which_entry_did(tmp_path):

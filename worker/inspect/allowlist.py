@@ -15,6 +15,10 @@ SAFE_GLOBALS = frozenset({
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"), ("builtins", "range"),
     ("builtins", "bytearray"), ("builtins", "bytes"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
     ("builtins", "int"), ("builtins", "float"), ("builtins", "str"), ("builtins", "bool"), ("builtins", "object"),
+    # pure builtins: they compute from their arguments and call nothing a pickle could choose (fickling treats them so)
+    *(("builtins", n) for n in ("len", "abs", "min", "max", "sum", "round", "pow", "divmod", "sorted", "reversed",
+                                 "isinstance", "issubclass", "hash", "ord", "chr", "bin", "hex", "oct", "repr", "ascii",
+                                 "all", "any", "callable", "enumerate", "zip")),
     ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "object"), ("__builtin__", "slice"),
     ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
     ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"), ("decimal", "Decimal"), ("uuid", "UUID"),
@@ -23,6 +27,12 @@ SAFE_GLOBALS = frozenset({
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # numpy arrays at pickle protocol 5
     ("argparse", "Namespace"),  # hyper-parameters in Lightning-style checkpoints
+    # numpy random state, as scikit-learn estimators carry it (seen in GradientBoosting joblib files); the Cython
+    # __pyx_unpickle_* helper checks a layout checksum, then sets fields
+    ("numpy.random.bit_generator", "SeedSequence"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+    ("numpy.random._mt19937", "MT19937"), ("numpy.random._pcg64", "PCG64"), ("numpy.random._pcg64", "PCG64DXSM"),
+    ("numpy.random._philox", "Philox"), ("numpy.random._sfc64", "SFC64"), ("numpy.random._generator", "Generator"),
+    ("numpy.random.mtrand", "RandomState"),
     ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
     ("numpy.random._pickle", "__generator_ctor"),
     ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),

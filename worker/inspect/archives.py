@@ -337,12 +337,13 @@ class Walker:
         analysis = analyze(f, start=start, keep_embedded=self._worth_a_look)
         if analysis.incomplete:
             result.problems.append(_not_inspected("pickle", location, f"{analysis.incomplete}."))
-        if not expected and not analysis.globals:
-            return  # raw bytes that merely resembled a pickle
-        result.pickles.append(PickleHit(location, analysis, expected))
+        if expected or analysis.globals:  # else raw bytes that merely resembled a pickle: only what they carry counts
+            result.pickles.append(PickleHit(location, analysis, expected))
         for e in analysis.embedded:  # pickles or archives hidden in bytes arguments, read where they lie in the source
             window = io.BufferedReader(zipraw.Window(f, e.start, e.length))
             self._bytes(window, f"{location}@{e.offset}", depth + 1, result, opportunistic=True)
+        for offset, data in analysis.decoded:  # ... or encoded as base64/hex text
+            self._bytes(io.BytesIO(data), f"{location}@{offset}<decoded>", depth + 1, result, opportunistic=True)
 
     def _check_member_name(self, name: str, location: str, result: ContainerScan) -> None:
         if member_escapes(name):

@@ -1,8 +1,8 @@
 """Turn a container walk (every pickle stream and every problem found in a file) into findings.
 
-Allowlist first: a global a pickle *calls* that is not allowlisted is at least ``high`` (the gate
-fails); the danger list only makes the explanation sharper (``critical``). A global imported but
-never called is ``medium``. A pickle that cannot be parsed to its end was not understood: ``high``.
+Allowlist first: a global a pickle calls or hands out that is not allowlisted is ``high`` (the gate
+fails); the danger list only makes the explanation sharper (``critical``). A pickle that cannot be
+parsed to its end was not understood: ``high``.
 """
 
 from collections import defaultdict
@@ -118,11 +118,13 @@ def _unknown(unknown: dict[str, list[dict]], calls: bool) -> Finding:
             evidence={"globals": {n: unknown[n][:10] for n in names[:200]}, "called": True},
         )
     return Finding(
-        title=f"pickle imports {len(names)} global(s) outside the allowlist (never called)",
-        severity=Severity.medium, score=0.6,
-        explanation=f"These imports are not known to be needed to rebuild model weights: {listed}. The pickle never calls "
-        "them, but importing a module runs its import-time code.",
-        remediation="Review each import; convert the weights to safetensors if you can.",
+        title=f"pickle imports {len(names)} global(s) outside the allowlist (not called while loading)",
+        severity=Severity.high, score=0.75,
+        explanation=f"These imports are not known to be needed to rebuild model weights: {listed}. The pickle does not call "
+        "them while loading, but it hands them to whoever uses the loaded object (a config whose 'callback' is a function "
+        "gets called later), and importing a module runs its import-time code.",
+        remediation="Do not load this file unless you know every listed object; allow your own with "
+        "detector_config.unsafe_serialization.allow_globals, or convert the weights to safetensors.",
         evidence={"globals": {n: unknown[n][:10] for n in names[:200]}, "called": False},
     )
 

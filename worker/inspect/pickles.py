@@ -29,6 +29,7 @@ MAX_RESYNC = 64  # how many later pickle headers we try after a break
 MAX_STREAMS = 10_000  # stacked pickles in one file (each is one load() of a loop)
 MAX_GLOBAL_REFS = 100_000  # distinct import records kept; beyond it, repeats share one record
 MAX_EMBEDDED = 10_000  # bytes arguments kept for a closer look
+MAX_DECODED_BYTES = 64 * 1024 * 1024  # text arguments decoded from base64/hex, in all
 BIG_READ = 16 << 20  # an opcode argument above this is skipped over, not read (see _Source)
 _HEAD = 4096
 _CHUNK = 1 << 20
@@ -78,6 +79,7 @@ class PickleAnalysis:
     globals: list[GlobalRef] = field(default_factory=list)
     streams: list[PickleStream] = field(default_factory=list)
     embedded: list[Embedded] = field(default_factory=list)
+    decoded: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, bytes) of base64/hex text arguments
     ops: int = 0  # opcodes decoded, all streams together
     incomplete: str | None = None  # why the analysis stopped before the end of the data (a budget), if it did
 
@@ -216,7 +218,9 @@ def _step(op, arg, pos: int, stack: list, memo: "_Memo", result: PickleAnalysis)
                 if isinstance(k, str | int | float | tuple):
                     target[k] = v
     elif name in _STRING_OPS:
-        stack.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        text = arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+        _note_encoded(text, pos, result)
+        stack.append(text)
     elif name in _BYTES_OPS:
         _note_embedded(name, arg, pos, result)
         stack.append(_UNKNOWN)
@@ -449,6 +453,31 @@ def _note_embedded(name: str, arg, pos: int, result: PickleAnalysis) -> None:
         return
     start = pos + 1 + _LENGTH_FIELD[name]
     result.embedded.append(Embedded(pos, start, len(arg)))
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){12,}")
+
+
+def _note_encoded(text: str, pos: int, result: PickleAnalysis) -> None:
+    """A text argument that is base64 or hex of a pickle or an archive: a payload staged for a second-stage loader
+    (a later ``pickle.loads(b64decode(...))``). Keep the decoded bytes when their head is worth a closer look."""
+    if len(text) < 24 or sum(len(d) for _, d in result.decoded) > MAX_DECODED_BYTES:
+        return
+    import base64
+    import binascii
+
+    data = None
+    try:
+        if _HEX.fullmatch(text):
+            data = bytes.fromhex(text)
+        elif _BASE64.fullmatch(text):
+            data = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        return
+    keep = getattr(result, "_keep", None)
+    if data and len(data) >= 8 and (keep is None or keep(data[:_HEAD])):
+        result.decoded.append((pos, data))
 
 
 _LENGTH_FIELD = {"SHORT_BINBYTES": 1, "BINBYTES": 4, "BINBYTES8": 8, "BYTEARRAY8": 8}

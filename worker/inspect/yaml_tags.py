@@ -10,6 +10,7 @@ import yaml
 
 from worker.findings import Finding, Severity
 from worker.inspect.common import _DO_NOT_LOAD, _capped, _finding, _short, not_inspected
+from worker.inspect.jinja import check_jinja_template
 
 MAX_YAML_BYTES = 16 * 1024 * 1024
 MAX_YAML_EVENTS = 5_000_000
@@ -52,6 +53,8 @@ def check_yaml_text(text: str, location: str) -> list[Finding]:
             "the file: loading this config runs code.",
             _DO_NOT_LOAD + " Load configs only with yaml.safe_load.",
             {"location": location, "tags": _capped(scan["python"])}))
+    for line, template in scan["templates"]:  # serving stacks render templates kept in configs (chat_template)
+        findings += [f for f in check_jinja_template(template, f"{location}:{line}") if f.severity.rank >= Severity.medium.rank]
     if scan["expanded"] > MAX_EXPANDED_NODES:
         findings.append(_finding(
             "YAML alias bomb", Severity.high,
@@ -79,7 +82,7 @@ class _TooLarge(Exception):
 def _scan_events(text: str) -> dict:
     """Walk the parser's events (tags come resolved: %TAG handles and %-escapes applied) and size what the
     aliases expand to: each collection's size is known when it ends, each alias adds its anchor's size."""
-    python, custom = [], []
+    python, custom, templates = [], [], []
     anchor_size: dict[str, int] = {}
     open_sizes: list[list] = []  # [anchor, nodes so far] per open collection
     events = aliases = documents = 0
@@ -99,6 +102,8 @@ def _scan_events(text: str) -> dict:
             aliases += isinstance(event, yaml.AliasEvent)
             if isinstance(event, yaml.ScalarEvent) and event.anchor:
                 anchor_size[event.anchor] = 1
+            if isinstance(event, yaml.ScalarEvent) and ("{{" in event.value or "{%" in event.value) and len(templates) < 100:
+                templates.append((event.start_mark.line + 1, event.value))
         elif isinstance(event, yaml.CollectionStartEvent):
             open_sizes.append([event.anchor, 1])
         elif isinstance(event, yaml.CollectionEndEvent) and open_sizes:
@@ -111,5 +116,5 @@ def _scan_events(text: str) -> dict:
             else:
                 expanded += size
             expanded = max(expanded, max((s for _, s in open_sizes), default=0))
-    return {"python": python, "custom": custom, "expanded": expanded, "aliases": aliases, "events": events,
+    return {"python": python, "custom": custom, "templates": templates, "expanded": expanded, "aliases": aliases, "events": events,
             "documents": documents}
