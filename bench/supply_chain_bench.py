@@ -1,37 +1,49 @@
-"""Supply-chain benchmark: poisonscan vs modelscan, picklescan and fickling on one corpus.
+"""Supply-chain benchmark: poisonscan vs modelscan, picklescan, fickling and modelaudit on one corpus.
 
-    .venv/bin/python bench/supply_chain_bench.py [--big-gib 1] [--corpus bench/corpus] [--timeout 300]
+The one command (baseline run: add --baseline; the 1 GiB amplification case is opt-in):
+    .venv/bin/python bench/supply_chain_bench.py --big-gib 1 --amplification [--baseline]
 
 Needs, once:
     .venv/bin/pip install torch==2.13.0              # bench-only: writes the torch checkpoints
     python3 -m venv bench/.venv-anchors               # the anchor tools, kept out of poisonscan's venv
     bench/.venv-anchors/bin/pip install 'modelscan[tensorflow,h5py]==0.8.8' tensorflow==2.21.0 numpy==2.2.6 \
-        picklescan==1.0.5 fickling==0.1.12
+        picklescan==1.0.5 fickling==0.1.12 modelaudit==0.2.5
+    git mirrors of the four peer projects under --mirror-root (see bench/peer_corpus.py; skipped if absent)
 (the script runs the second and third steps itself when bench/.venv-anchors is missing).
 
 What it does, in one run:
-1. Builds a corpus in --corpus (default bench/corpus/, gitignored; wiped and rebuilt each run):
-   benign files written by the libraries themselves (torch.save zip and legacy, Keras .keras/.h5,
-   scikit-learn via joblib and pickle, numpy .npy/.npz, safetensors, an OrderedDict pickle, a zip
-   and a tar.gz bundle) and malicious ones, hand-assembled opcode by opcode, whose payload would
-   `touch` a canary file if anything ever loaded them (raw pickles in protocols 0/2/4, payloads
-   injected into torch zip/legacy checkpoints, joblib, npy/npz object arrays, uncommon import
-   paths, stacked/truncated/junk-tailed pickles, a zip whose central directory hides an entry,
-   zip-in-zip, tar.gz, Keras Lambda layers). corpus/manifest.json lists format, label and trick.
-2. Runs every tool on every file as a CLI, one process per file:
-   poisonscan  .venv/bin/poisonscan scan --model F --format json   flagged = verdict warn|fail
-               (a model-role refusal of a dataset kind, e.g. npz, is retried with --dataset)
-   modelscan   modelscan -p F -r json -o OUT   exit 0 clean, 1 issues, 2 error, 3 nothing scanned (also when
-               every scanner errored), 4 usage; the JSON report decides: issues > 0 = flagged
-   picklescan  picklescan -p F   exit 0 clean, 1 dangerous globals, 2 scan error (wins over 1, so the
-               "Dangerous globals: N" summary line decides flagged)
-   fickling    fickling --check-safety F --json-output OUT   exit 0 clean, 1 unsafe, 2 parse error
-3. With --big-gib N > 0: an N GiB safetensors file and an ~N GiB torch zip checkpoint, each timed
+1. Builds a corpus in --corpus (default bench/corpus/, gitignored; wiped and rebuilt each run), corpus/manifest.json:
+   own/   malicious files assembled opcode by opcode whose payload would `touch` a canary (raw pickles, injected
+          torch zip/legacy, joblib, npy/npz, import-path variants, stacked/truncated pickles, hidden zip entries,
+          Keras Lambda) and, from tests/hostile_files.py, one set per newer class: pickles calling globals missing
+          from denylists, zip anomalies (encryption flag, bits 5/6, bad CRC, name mismatch, broken central
+          directory), 7z, lz4, SavedModel PyFunc/ReadFile, chat-template SSTI (tokenizer_config.json, .jinja, GGUF),
+          YAML python tags, ONNX external data outside the model folder, escape-sequence member names, HF snapshot
+          zip/tar; "hostile" files (malformed safetensors, truncated .keras) that a fail-closed gate must refuse;
+          and their benign counterparts (crafted)
+   real/  benign files written by the libraries: torch 2.13 state dicts, whole modules, Adam/SGD states, a
+          Lightning-style checkpoint, scikit-learn estimators and pipelines via joblib (compress variants), numpy
+          object arrays, Keras, safetensors; plus a whole custom nn.Module ("benign_custom": custom code, no allowlist
+          can vouch for it, reported apart)
+   peers/ the malicious and benign samples of picklescan, modelscan, modelaudit and fickling's own test suites at
+          pinned commits, labelled from their tests (bench/peer_corpus.py)
+2. Runs every tool over the same files. Tools with a folder mode scan the whole corpus in ONE process, timed:
+   poisonscan  scan --model CORPUS --format json; per-file verdicts from the report's `files` list
+               (without one: one process per file, `scan --model F`)
+   modelscan   -p CORPUS -r json; outcomes attributed per file from each issue/error 'source'
+   modelaudit  scan --no-cache -f json CORPUS; exit 0 clean, 1 issues found, 2 errors; attributed by 'location'
+   picklescan  -p CORPUS timed, outcomes from one process per file (exit 0 clean, 1 dangerous globals,
+               2 scan error, which wins over 1, so the "Dangerous globals: N" line decides)
+   fickling    no folder mode: --check-safety F per file (exit 0 clean, 1 unsafe, 2 parse error), times summed
+   Blocked = a verdict/exit that stops a pipeline: poisonscan fail (exit 1; warn exits 0), the others exit 1/flag.
+   Errors: exits that mean the tool failed; for poisonscan every exit 2 counts.
+3. --amplification: a ~1 MB zip whose data.pkl inflates to 1 GiB; each tool's peak RSS (/usr/bin/time -v).
+4. With --big-gib N > 0: an N GiB safetensors file and an ~N GiB torch zip checkpoint, each timed
    under every tool, sha256sum and openssl dgst -sha256 (files are read once beforehand so all runs hit the page cache).
-4. Prints a markdown summary table and a file x tool matrix; writes bench/results/supply-chain-<ts>.json.
+5. Prints a markdown summary table and a file x tool matrix; writes bench/results/supply-chain[-baseline]-<ts>.json.
 
 Safety: nothing here ever unpickles or loads a malicious file (no pickle.load, torch.load, joblib.load,
-np.load(allow_pickle=True), keras load_model). Malicious pickles are assembled as bytes and checked
+np.load(allow_pickle=True), keras load_model, template rendering). Malicious pickles are assembled as bytes and checked
 only with pickletools (a disassembler); torch-zip variants are checked with torch's zip reader, which
 reads records without unpickling. The run ends by asserting that the canary file does not exist.
 """
@@ -50,6 +62,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -64,11 +77,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+sys.path[:0] = [str(REPO), str(BENCH)]
+from tests import hostile_files as hostile  # noqa: E402  (pure-bytes builders shared with the test suite)
 POISONSCAN = REPO / ".venv" / "bin" / "poisonscan"
 ANCHOR_VENV = BENCH / ".venv-anchors"
 # modelscan needs its tensorflow extra to scan .keras and h5py for .h5; its numpy scanner calls
 # numpy.lib.format._check_version, which numpy 2.3 removed, hence numpy 2.2 in this venv.
-ANCHOR_PINS = ["modelscan[tensorflow,h5py]==0.8.8", "tensorflow==2.21.0", "numpy==2.2.6", "picklescan==1.0.5", "fickling==0.1.12"]
+ANCHOR_PINS = ["modelscan[tensorflow,h5py]==0.8.8", "tensorflow==2.21.0", "numpy==2.2.6", "picklescan[7z]==1.0.5",
+               "fickling==0.1.12", "modelaudit==0.2.5"]  # picklescan's 7z extra: without py7zr its folder scan aborts on a .7z
 TORCH_VERSION = "2.13.0"
 CANARY_NAME = "CANARY-if-this-exists-a-file-was-loaded"
 MiB = 1024 * 1024
@@ -237,7 +253,7 @@ def torch_style_zip(entries: list[tuple[str, bytes]], hidden: frozenset[str] = f
 @dataclass
 class Sample:
     name: str
-    label: str  # benign | malicious
+    label: str  # malicious | hostile (unreadable: a fail-closed gate blocks it) | benign | benign_custom | unlabelled
     format: str
     trick: str
     payload: str = ""
@@ -245,6 +261,8 @@ class Sample:
     sha256: str = ""
     static_globals: list[str] = field(default_factory=list)
     check: str = ""  # how the file was checked without loading it
+    group: str = "own"  # own (hand-made here) | real (written by the ML libraries) | peers/<project>
+    source: str = ""  # peers: the upstream test asserting the label
 
     @property
     def path(self) -> Path:
@@ -264,17 +282,19 @@ class CorpusBuilder:
     def os_system(self, module: str = "os") -> Call:
         return Call(G(module, "system"), (self.cmd,))
 
-    def add(self, name: str, data: bytes, label: str, fmt: str, trick: str, payload: str = "", check: str = "") -> Sample:
+    def add(self, name: str, data: bytes, label: str, fmt: str, trick: str, payload: str = "", check: str = "", group: str = "") -> Sample:
+        group = group or ("real" if name.startswith("benign/") else "own")  # benign/: written by the libraries
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        s = Sample(name, label, fmt, trick, payload, len(data), hashlib.sha256(data).hexdigest(), check=check)
+        s = Sample(name, label, fmt, trick, payload, len(data), hashlib.sha256(data).hexdigest(), check=check, group=group)
         self.samples.append(s)
         return s
 
     def add_file(self, name: str, label: str, fmt: str, trick: str, payload: str = "", check: str = "") -> Sample:
         data = (self.root / name).read_bytes()
-        s = Sample(name, label, fmt, trick, payload, len(data), hashlib.sha256(data).hexdigest(), check=check)
+        s = Sample(name, label, fmt, trick, payload, len(data), hashlib.sha256(data).hexdigest(), check=check,
+                   group="real" if label == "benign" else "own")
         self.samples.append(s)
         return s
 
@@ -476,6 +496,121 @@ class CorpusBuilder:
                               "os.system (Lambda bytecode)", check=_keras_check(self.root / f"malicious/keras_lambda.{ext}"))
 
 
+class TinyCustomNet:  # replaced by a torch.nn.Module subclass in real_checkpoints (torch is imported lazily)
+    pass
+
+
+def _custom_module_class(torch):
+    """A user-defined nn.Module: torch.save(model) pickles a reference to this bench module's class,
+    which no allowlist can vouch for ("benign, custom code")."""
+    global TinyCustomNet
+
+    class TinyCustomNet(torch.nn.Module):  # noqa: F811
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    TinyCustomNet.__module__, TinyCustomNet.__qualname__ = __name__, "TinyCustomNet"
+    return TinyCustomNet
+
+
+def real_checkpoints(self, torch, np) -> None:
+    """Benign checkpoints as the libraries write them (c): what a gate must pass."""
+    import joblib
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeRegressor
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    opts = {"adam": torch.optim.Adam(seq.parameters(), lr=1e-3), "sgd": torch.optim.SGD(seq.parameters(), lr=0.1, momentum=0.9)}
+    for opt in opts.values():  # one step so the optimizer state holds tensors
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(seq(x), y).backward()
+        opt.step()
+    sched = torch.optim.lr_scheduler.StepLR(opts["adam"], step_size=10)
+    lightning = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.5.0", "state_dict": seq.state_dict(),
+                 "optimizer_states": [opts["adam"].state_dict()], "lr_schedulers": [sched.state_dict()],
+                 "hyper_parameters": {"lr": 1e-3, "hidden": 16, "activation": "relu"}, "loops": None, "callbacks": {}}
+    torch_objs = {"torch_seq_state_dict.pt": seq.state_dict(), "torch_seq_whole_module.pt": seq,
+                  "torch_adam_state.pt": opts["adam"].state_dict(), "torch_sgd_state.pt": opts["sgd"].state_dict(),
+                  "lightning_style.ckpt": lightning}
+    for name, obj in torch_objs.items():
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        self.add(f"real/{name}", buf.getvalue(), "benign", "pytorch_zip", f"torch {torch.__version__} torch.save({type(obj).__name__})", group="real")
+    buf = io.BytesIO()
+    torch.save(_custom_module_class(torch)(), buf)
+    self.add("real/torch_custom_module.pt", buf.getvalue(), "benign_custom", "pytorch_zip",
+             "torch.save of a whole custom nn.Module (class defined in the bench): benign, custom code", group="real")
+
+    rng = np.random.default_rng(0)
+    X, yv = rng.normal(size=(120, 5)), rng.integers(0, 2, 120)
+    estimators = {"logreg": LogisticRegression(max_iter=200), "gboost": GradientBoostingClassifier(n_estimators=5, max_depth=2),
+                  "svc": SVC(), "tree_reg": DecisionTreeRegressor(max_depth=3),
+                  "pipeline_scaler_logreg": Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))])}
+    for name, est in estimators.items():
+        est.fit(X, yv)
+        for suffix, compress in (("", 0), ("_zlib3", 3), ("_gzip", ("gzip", 3)), ("_lzma", ("lzma", 3))):
+            if compress and name not in ("pipeline_scaler_logreg", "gboost"):
+                continue  # compress variants on two estimators are enough
+            buf = io.BytesIO()
+            joblib.dump(est, buf, compress=compress)
+            self.add(f"real/sklearn_{name}{suffix}.joblib", buf.getvalue(), "benign", "joblib", f"joblib.dump({type(est).__name__}, compress={compress!r})", group="real")
+    for name, arr in (("strings", np.array(["cat", "dog", "bird"], dtype=object)), ("ints", np.array([1, 2**70, -3], dtype=object)),
+                      ("mixed", np.array([{"lr": 0.1}, ["a", 1], ("b", 2.0)], dtype=object))):
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=True)  # writing our own benign data
+        self.add(f"real/numpy_object_{name}.npy", buf.getvalue(), "benign", "npy", f"np.save object array of {name} (allow_pickle=True)", group="real")
+
+
+def hostile_classes(self) -> None:
+    """The pure-bytes classes of tests/hostile_files.py: malicious, unreadable (hostile) and benign counterparts."""
+    for label, sets in (("malicious", hostile.malicious_sets(self.canary)), ("hostile", hostile.hostile_sets(self.canary)), ("benign", hostile.benign_sets())):
+        for cls, files in sets.items():
+            for name, data in files.items():
+                fmt = _format_of(name)
+                s = self.add(f"classes/{cls}/{name}", data, label, fmt, f"{cls}: {name}", "touch canary" if label == "malicious" else "")
+                if name.endswith(".pkl"):
+                    s.static_globals, s.check = static_globals(data), "pickletools"
+
+
+def peers(self, mirror_root: Path) -> str:
+    """The peer projects' own test samples (bench/peer_corpus.py); skipped when the mirrors are absent."""
+    import peer_corpus
+
+    try:
+        samples, skipped = peer_corpus.build(mirror_root, self.root / "peers", ANCHOR_VENV / "bin/python")
+    except SystemExit as exc:
+        print(f"peer corpus skipped: {exc}", file=sys.stderr)
+        return f"skipped: {exc}"
+    for p in samples:
+        s = Sample(p.name, p.label, _format_of(p.name), p.upstream, "", p.size, p.sha256, check=p.check, group=f"peers/{p.project}", source=p.source)
+        self.samples.append(s)
+    return f"{len(samples)} files; pins {json.dumps({k: v[1] for k, v in peer_corpus.PINS.items()})}; skipped {skipped}"
+
+
+CorpusBuilder.real_checkpoints = real_checkpoints
+CorpusBuilder.hostile_classes = hostile_classes
+CorpusBuilder.peers = peers
+
+
+def _format_of(name: str) -> str:
+    base = name.rsplit("/", 1)[-1].lower()
+    for suffix, fmt in ((".tar.gz", "tar.gz"), (".pkl.lz4", "lz4"), (".safetensors.lz4", "lz4"), ("saved_model.pb", "savedmodel"),
+                        ("tokenizer_config.json", "tokenizer_config")):
+        if base.endswith(suffix):
+            return fmt
+    return base.rsplit(".", 1)[-1] if "." in base else "none"
+
+
 def _tar_gz(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -514,7 +649,7 @@ def _keras_check(path: Path) -> str:
     return "config names a Lambda layer whose marshalled code holds os.system + canary (read as JSON, not loaded)"
 
 
-def build_corpus(root: Path) -> tuple[list[Sample], Path, dict]:
+def build_corpus(root: Path, mirror_root: Path) -> tuple[list[Sample], Path, dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import torch
@@ -532,8 +667,12 @@ def build_corpus(root: Path) -> tuple[list[Sample], Path, dict]:
     builder = CorpusBuilder(root, canary)
     refs = builder.benign(torch, np, keras, st_numpy)
     builder.malicious(refs, torch, np, keras)
+    builder.real_checkpoints(torch, np)
+    builder.hostile_classes()
+    peers_note = builder.peers(mirror_root)
     assert not canary.exists(), "building the corpus ran a payload"
-    versions = {"torch": torch.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    import sklearn
+    versions = {"torch": torch.__version__, "keras": keras.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__, "peers": peers_note}
     (root / "manifest.json").write_text(json.dumps([asdict(s) for s in builder.samples], indent=2))
     return builder.samples, canary, versions
 
@@ -557,14 +696,17 @@ class Result:
 
 
 def _run(argv: list[str], timeout: float, cwd: Path) -> tuple[int, str, str, float]:
+    """Run argv in its own process group so a timeout also ends its children (e.g. under /usr/bin/time)."""
     t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", cwd=cwd, start_new_session=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"})
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, cwd=cwd,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"})
-        return p.returncode, p.stdout, p.stderr, time.perf_counter() - t
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return -9, out, f"timeout after {timeout}s", time.perf_counter() - t
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err, time.perf_counter() - t
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return -9, out, f"{err}\ntimeout after {timeout}s", time.perf_counter() - t
 
 
 def _last_line(text: str, pattern: str = r"\S", first: bool = False) -> str:
@@ -663,17 +805,176 @@ def run_fickling(path: Path, timeout: float, work: Path) -> Result:
     return Result("error", secs, rc, _last_line(err, r"(?i)failed to parse|error", first=True) or _last_line(err + out) or f"rc={rc}", None, extra)
 
 
-TOOLS = {"poisonscan": run_poisonscan, "modelscan": run_modelscan, "picklescan": run_picklescan, "fickling": run_fickling}
+MODELAUDIT_BLOCKING = ("critical", "warning")  # exit 1 = "security issues found"; info-only reports exit 0
+
+
+def run_modelaudit(path: Path, timeout: float, work: Path) -> Result:
+    """modelaudit scan --no-cache -f json -o OUT PATH: exit 0 clean, 1 issues found, 2 errors during scanning."""
+    out_json = work / "modelaudit.json"
+    out_json.unlink(missing_ok=True)
+    rc, out, err, secs = _run([str(ANCHOR_VENV / "bin/modelaudit"), "scan", "--no-cache", "-f", "json", "-o", str(out_json), str(path)], timeout, work)
+    try:
+        report = json.loads(out_json.read_text())
+    except (OSError, ValueError):
+        return Result("error", secs, rc, _last_line(err + out) or f"rc={rc}, no report")
+    return _modelaudit_result(report.get("issues", []), rc, secs)
+
+
+def _modelaudit_result(issues: list[dict], rc: int, secs: float) -> Result:
+    blocking = [i for i in issues if i.get("severity") in MODELAUDIT_BLOCKING]
+    extra = {"issues": [f"[{i.get('severity')}] {str(i.get('message'))[:120]}" for i in blocking][:6]}
+    if rc == 1 or blocking:
+        return Result("flagged", secs, rc, "; ".join(extra["issues"][:2]) or f"rc={rc}", None, extra)
+    if rc not in (0, 1):
+        return Result("error", secs, rc, f"rc={rc}", None, extra)
+    return Result("clean", secs, rc, f"{len(issues)} info issue(s)", None, extra)
+
+
+TOOLS = {"poisonscan": run_poisonscan, "modelscan": run_modelscan, "picklescan": run_picklescan, "fickling": run_fickling,
+         "modelaudit": run_modelaudit}
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-folder runs: one process over the corpus, timed; outcomes attributed per file where the
+# report allows (poisonscan's `files`, modelscan's issue sources, modelaudit's issue locations).
+# --------------------------------------------------------------------------------------------
+
+def _rel_owner(rel: str, names: set[str]) -> str | None:
+    """The sample a report path belongs to: itself, or the archive/folder sample it sits in (a.zip:member)."""
+    rel = rel.lstrip("/")
+    while rel:
+        if rel in names:
+            return rel
+        cut = max(rel.rfind(":"), rel.rfind(" "), rel.rfind("/"))
+        if cut <= 0:
+            return None
+        rel = rel[:cut]
+    return None
+
+
+def folder_poisonscan(root: Path, names: set[str], timeout: float, work: Path) -> tuple[float, dict | None, str]:
+    rc, out, err, secs = _run([str(POISONSCAN), "scan", "--model", str(root), "--format", "json"], timeout, work)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        return secs, None, f"no folder report (rc={rc}: {_last_line(err, r'error:') or _last_line(err)})"
+    files = report.get("files")
+    if not isinstance(files, list):
+        return secs, None, f"report has no `files` list (rc={rc}, verdict {report.get('verdict')})"
+    results = {}
+    for f in files:
+        name = _rel_owner(str(f.get("file", "")), names)
+        if name:
+            v = f.get("verdict")
+            results[name] = Result("flagged" if v in ("warn", "fail") else "clean", 0.0, 1 if v == "fail" else 0,
+                                   f"severity {f.get('severity')}", v, {"kind": f.get("kind")})
+    return secs, results, f"folder report: {len(files)} files, rc={rc}"
+
+
+def folder_modelscan(root: Path, names: set[str], timeout: float, work: Path) -> tuple[float, dict | None, str]:
+    out_json = work / "modelscan-folder.json"
+    out_json.unlink(missing_ok=True)
+    rc, out, err, secs = _run([str(ANCHOR_VENV / "bin/modelscan"), "-p", str(root), "-r", "json", "-o", str(out_json), "--show-skipped"], timeout, work)
+    try:
+        report = json.loads(out_json.read_text())
+    except (OSError, ValueError):
+        return secs, None, f"no report (rc={rc})"
+    per: dict[str, dict] = collections.defaultdict(lambda: {"issues": [], "errors": [], "skipped": [], "scanned": False})
+    for i in report.get("issues", []):
+        per[_rel_owner(i.get("source", ""), names)]["issues"].append(f"{i.get('module')}.{i.get('operator')}")
+    for e in report.get("errors", []):
+        per[_rel_owner(str(e.get("source", "")), names)]["errors"].append(str(e.get("description", e))[:150])
+    for sk in report.get("summary", {}).get("skipped", {}).get("skipped_files", []):
+        per[_rel_owner(str(sk.get("source", "")), names)]["skipped"].append(str(sk.get("description", ""))[:150])
+    for f in report.get("summary", {}).get("scanned", {}).get("scanned_files", []):
+        per[_rel_owner(f, names)]["scanned"] = True
+    results = {}
+    for name in names:
+        p = per.get(name) or {"issues": [], "errors": [], "skipped": [], "scanned": False}
+        if p["issues"]:
+            results[name] = Result("flagged", 0.0, 1, f"issues: {', '.join(sorted(set(p['issues']))[:4])}")
+        elif p["errors"]:
+            results[name] = Result("error", 0.0, 2, "; ".join(p["errors"][:2]))
+        elif p["scanned"]:
+            results[name] = Result("clean", 0.0, 0, "scanned, no issues")
+        else:
+            results[name] = Result("skipped", 0.0, 3, "; ".join(p["skipped"][:1]) or "not scanned")
+    return secs, results, f"folder report, rc={rc}"
+
+
+def folder_modelaudit(root: Path, names: set[str], timeout: float, work: Path) -> tuple[float, dict | None, str]:
+    out_json = work / "modelaudit-folder.json"
+    out_json.unlink(missing_ok=True)
+    rc, out, err, secs = _run([str(ANCHOR_VENV / "bin/modelaudit"), "scan", "--no-cache", "-f", "json", "-o", str(out_json), str(root)], timeout, work)
+    try:
+        report = json.loads(out_json.read_text())
+    except (OSError, ValueError):
+        return secs, None, f"no report (rc={rc})"
+    by_file: dict[str, list] = collections.defaultdict(list)
+    prefix = str(root).rstrip("/") + "/"
+    for i in report.get("issues", []):
+        loc = str(i.get("location") or "")
+        name = _rel_owner(loc[len(prefix):] if loc.startswith(prefix) else loc, names)
+        by_file[name].append(i)
+    # files with no issue: clean as far as the folder report tells (its per-file errors are issues too)
+    results = {n: _modelaudit_result(by_file.get(n, []), 1 if any(i.get("severity") in MODELAUDIT_BLOCKING for i in by_file.get(n, [])) else 0, 0.0)
+               for n in names}
+    return secs, results, f"folder report, rc={rc}, {report.get('files_scanned')} files scanned"
+
+
+def folder_picklescan(root: Path, names: set[str], timeout: float, work: Path) -> tuple[float, dict | None, str]:
+    rc, out, err, secs = _run([str(ANCHOR_VENV / "bin/picklescan"), "-p", str(root)], timeout, work)
+    return secs, None, f"timing only (rc={rc}); its summary does not say which file errored"
+
+
+# Who scans the folder in one process, and whose per-file outcomes come from that one report.
+FOLDER_RUNS = {"poisonscan": folder_poisonscan, "modelscan": folder_modelscan, "modelaudit": folder_modelaudit, "picklescan": folder_picklescan}
+
+
+# --------------------------------------------------------------------------------------------
+# Amplification: a ~1 MB zip holding a 1 GiB data.pkl; peak RSS of each tool's process
+# --------------------------------------------------------------------------------------------
+
+def tool_argv(tool: str, path: Path, work: Path) -> list[str]:
+    a = ANCHOR_VENV / "bin"
+    return {"poisonscan": [str(POISONSCAN), "scan", "--model", str(path), "--format", "json"],
+            "modelscan": [str(a / "modelscan"), "-p", str(path), "-r", "json", "-o", str(work / "amp-modelscan.json")],
+            "picklescan": [str(a / "picklescan"), "-p", str(path)],
+            "fickling": [str(a / "fickling"), "--check-safety", str(path), "--json-output", str(work / "amp-fickling.json")],
+            "modelaudit": [str(a / "modelaudit"), "scan", "--no-cache", "-f", "json", "-o", str(work / "amp-modelaudit.json"), str(path)]}[tool]
+
+
+def peak_rss(argv: list[str], timeout: float, work: Path) -> dict:
+    """Runs argv under /usr/bin/time -v: the child's maximum resident set size, exit code and wall time."""
+    rc, out, err, secs = _run(["/usr/bin/time", "-v", *argv], timeout, work)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
+    status = re.search(r"Exit status: (\d+)", err)
+    return {"peak_rss_mib": int(m.group(1)) / 1024 if m else None, "rc": int(status.group(1)) if status else rc,
+            "seconds": secs, "stdout_tail": out[-300:], "stderr_tail": re.sub(r"\tCommand being timed.*", "", err, flags=re.S)[-300:]}
+
+
+def amplification(tools: list[str], canary: Path, timeout: float, work: Path) -> dict:
+    path = work / "amplification_1GiB_inflated.pt"
+    size = hostile.write_amplification_zip(path, canary, GiB)
+    rows = {"file": {"bytes": size, "inflated_bytes": GiB}}
+    for tool in tools:
+        rows[tool] = peak_rss(tool_argv(tool, path, work), timeout, work)
+        print(f"  amplification {tool:10} rc={rows[tool]['rc']} {rows[tool]['seconds']:6.1f}s peak RSS {rows[tool]['peak_rss_mib']} MiB", file=sys.stderr)
+    path.unlink()
+    return rows
 
 
 def ensure_anchor_venv() -> dict:
-    if not (ANCHOR_VENV / "bin/fickling").exists():
-        print(f"creating {ANCHOR_VENV} ...", file=sys.stderr)
-        subprocess.run(["python3", "-m", "venv", str(ANCHOR_VENV)], check=True)
+    py7zr = list((ANCHOR_VENV / "lib").glob("python3*/site-packages/py7zr"))
+    if not (ANCHOR_VENV / "bin/modelaudit").exists() or not py7zr:  # missing, or made before modelaudit / picklescan[7z]
+        print(f"installing the anchor tools into {ANCHOR_VENV} ...", file=sys.stderr)
+        if not (ANCHOR_VENV / "bin/pip").exists():
+            subprocess.run(["python3", "-m", "venv", str(ANCHOR_VENV)], check=True)
         subprocess.run([str(ANCHOR_VENV / "bin/pip"), "install", "-q", *ANCHOR_PINS], check=True)
     listing = subprocess.run([str(ANCHOR_VENV / "bin/pip"), "list", "--format", "json"], capture_output=True, text=True, check=True).stdout
     have = {p["name"].lower(): p["version"] for p in json.loads(listing)}
-    versions = {t: have.get(t, "?") for t in ("modelscan", "picklescan", "fickling")}
+    versions = {t: have.get(t, "?") for t in ("modelscan", "picklescan", "fickling", "modelaudit")}
+    versions["anchor_py7zr"] = have.get("py7zr", "not installed (picklescan cannot open .7z)")
     versions["anchor_tensorflow"] = have.get("tensorflow", "not installed (modelscan cannot scan .keras)")
     versions["anchor_h5py"] = have.get("h5py", "not installed (modelscan cannot scan .h5)")
     return versions
@@ -760,6 +1061,16 @@ def big_files(gib: float, tools: list[str], timeout: float, work: Path, big_dir:
 # Report
 # --------------------------------------------------------------------------------------------
 
+def blocks(tool: str, r: Result) -> bool:
+    """A verdict/exit that stops a pipeline: poisonscan fail (exit 1); the others' flag (exit 1)."""
+    if tool == "poisonscan":
+        return r.verdict == "fail" or (r.verdict is None and r.rc == 1)
+    return r.flagged
+
+
+MUST_BLOCK = ("malicious", "hostile")
+
+
 def cell(sample: Sample, tool: str, r: Result) -> str:
     if tool == "poisonscan" and r.verdict:
         text = r.verdict.upper() if r.verdict == "fail" else r.verdict
@@ -767,33 +1078,42 @@ def cell(sample: Sample, tool: str, r: Result) -> str:
         text = {"flagged": "FLAG", "clean": "clean", "error": "ERR", "skipped": "skip"}[r.status]
         if tool == "poisonscan" and r.status == "flagged":
             text = "ERR-flag"
-    if sample.label == "malicious" and not r.flagged:
+    if sample.label in MUST_BLOCK and not blocks(tool, r):
         return f"miss ({text})"
-    if sample.label == "benign" and r.flagged:
+    if sample.label == "benign" and blocks(tool, r):
         return f"FP ({text})"
     return text
 
 
-def summarize(samples: list[Sample], results: dict[str, dict[str, Result]], big: dict) -> dict:
-    mal = [s for s in samples if s.label == "malicious"]
-    ben = [s for s in samples if s.label == "benign"]
-    total_bytes = sum(s.size for s in samples)
+def _rate(n: int, d: int) -> str:
+    return f"{n}/{d} ({100 * n / d:.0f}%)" if d else "—"
+
+
+def summarize(samples: list[Sample], results: dict[str, dict[str, Result]], big: dict, folder: dict, amp: dict) -> dict:
+    def pick(label, group=None):
+        return [s for s in samples if s.label == label and (group is None or (s.group.startswith(group)))]
+
+    sets = {"malicious_own": [s for s in pick("malicious") if s.group == "own"], "hostile": pick("hostile"),
+            "malicious_peers": pick("malicious", "peers"), "benign_real": pick("benign", "real"),
+            "benign_custom": pick("benign_custom"), "benign_crafted": [s for s in pick("benign") if s.group == "own"],
+            "benign_peers": pick("benign", "peers")}
     out = {}
     for tool, per in results.items():
-        row = {
-            "detected": sum(per[s.name].flagged for s in mal), "malicious": len(mal), "benign": len(ben),
-            "false_flags": sum(per[s.name].flagged for s in ben),
-            "errors": sum(r.status == "error" for r in per.values()), "skipped": sum(r.status == "skipped" for r in per.values()),
-            "errors_on_malicious": sum(per[s.name].status == "error" for s in mal),
-            "corpus_seconds": sum(r.seconds for r in per.values()),
-        }
-        row["corpus_mb_s"] = total_bytes / MiB / row["corpus_seconds"]
-        row["median_file_seconds"] = sorted(r.seconds for r in per.values())[len(per) // 2]
+        row = {k: {"blocked": sum(blocks(tool, per[s.name]) for s in v), "of": len(v)} for k, v in sets.items()}
+        row["errors"] = sum(r.status == "error" for r in per.values())
+        row["skipped"] = sum(r.status == "skipped" for r in per.values())
         if tool == "poisonscan":
-            row["fail_on_malicious"] = sum(per[s.name].verdict == "fail" for s in mal)
-            row["false_fail"] = sum(per[s.name].verdict == "fail" for s in ben)
-            row["false_warn"] = sum(per[s.name].verdict == "warn" for s in ben)
-            row["flagged_by_error_message"] = sum(r.status == "flagged" and r.verdict is None for r in per.values())
+            row["exit2"] = sum(r.rc == 2 for r in per.values()) + (1 if folder.get(tool, {}).get("rc") == 2 else 0)
+            row["errors"] = max(row["errors"], row["exit2"])
+            row["warn_on_must_block"] = sum(per[s.name].verdict == "warn" for s in samples if s.label in MUST_BLOCK)
+            row["false_warn_real"] = sum(per[s.name].verdict == "warn" for s in sets["benign_real"])
+        f = folder.get(tool)
+        row["total_seconds"] = f["seconds"] if f else sum(r.seconds for r in per.values())
+        row["timing"] = "one folder process" if f else "sum of per-file processes"
+        row["attribution"] = f["attribution"] if f else "per-file processes"
+        row["per_file_seconds"] = sum(r.seconds for r in per.values())
+        row["amplification_peak_rss_mib"] = amp.get(tool, {}).get("peak_rss_mib")
+        row["amplification_rc"] = amp.get(tool, {}).get("rc")
         for kind in ("safetensors", "torch_zip"):
             if kind in big:
                 row[f"big_{kind}"] = big[kind]["tools"][tool]
@@ -801,60 +1121,107 @@ def summarize(samples: list[Sample], results: dict[str, dict[str, Result]], big:
     return out
 
 
-def markdown(samples: list[Sample], results: dict[str, dict[str, Result]], summary: dict, big: dict, versions: dict) -> str:
-    def big_cell(row, kind):
-        b = row.get(f"big_{kind}")
-        if b is None:
-            return "skipped (--big-gib 0)"
-        if b["mb_s"] is None:
-            return f"n/a ({b['status']}, rc={b['rc']})"
-        return f"{b['mb_s']:.0f} ({b['seconds']:.1f}s, {b['status']})"
-
-    n_mal, n_ben = summary["poisonscan"]["malicious"], summary["poisonscan"]["benign"]
+def markdown(samples: list[Sample], results: dict[str, dict[str, Result]], summary: dict, big: dict, versions: dict, amp: dict) -> str:
     total = sum(s.size for s in samples) / MiB
-    lines = [f"Corpus: {len(samples)} files ({n_ben} benign, {n_mal} malicious), {total:.1f} MiB. "
-             f"One process per file, so corpus MB/s is dominated by each tool's start-up time.", "",
-             "| tool | version | detected (malicious) | of which fail | false fail (benign) | false warn (benign) | errors / skipped | MB/s corpus (median s/file) | MB/s big safetensors | MB/s big torch ckpt |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for tool, row in summary.items():
-        det = f"{row['detected']}/{n_mal} ({100 * row['detected'] / n_mal:.0f}%)"
-        if tool == "poisonscan":
-            fail = f"{row['fail_on_malicious']}/{n_mal} ({100 * row['fail_on_malicious'] / n_mal:.0f}%)"
-            ff, fw = f"{row['false_fail']}/{n_ben}", f"{row['false_warn']}/{n_ben}"
-        else:
-            fail, ff, fw = "—", f"{row['false_flags']}/{n_ben} (flagged)", "—"
-        lines.append(f"| {tool} | {versions.get(tool, '')} | {det} | {fail} | {ff} | {fw} | {row['errors']} / {row['skipped']} | "
-                     f"{row['corpus_mb_s']:.2f} ({row['median_file_seconds']:.2f}) | {big_cell(row, 'safetensors')} | {big_cell(row, 'torch_zip')} |")
+    counts = collections.Counter((s.group.split("/")[0], s.label) for s in samples)
+    lines = [f"Corpus: {len(samples)} files, {total:.1f} MiB ({', '.join(f'{g}/{l} {n}' for (g, l), n in sorted(counts.items()))}). "
+             "blocked = poisonscan verdict fail (exit 1); for the others a flag (exit 1).", "",
+             "| tool | version | malicious blocked (own) | hostile blocked (unreadable) | peers' malicious blocked | FALSE block: real benign ckpts "
+             "| custom-code ckpt blocked | false block: crafted benign | false block: peers' benign | errors | total time (how) | amplification peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tool, r in summary.items():
+        rss = r["amplification_peak_rss_mib"]
+        rss_text = f"{rss:.0f} MiB (rc={r['amplification_rc']})" if rss is not None else ("—" if not amp else "n/a")
+        err = f"{r['errors']}" + (f" (exit 2: {r['exit2']})" if tool == "poisonscan" else "") + (f", {r['skipped']} skipped" if r["skipped"] else "")
+        lines.append(f"| {tool} | {versions.get(tool, '')} | " + " | ".join(_rate(r[k]["blocked"], r[k]["of"]) for k in (
+            "malicious_own", "hostile", "malicious_peers", "benign_real", "benign_custom", "benign_crafted", "benign_peers"))
+            + f" | {err} | {r['total_seconds']:.1f}s ({r['timing']}) | {rss_text} |")
+    if "poisonscan" in summary:
+        p = summary["poisonscan"]
+        lines += ["", f"poisonscan warn (exit 0, does not block) on must-block files: {p['warn_on_must_block']}; warn on real benign: {p['false_warn_real']}. "
+                  f"Outcomes: {p['attribution']}."]
     if big:
-        for name in HASH_BASELINES:
-            if all(name in big[k]["tools"] for k in big):
-                h = {k: big[k]["tools"][name] for k in big}
-                lines.append(f"| {name} | {versions.get(name, '')} | — | — | — | — | — | — | "
-                             + " | ".join(f"{h[k]['mb_s']:.0f} ({h[k]['seconds']:.1f}s)" if k in h else "—" for k in ("safetensors", "torch_zip")) + " |")
-        lines += ["", "MB/s on the big files = file size / wall time per process (page cache warm); a tool that reads only the pickle "
-                  "or the header does not read the whole file, so its MB/s is not a read rate."]
+        lines += ["", "| big file | " + " | ".join(big[next(iter(big))]["tools"]) + " |", "|---|" + "---|" * len(big[next(iter(big))]["tools"])]
+        for kind, b in big.items():
+            lines.append(f"| {kind} {b['bytes'] / GiB:.2f} GiB | " + " | ".join(
+                f"{t['seconds']:.1f}s ({t['status']})" for t in b["tools"].values()) + " |")
         for name in HASH_BASELINES:
             if any(f"poisonscan_over_{name}" in big[k] for k in big):
                 lines.append(f"poisonscan time / {name} time: " + ", ".join(
-                    f"{k} {big[k][f'poisonscan_over_{name}']:.2f}x ({big[k]['bytes'] / GiB:.2f} GiB)" for k in big if f"poisonscan_over_{name}" in big[k]))
+                    f"{k} {big[k][f'poisonscan_over_{name}']:.2f}x" for k in big if f"poisonscan_over_{name}" in big[k]))
     tools = list(results)
-    lines += ["", "Per file (miss = malicious not flagged; FP = benign flagged; poisonscan shows its verdict):", "",
-              "| file | label | format | trick | " + " | ".join(tools) + " |", "|---|---|---|---|" + "---|" * len(tools)]
+    lines += ["", "Per file (miss = must-block file not blocked; FP = benign blocked; poisonscan shows its verdict):", "",
+              "| file | group | label | format | " + " | ".join(tools) + " |", "|---|---|---|---|" + "---|" * len(tools)]
     for s in samples:
-        trick = s.trick if len(s.trick) <= 70 else s.trick[:67] + "..."
-        lines.append(f"| {s.name} | {s.label} | {s.format} | {trick} | " + " | ".join(cell(s, t, results[t][s.name]) for t in tools) + " |")
+        name = s.name.encode("unicode_escape").decode()  # escape-sequence names stay inert in the table
+        lines.append(f"| {name} | {s.group} | {s.label} | {s.format} | " + " | ".join(cell(s, t, results[t][s.name]) for t in tools) + " |")
     return "\n".join(lines)
+
+
+def run_tools(tools: list[str], samples: list[Sample], timeout: float, folder_timeout: float) -> tuple[dict, dict, dict]:
+    """One folder process per tool that can scan a folder (timed), then per-file processes where the
+    folder report cannot attribute outcomes to files."""
+    results, folder, canary_after = {}, {}, {}
+    names = {s.name for s in samples}
+    with tempfile.TemporaryDirectory(prefix="poisonscan-bench-") as work_s:
+        work = Path(work_s)
+        for tool in tools:
+            t = time.perf_counter()
+            per = None
+            if tool in FOLDER_RUNS:
+                secs, per, note = FOLDER_RUNS[tool](CORPUS, names, folder_timeout, work)
+                folder[tool] = {"seconds": secs, "attribution": f"from the folder report ({note})" if per else f"per-file processes ({note})"}
+                print(f"{tool}: folder run {secs:.1f}s, {note}", file=sys.stderr)
+            if per is None:
+                per = {s.name: TOOLS[tool](s.path, timeout, work) for s in samples}
+            else:
+                missing = [s for s in samples if s.name not in per]  # not in the report: scan it alone
+                per.update({s.name: TOOLS[tool](s.path, timeout, work) for s in missing})
+                folder[tool]["attribution"] += f"; {len(missing)} files absent from it scanned alone" if missing else ""
+            results[tool] = per
+            canary_after[tool] = (CORPUS / CANARY_NAME).exists()
+            print(f"{tool}: {len(samples)} files in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return results, folder, canary_after
+
+
+def tool_versions() -> dict:
+    versions = ensure_anchor_venv()
+    versions["poisonscan"] = subprocess.run([str(REPO / ".venv/bin/python"), "-c", "import importlib.metadata as m; print(m.version('poisonscan'))"],
+                                            capture_output=True, text=True).stdout.strip()
+    versions["poisonscan_git"] = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    for name, argv in (("sha256sum", ["sha256sum", "--version"]), ("openssl-sha256", ["openssl", "version"])):
+        if shutil.which(argv[0]):
+            versions[name] = subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
+    return versions
+
+
+INTERPRETATION = {
+    "poisonscan": "blocked = verdict fail (exit 1); warn exits 0 and does not block; every exit 2 counts as an error. Folder run: "
+                  "`scan --model CORPUS` once (timed); per-file verdicts from its `files` list, else one process per file",
+    "modelscan": "blocked = total_issues > 0 for the file (exit 1); error = a report error for it; skipped = not scanned. "
+                 "One folder run (-p CORPUS), outcomes attributed by each issue/error 'source' (archive:member -> archive)",
+    "picklescan": "blocked = 'Dangerous globals: N' > 0 (exit 1; exit 2 = scan error, which wins over 1). Folder run timed; "
+                  "outcomes from one process per file (its folder summary does not name the file that errored)",
+    "fickling": "--check-safety: exit 1 = unsafe = blocked, 0 clean, 2 parse error. No folder mode: one process per file, times summed",
+    "modelaudit": "modelaudit scan --no-cache -f json: exit 0 no issues, 1 issues found (blocked = any critical/warning issue), "
+                  "2 errors during scanning. One folder run, outcomes attributed by each issue's 'location'",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     global CORPUS
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--big-gib", type=float, default=1.0, help="size of the large safetensors and torch files (0 skips that part)")
     ap.add_argument("--big-dir", type=Path, help="where to write the large files (default: a temp dir, removed afterwards)")
     ap.add_argument("--keep-big", action="store_true", help="do not delete the large files")
+    ap.add_argument("--amplification", action="store_true", help="also scan a ~1 MB zip inflating to a 1 GiB pickle; report each tool's peak RSS")
     ap.add_argument("--corpus", type=Path, default=BENCH / "corpus", help="corpus folder, wiped and rebuilt (default bench/corpus)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per tool call")
+    ap.add_argument("--mirror-root", type=Path, default=Path("/work/.mirror"), help="git mirrors of the peer projects (bench/peer_corpus.py)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per tool call on one file")
+    ap.add_argument("--folder-timeout", type=float, default=3600.0, help="seconds for one tool's whole-folder run")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of: " + ", ".join(TOOLS))
+    ap.add_argument("--baseline", action="store_true", help="name the result supply-chain-baseline-<ts>.json")
     args = ap.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(tools) - set(TOOLS)
@@ -864,51 +1231,37 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{POISONSCAN} is missing: install poisonscan into .venv first")
     CORPUS = args.corpus.resolve()
 
-    versions = ensure_anchor_venv()
-    versions["poisonscan"] = subprocess.run([str(REPO / ".venv/bin/python"), "-c", "import importlib.metadata as m; print(m.version('poisonscan'))"],
-                                            capture_output=True, text=True).stdout.strip()
-    versions["poisonscan_git"] = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    for name, argv in (("sha256sum", ["sha256sum", "--version"]), ("openssl-sha256", ["openssl", "version"])):
-        if shutil.which(argv[0]):
-            versions[name] = subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
+    versions = tool_versions()
     t0 = time.perf_counter()
-    samples, canary, lib_versions = build_corpus(CORPUS)
+    samples, canary, lib_versions = build_corpus(CORPUS, args.mirror_root)
     versions.update(lib_versions)
     print(f"corpus: {len(samples)} files in {CORPUS} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
-    results: dict[str, dict[str, Result]] = {}
-    canary_after: dict[str, bool] = {}
+    results, folder, canary_after = run_tools(tools, samples, args.timeout, args.folder_timeout)
+    big, amp = {}, {}
     with tempfile.TemporaryDirectory(prefix="poisonscan-bench-") as work_s:
-        work = Path(work_s)
-        for tool in tools:
-            t = time.perf_counter()
-            results[tool] = {s.name: TOOLS[tool](s.path, args.timeout, work) for s in samples}
-            canary_after[tool] = canary.exists()
-            print(f"{tool}: {len(samples)} files in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-        big = {}
+        if args.amplification:
+            amp = amplification(tools, canary, max(args.timeout, 900.0), Path(work_s))
         if args.big_gib > 0:
-            big = big_files(args.big_gib, tools, max(args.timeout, 600.0), work, args.big_dir, args.keep_big)
+            big = big_files(args.big_gib, tools, max(args.timeout, 600.0), Path(work_s), args.big_dir, args.keep_big)
 
-    summary = summarize(samples, results, big)
-    table = markdown(samples, results, summary, big, versions)
+    summary = summarize(samples, results, big, folder, amp)
+    table = markdown(samples, results, summary, big, versions, amp)
     print(table)
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = BENCH / "results" / f"supply-chain-{stamp}.json"
+    out = BENCH / "results" / f"supply-chain-{'baseline-' if args.baseline else ''}{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": versions,
-        "interpretation": {
-            "poisonscan": "flagged = verdict warn or fail (from --format json); exit 2 without JSON = error, flagged only if the message names a threat",
-            "modelscan": "flagged = total_issues > 0 in the -r json report; error = report errors or exit 2/4; skipped = nothing scanned and no error (exit 3)",
-            "picklescan": "flagged = 'Dangerous globals: N' with N > 0 (exit 1; exit 2 = scan error, which also wins over 1)",
-            "fickling": "--check-safety: exit 1 = unsafe (any stacked pickle above LIKELY_SAFE) = flagged, 0 clean, 2 parse error",
-        },
+        "interpretation": INTERPRETATION,
         "corpus": {"dir": str(CORPUS), "samples": [asdict(s) for s in samples]},
         "results": {t: {n: asdict(r) for n, r in per.items()} for t, per in results.items()},
+        "folder_runs": folder,
         "summary": summary,
+        "amplification": amp,
         "big_files": big,
         "canary": str(canary),
         "canary_exists_after_tool": canary_after,

@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    memory_mb: int = 2048  # address space: large enough for the parsers' imports, small enough to stop a bomb
+    memory_mb: int = 4096  # address space: room for the parsers (a large ONNX protobuf is read whole), yet a ceiling
     cpu_s: int = 900
     wall_s: int = 1200
     open_files: int = 256
