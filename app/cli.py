@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
         s.add_argument("--format", choices=("text", "json"), default="text")
         s.add_argument("--fail-on-warn", action="store_true", help="exit 1 on a warn verdict too")
+        s.add_argument("--full-scan", action="store_true",
+                       help="keep running the data and model layers after a critical supply-chain finding (forensics)")
         s.set_defaults(func=func)
         if name == "submit":
             s.add_argument("--server", default=os.environ.get("POISONSCAN_SERVER", "http://127.0.0.1:8000"))
@@ -205,6 +207,8 @@ def _options(args):
             raw["policy"] = json.loads(text)
         except ValueError as exc:
             raise CliError(f"--policy is neither a JSON object nor a readable JSON file: {exc}") from exc
+    if args.full_scan:
+        raw["stop_at_critical"] = False
     if args.detectors:
         raw["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
     if args.detector_config:

@@ -142,9 +142,9 @@ def test_a_critical_model_finding_ends_the_scan_before_the_data_layer(tmp_path, 
     skipped = [d["name"] for d in report["detectors"] if d["status"] == "skipped"]
     assert report["verdict"] == "fail" and "data_poisoning" in skipped and "backdoor_activations" in skipped
     assert "stop_at_critical" in next(d for d in report["detectors"] if d["status"] == "skipped")["skipped_because"]
-    full = scan_local_files({"model": model, "dataset": dataset},
-                            ScanOptions(stop_at_critical=False, detectors=["unsafe_serialization", "data_poisoning"]))
-    assert [d["status"] for d in full["detectors"]] == ["ok", "ok"]
+    full = cli("scan", "--model", str(model), "--dataset", str(dataset), "--full-scan", "--format", "json",
+               "--detectors", "unsafe_serialization,data_poisoning")
+    assert full.returncode == 1 and [d["status"] for d in json.loads(full.stdout)["detectors"]] == ["ok", "ok"]
     assert fast < 60 and not canary.exists()
 
 
