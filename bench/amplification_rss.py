@@ -7,16 +7,19 @@ nothing is unpickled) which prints its ru_maxrss. Usage: .venv/bin/python bench/
 """
 
 import argparse
-import os
 import pickle
-import struct
+import shutil
 import subprocess
 import sys
 import tempfile
-import zlib
+import zipfile
 from pathlib import Path
 
-EVIL = b"cos\nsystem\n(S'touch /tmp/poisonscan-canary'\ntR."
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.hostile_files import write_amplification_zip, write_streamed_zip  # noqa: E402  (the corpus builders)
+
+CANARY = Path("/tmp/poisonscan-canary")
+EVIL = f"cos\nsystem\n(S'touch {CANARY}'\ntR.".encode()
 CHILD = """
 import resource, sys, time
 from pathlib import Path
@@ -27,37 +30,6 @@ called = sorted({g.qualified for h in r.pickles for g in h.analysis.globals if g
 print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} seconds={time.monotonic() - t:.1f} "
       f"called={called} problems={[(p.severity, p.title) for p in r.problems]}")
 """
-
-
-def giant_pickle_chunks(size: int):
-    yield b"\x80\x04}\x94\x8c\x01w\x94\x8e" + struct.pack("<Q", size)
-    block = 1 << 20
-    for i in range(size // block):  # 8 KiB of noise per MiB: deflates ~110x, under the 200x bomb limit
-        yield os.urandom(8192) + b"\0" * (block - 8192)
-    yield b"\x94s." + EVIL
-
-
-def write_zip(path: Path, name: bytes, chunks) -> None:
-    z, crc, usize, csize = zlib.compressobj(1, zlib.DEFLATED, -15), 0, 0, 0
-    with path.open("wb") as f:
-        f.write(b"\0" * (30 + len(name)))
-        for chunk in chunks:
-            crc, usize = zlib.crc32(chunk, crc), usize + len(chunk)
-            out = z.compress(chunk)
-            csize += len(out)
-            f.write(out)
-        out = z.flush()
-        csize += len(out)
-        f.write(out)
-        zip64 = struct.pack("<HHQQ", 1, 16, usize, csize)
-        f.seek(0)
-        f.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), 0) + name)
-        f.seek(0, 2)
-        cd_start = f.tell()
-        f.write(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
-                            len(name), len(zip64), 0, 0, 0, 0, 0) + name + zip64)
-        cd_size = f.tell() - cd_start
-        f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, cd_size, cd_start, 0))
 
 
 def measure(path: Path) -> str:
@@ -73,20 +45,19 @@ def main() -> None:
     parser.add_argument("--make-many")
     args = parser.parse_args()
     if args.make_many:
-        write_zip(Path(args.make_many), b"archive/data.pkl", [pickle.dumps([float(i) for i in range(args.ints)], protocol=4) + EVIL])
+        write_streamed_zip(Path(args.make_many), b"archive/data.pkl", [pickle.dumps([float(i) for i in range(args.ints)], protocol=4) + EVIL])
         return
     size = int(args.gib * 1024**3)
     with tempfile.TemporaryDirectory(prefix="poisonscan-bench-") as tmp:
         tmp = Path(tmp)
-        write_zip(tmp / "giant.pt", b"archive/data.pkl", giant_pickle_chunks(size))
+        write_amplification_zip(tmp / "giant.pt", CANARY, size)
         print(f"giant argument in zip ({(tmp / 'giant.pt').stat().st_size >> 20} MiB zip, {size >> 20} MiB pickle):", measure(tmp / "giant.pt"))
         # built in a child: a child's ru_maxrss starts from its parent's RSS at fork, so the parent stays small
         subprocess.run([sys.executable, __file__, "--make-many", str(tmp / "many.pt"), "--ints", str(args.ints)], check=True)
         print(f"{args.ints} small opcodes in zip ({(tmp / 'many.pt').stat().st_size >> 20} MiB zip):", measure(tmp / "many.pt"))
         (tmp / "many.pt").unlink()
-        with (tmp / "giant.pkl").open("wb") as f:
-            for chunk in giant_pickle_chunks(size):
-                f.write(chunk)
+        with zipfile.ZipFile(tmp / "giant.pt") as zf, zf.open("archive/data.pkl") as src, (tmp / "giant.pkl").open("wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
         print(f"giant argument, top-level pickle ({size >> 20} MiB):", measure(tmp / "giant.pkl"))
 
 

@@ -79,6 +79,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 sys.path[:0] = [str(REPO), str(BENCH)]
 from tests import hostile_files as hostile  # noqa: E402  (pure-bytes builders shared with the test suite)
+from tests.hostile_files import Call, G  # noqa: E402  (one definition of a global and a call)
 POISONSCAN = REPO / ".venv" / "bin" / "poisonscan"
 ANCHOR_VENV = BENCH / ".venv-anchors"
 # modelscan needs its tensorflow extra to scan .keras and h5py for .h5; its numpy scanner calls
@@ -94,20 +95,6 @@ GiB = 1024 * MiB
 # --------------------------------------------------------------------------------------------
 # A tiny pickle assembler. It only writes opcodes; nothing here ever unpickles.
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class G:
-    """A global reference, module.name."""
-    module: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Call:
-    """fn(*args) via REDUCE; fn is a G or another Call."""
-    fn: object
-    args: tuple
-
 
 @dataclass(frozen=True)
 class Inst:

@@ -575,39 +575,50 @@ def benign_hf() -> Files:
 # 11. Amplification: a small zip that inflates to a huge data.pkl (written streaming)
 # --------------------------------------------------------------------------------------------
 
-def write_amplification_zip(path: Path, canary: Path, inflated: int = GiB) -> int:
-    """A torch-like zip whose data.pkl (payload first, then ``inflated`` zero bytes in one BINBYTES8)
-    deflates to about a thousandth; written in chunks so neither side ever holds it. Returns the size."""
-    head = pickle.PROTO + b"\x04" + _ops(os_system(canary), 4) + pickle.POP + pickle.BINBYTES8 + struct.pack("<Q", inflated)
-    tail = pickle.STOP
-    comp, crc, csize = zlib.compressobj(9, zlib.DEFLATED, -15), 0, 0
-    name = b"archive/data.pkl"
-    chunk = bytes(16 * MiB)
-    with path.open("wb") as f:
-        f.write(b"\0" * (30 + len(name)))  # local header, rewritten once sizes are known
-        for piece in _amplified_pieces(head, chunk, inflated, tail):
-            crc = zlib.crc32(piece, crc)
-            out = comp.compress(piece)
-            csize += len(out)
-            f.write(out)
-        out = comp.flush()
-        csize += len(out)
-        f.write(out)
-        usize = len(head) + inflated + len(tail)
-        local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, csize, usize, len(name), 0) + name
-        central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, csize, usize, len(name), 0, 0, 0, 0, 0, 0) + name
-        cd_offset = f.tell()
-        f.write(central + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central), cd_offset, 0))
-        f.seek(0)
-        f.write(local)
+def write_amplification_zip(path: Path, canary: Path, inflated: int = GiB, payload_first: bool = False) -> int:
+    """A torch-like zip whose data.pkl holds ``inflated`` bytes in one BINBYTES8 argument and an os.system payload
+    (after the argument unless ``payload_first``). 8 KiB of noise per MiB makes it deflate ~110x: under the 200x
+    bomb limit, so a scanner must stream it rather than refuse it. Written in chunks so neither side ever holds it.
+    Returns the zip's size."""
+    evil = _ops(os_system(canary), 4) + pickle.POP
+    head = pickle.PROTO + b"\x04" + (evil if payload_first else b"") + pickle.BINBYTES8 + struct.pack("<Q", inflated)
+    tail = pickle.POP + (b"" if payload_first else evil) + pickle.NONE + pickle.STOP
+    write_streamed_zip(path, b"archive/data.pkl", _amplified_pieces(head, inflated, tail))
     return path.stat().st_size
 
 
-def _amplified_pieces(head: bytes, chunk: bytes, n: int, tail: bytes):
+def write_streamed_zip(path: Path, name: bytes, chunks) -> None:
+    """One deflated member written from an iterator of chunks, with zip64 sizes (the member may pass 4 GiB)."""
+    z, crc, usize, csize = zlib.compressobj(1, zlib.DEFLATED, -15), 0, 0, 0
+    with path.open("wb") as f:
+        f.write(b"\0" * (30 + len(name)))  # the local header, rewritten once the sizes are known
+        for chunk in chunks:
+            crc, usize = zlib.crc32(chunk, crc), usize + len(chunk)
+            out = z.compress(chunk)
+            csize += len(out)
+            f.write(out)
+        out = z.flush()
+        csize += len(out)
+        f.write(out)
+        zip64 = struct.pack("<HHQQ", 1, 16, usize, csize)
+        f.seek(0)
+        f.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), 0) + name)
+        f.seek(0, 2)
+        cd_start = f.tell()
+        f.write(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                            len(name), len(zip64), 0, 0, 0, 0, 0) + name + zip64)
+        cd_size = f.tell() - cd_start
+        f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, cd_size, cd_start, 0))
+
+
+def _amplified_pieces(head: bytes, n: int, tail: bytes):
+    import os
+
     yield head
-    while n > 0:
-        yield chunk[: min(n, len(chunk))]
-        n -= len(chunk)
+    block = MiB
+    for _ in range(n // block):
+        yield os.urandom(8 * KiB) + bytes(block - 8 * KiB)
+    yield bytes(n % block)
     yield tail
 
 

@@ -162,11 +162,10 @@ def _inspect_bundle_members(path: Path, kind: str, options: InspectOptions) -> l
     """Extract the members into a private temporary folder (names are ours, never the archive's) and check each."""
     tmp = Path(tempfile.mkdtemp(prefix="poisonscan-bundle-"))
     try:
-        members = _extract_zip(path, tmp) if kind == "zip" else _extract_tar(path, tmp)
-        out = []
-        for i, (name, target) in enumerate(members):
-            if target is None:
-                continue
+        members, stopped = _extract_zip(path, tmp) if kind == "zip" else _extract_tar(path, tmp)
+        out = [] if stopped is None else [FileInspection("", kind, structure=[not_inspected(
+            f"{kind} archive members", f"Only the first {len(members)} members got their format checks: the archive has {stopped}.")])]
+        for name, target in members:
             member_kind = sniff(target, Path(name).name)
             structure = _structure(target, Path(name).name, member_kind)
             if member_kind in BUNDLE_KINDS:  # a folder zipped inside the zip: one more level
@@ -180,35 +179,30 @@ def _inspect_bundle_members(path: Path, kind: str, options: InspectOptions) -> l
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _extract_zip(path: Path, tmp: Path) -> list[tuple[str, Path | None]]:
-    members, total = [], 0
+def _extract_zip(path: Path, tmp: Path) -> tuple[list[tuple[str, Path]], str | None]:
     with zipfile.ZipFile(path) as zf:
-        for i, info in enumerate(zf.infolist()[:MAX_BUNDLE_FILES]):
-            if info.is_dir() or member_escapes(info.filename):
-                continue
-            total += info.file_size
-            if total > MAX_BUNDLE_BYTES:
-                break
-            target = tmp / f"m{i}"
-            with zf.open(info) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            members.append((info.filename, target))
-    return members
+        members = ((i.filename, i.file_size, lambda i=i: zf.open(i)) for i in zf.infolist() if not i.is_dir())
+        return _extract(members, tmp)
 
 
-def _extract_tar(path: Path, tmp: Path) -> list[tuple[str, Path | None]]:
-    members, total = [], 0
+def _extract_tar(path: Path, tmp: Path) -> tuple[list[tuple[str, Path]], str | None]:
     with tarfile.open(path, mode="r:") as tf:
-        for i, info in enumerate(tf):
-            if i >= MAX_BUNDLE_FILES:
-                break
-            if not info.isfile() or member_escapes(info.name):
-                continue
-            total += info.size
-            if total > MAX_BUNDLE_BYTES:
-                break
-            target = tmp / f"m{i}"
-            with tf.extractfile(info) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            members.append((info.name, target))
-    return members
+        members = ((i.name, i.size, lambda i=i: tf.extractfile(i)) for i in tf if i.isfile())
+        return _extract(members, tmp)
+
+
+def _extract(members, tmp: Path) -> tuple[list[tuple[str, Path]], str | None]:
+    """Copy regular members to files named by their position (never by the archive's names), within the limits;
+    also say why the rest was not extracted, if a limit stopped it."""
+    out, total = [], 0
+    for i, (name, size, open_member) in enumerate(members):
+        total += size
+        if i >= MAX_BUNDLE_FILES or total > MAX_BUNDLE_BYTES:
+            return out, f"more than {MAX_BUNDLE_FILES} members or {MAX_BUNDLE_BYTES >> 30} GiB in all"
+        if member_escapes(name):
+            continue
+        target = tmp / f"m{i}"
+        with open_member() as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        out.append((name, target))
+    return out, None
