@@ -28,6 +28,7 @@ MAX_OPS = 5_000_000  # a pickle of a large model has ~1e5 opcodes; more is a par
 MAX_RESYNC = 64  # how many later pickle headers we try after a break
 MAX_STREAMS = 10_000  # stacked pickles in one file (each is one load() of a loop)
 MAX_GLOBAL_REFS = 100_000  # distinct import records kept; beyond it, repeats share one record
+SMALL_SOURCE = 8 * 1024 * 1024  # sources up to this size are decoded from memory
 MAX_EMBEDDED = 10_000  # bytes arguments kept for a closer look
 MAX_DECODED_BYTES = 64 * 1024 * 1024  # text arguments decoded from base64/hex, in all
 BIG_READ = 16 << 20  # an opcode argument above this is skipped over, not read (see _Source)
@@ -114,6 +115,9 @@ def analyze(source, max_ops: int = MAX_OPS, start: int = 0, keep_embedded: Calla
     ``source``: bytes, or a seekable binary file (read in bounded pieces: the whole file is never in memory).
     ``keep_embedded``: which bytes arguments (given their head) are worth recording in ``embedded``.
     """
+    if not isinstance(source, bytes | bytearray | memoryview) and source.seek(0, io.SEEK_END) <= SMALL_SOURCE:
+        source.seek(0)
+        source = source.read()  # small: decode from memory, where every read and tell is cheap
     src = _Source(io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source)
     result = PickleAnalysis()
     result._keep = keep_embedded
@@ -160,7 +164,9 @@ def _walk(src: "_Source", start: int, result: PickleAnalysis, max_ops: int) -> P
     memo = _Memo()
     ops, protocol, last = 0, None, start
     try:
-        for op, arg, pos in pickletools.genops(src):
+        # in memory, reads are bounded by the data itself: genops may read the buffer directly
+        reader = src.f if isinstance(src.f, io.BytesIO) and src.size <= SMALL_SOURCE else src
+        for op, arg, pos in pickletools.genops(reader):
             ops += 1
             result.ops += 1
             last = pos
