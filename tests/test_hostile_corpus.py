@@ -57,3 +57,35 @@ def test_benign_counterparts_do_not_fail(corpus_root, cls, target):
     (path,) = write_set(corpus_root / f"benign-{cls}", files)
     report = scan_local_files({"model": path}, ScanOptions())
     assert report["verdict"] != "fail", worst_findings(report)
+
+
+def test_files_written_by_the_libraries_do_not_fail(tmp_path):
+    """The allowlist grows from evidence: scikit-learn estimators and pipelines through joblib (every compression),
+    numpy random state inside them, numpy object arrays. (torch.save checkpoints are in the benchmark: torch is not
+    a dependency.)"""
+    import joblib
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:300], y[:300]
+    estimators = {
+        "gboost": GradientBoostingClassifier(n_estimators=3, random_state=np.random.RandomState(0)).fit(x, y),
+        "forest": RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y),
+        "pipeline": make_pipeline(StandardScaler(), LogisticRegression(max_iter=50)).fit(x, y),
+    }
+    paths = []
+    for name, est in estimators.items():
+        for compress in (0, 3, ("gzip", 3), ("lzma", 3)):
+            path = tmp_path / f"{name}-{str(compress).replace(' ', '')}.joblib"
+            joblib.dump(est, path, compress=compress)
+            paths.append(path)
+    np.save(tmp_path / "objects.npy", np.array(["a", 1, 2.5, None], dtype=object), allow_pickle=True)
+    paths.append(tmp_path / "objects.npy")
+    for path in paths:
+        report = scan_local_files({"model": path}, ScanOptions())
+        assert report["verdict"] == "warn", (path.name, worst_findings(report))  # a pickle: medium, never fail

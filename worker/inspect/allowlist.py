@@ -85,6 +85,8 @@ def classify(module: str, name: str) -> str:
         return "dangerous"
     if root in ("builtins", "__builtin__"):
         return "unknown"  # every builtin not allowlisted (e.g. 'getattr' is dangerous above, others still unknown)
+    if name.startswith("__pyx_unpickle_") and "." not in name and (module + ".").startswith(SAFE_CLASS_PREFIXES):
+        return "safe"  # Cython's generated unpickler of one of the package's own classes (checksum, then set state)
     if "." in name or name.startswith("__"):
         return "unknown"  # dotted or dunder names reach into attributes: never allowlisted by prefix
     if leaf[:1].isupper() and (module + ".").startswith(SAFE_CLASS_PREFIXES):
