@@ -41,12 +41,19 @@ def inspect_in_child(path: Path, filename: str | None, options: InspectOptions,
     request = {"path": str(path), "filename": filename, "allow_pickle": options.allow_pickle,
                "allowlist": list(options.allowlist.entries), "limits": asdict(options.limits)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.run([sys.executable, "-m", "worker.inspect.sandbox"], input=json.dumps(request).encode(),
-                                  stdout=out, stderr=err, timeout=limits.wall_s, env=_child_env(),
-                                  preexec_fn=lambda: _apply_limits(limits), check=False)
-        except subprocess.TimeoutExpired:
-            return _killed(path, filename, f"it ran past the {limits.wall_s} s wall-clock limit and was killed")
+        # No preexec_fn: it can deadlock in a parent with threads (a worker that has run TensorFlow). The limits are
+        # set on the child from here, before it is sent the request, so it touches no upload without them.
+        with subprocess.Popen([sys.executable, "-m", "worker.inspect.sandbox"], stdin=subprocess.PIPE, stdout=out,
+                              stderr=err, env=_child_env()) as proc:
+            try:
+                _apply_limits(proc.pid, limits)
+                proc.communicate(json.dumps(request).encode(), timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return _killed(path, filename, f"it ran past the {limits.wall_s} s wall-clock limit and was killed")
+            except BaseException:
+                proc.kill()
+                raise
         size = out.tell()
         out.seek(0)
         err.seek(max(err.tell() - 2000, 0))
@@ -61,12 +68,11 @@ def inspect_in_child(path: Path, filename: str | None, options: InspectOptions,
             return _killed(path, filename, f"its answer could not be read ({exc})")
 
 
-def _apply_limits(limits: SandboxLimits) -> None:
-    """Runs in the child between fork and exec."""
+def _apply_limits(pid: int, limits: SandboxLimits) -> None:
     for what, value in ((resource.RLIMIT_AS, limits.memory_mb * MiB), (resource.RLIMIT_CPU, limits.cpu_s),
                         (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_FSIZE, limits.file_mb * MiB),
                         (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(what, (value, value))
+        resource.prlimit(pid, what, (value, value))
 
 
 def _child_env() -> dict:
