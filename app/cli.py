@@ -251,7 +251,7 @@ def cmd_scan(args) -> int:
         raise CliError(str(exc)) from exc
     finally:
         bar.close()
-    print(render(report, args.format))
+    _emit(render(report, args.format))
     return exit_code(report["verdict"], args.fail_on_warn)
 
 
@@ -267,8 +267,16 @@ def cmd_submit(args) -> int:
         report = rejected_report({}, str(exc))
     except ClientError as exc:
         raise CliError(str(exc)) from exc
-    print(render(report, args.format))
+    _emit(render(report, args.format))
     return exit_code(report["verdict"], args.fail_on_warn)
+
+
+def _emit(text: str) -> None:
+    """Print the report; a reader that closed the pipe early (``| head``) does not change the exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
 
 
 def rejected_report(files: dict, reason: str) -> dict:
