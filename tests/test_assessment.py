@@ -76,7 +76,10 @@ def test_reconstruction_finds_a_small_trigger_and_stores_it_as_images(backdoored
     target = rec["per_class"][str(TARGET)]
     assert rec["targets"] == [TARGET] and target["anomaly_index"] > 2 and target["reached_success_threshold"]
     assert target["mask_l1"] < min(v["mask_l1"] for k, v in rec["per_class"].items() if k != str(TARGET))
-    assert rec["stopped_by"] in ("early stop", "steps", "time budget") and rec["steps"] <= FAST["nc_steps"]
+    # the reason it stopped agrees with the steps it took (here all 400; a loaded machine may hit the time budget first)
+    consistent = {"steps": rec["steps"] == FAST["nc_steps"], "early stop": 0 < rec["steps"] < FAST["nc_steps"],
+                  "time budget": 0 < rec["steps"] < FAST["nc_steps"]}
+    assert consistent[rec["stopped_by"]], (rec["stopped_by"], rec["steps"])
     names = rec["images"][str(TARGET)]
     outputs = {o["name"]: o for o in report["outputs"]}
     width, height, pixels = _png_size_and_pixels((tmp / "out" / names["mask"]).read_bytes())

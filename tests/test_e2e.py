@@ -54,7 +54,9 @@ def test_upload_scan_poll_report(stack, files):
         scan = wait_for_scan(client, resp.json()["id"])
         assert scan["status"] == "succeeded", stack.logs()
         assert scan["percent"] == 100.0 and scan["stage"] == "done" and scan["verdict"] == "warn"
-        assert scan["timings"]["started_at"] and scan["timings"]["run_s"] >= 0
+        timings = scan["timings"]
+        assert timings["started_at"] and 0 < timings["run_s"] and timings["queued_s"] >= 0
+        assert timings["started_at"] >= timings["created_at"] and timings["finished_at"] >= timings["started_at"]
         report = client.get(scan["links"]["report"]).json()
     assert report["schema_version"] == "1.0" and report["scan_id"] == scan["id"]
     assert {i["role"]: i["sha256"] for i in report["inputs"]} == {"model": model, "dataset": dataset}

@@ -43,7 +43,12 @@ def test_backdoor_target_and_poisoned_samples_are_found(victims):
     evidence = finding["evidence"]
     assert evidence["per_class"][str(TARGET)]["suspicious"] and not any(
         c["suspicious"] for k, c in evidence["per_class"].items() if k != str(TARGET))
-    assert 0 <= evidence["methods_agreement_jaccard"] <= 1 and len(evidence["clusters"]) == 2
+    assert evidence["methods_agreement_jaccard"] >= 0.6 and len(evidence["clusters"]) == 2
+    # each method on its own finds the poison (measured 1.00 and 0.89): a method that stops finding it fails here
+    by_method = {m: {q["index"] for q in report["quarantine"] if any(m in r["method"] for r in q["reasons"])}
+                 for m in ("activation_clustering", "spectral_signature")}
+    assert _f1(by_method["activation_clustering"], v["poisoned"]) >= 0.9
+    assert _f1(by_method["spectral_signature"], v["poisoned"]) >= 0.75 and evidence["spectral_flagged"] == len(by_method["spectral_signature"])
     assert evidence["layers"] and evidence["model"] == "uploaded"
 
 
