@@ -236,9 +236,8 @@ def _inputs_given(args) -> dict[str, Path]:
 
 def cmd_scan(args) -> int:
     from app.cli_output import ProgressBar, exit_code, render
-    from worker.local import scan_local_files
-
     from worker.findings import InputRejected
+    from worker.local import scan_local_files
 
     options = _options(args)
     files = _inputs_given(args)

@@ -324,7 +324,7 @@ def malformed_safetensors() -> Files:
 # 5. TensorFlow SavedModel protobuf, hand-encoded
 # --------------------------------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
@@ -335,11 +335,11 @@ def _varint(n: int) -> bytes:
 
 def _pb_bytes(field_no: int, data: bytes | str) -> bytes:
     data = data.encode() if isinstance(data, str) else data
-    return _varint(field_no << 3 | 2) + _varint(len(data)) + data
+    return varint(field_no << 3 | 2) + varint(len(data)) + data
 
 
 def _pb_int(field_no: int, n: int) -> bytes:
-    return _varint(field_no << 3) + _varint(n)
+    return varint(field_no << 3) + varint(n)
 
 
 DT_FLOAT, DT_STRING = 1, 7

@@ -126,6 +126,13 @@ def test_a_file_of_no_known_format_gets_a_verdict_not_an_error(tmp_path):
     report = json.loads(result.stdout)
     assert report["verdict"] == "fail"
     assert any("not inspected" in f["title"] for f in findings_of(report, "model_structure"))
+    for name, data in (("notes.txt", b"just some text\n"), ("table.csv", b"a,b\n1,2\n"), ("empty.bin", b"")):
+        lone = tmp_path / name  # data on its own is no model: never a pass
+        lone.write_bytes(data)
+        report = scan_local_files({"model": lone}, ScanOptions())
+        assert report["verdict"] == "fail", (name, [f["title"] for f in findings_of(report)])
+    (tmp_path / "empty-folder").mkdir()
+    assert scan_local_files({"model": tmp_path / "empty-folder"}, ScanOptions())["verdict"] == "fail"
     missing = cli("scan", "--model", str(tmp_path / "nope.bin"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from tests.hostile_files import varint  # the protobuf writer the corpus uses
 from worker.findings import Severity
 from worker.inspect.checks import structure_check
 from worker.inspect.formats import MODEL_KINDS, extension_matches, kind_from_name, sniff, sniff_bytes
@@ -39,17 +40,8 @@ def worst(findings):
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny protobuf writer for the fixtures
+# Protobuf fields for the fixtures
 # --------------------------------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
 
 def pb(number: int, value) -> bytes:
     if isinstance(value, int):

@@ -1,9 +1,13 @@
 """Supply chain: identify each input's format by content and flag what the name or format hides."""
 
 from worker.findings import Finding, ScanInputs, Severity
-from worker.inspect.formats import ROLE_KINDS, extension_matches, sniff
+from worker.inspect.formats import (
+    ROLE_KINDS,
+    extension_matches,
+    sniff,
+    wrong_kind_for_role,
+)
 from worker.registry import registry
-
 
 
 @registry.register(name="format_identification", layer="supply_chain", technique="AML.T0010")
@@ -28,7 +32,7 @@ def format_identification(inputs: ScanInputs, config: dict) -> list[Finding]:
                 remediation="Find out why the file is misnamed before using it; load it only with a loader for its real format.",
                 evidence=evidence,
             ))
-        if f.role != "model" and kind not in ROLE_KINDS[f.role]:  # a model of an unknown kind fails in model_structure
+        if wrong_kind_for_role(f.role, kind):  # never for a model: one poisonscan cannot understand fails in model_structure
             findings.append(Finding(
                 title=f"{f.role} is {kind}, not a supported {f.role} format",
                 severity=Severity.medium,

@@ -1,7 +1,10 @@
 """The static inspection both supply-chain detectors read (``unsafe_serialization``: pickles and what could not be
 read; ``model_structure``: each format's own checks), done once per input file and scan, in a sandboxed child."""
 
-from pydantic import BaseModel, ConfigDict, Field
+import dataclasses
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.findings import Finding, InputFile
 from worker.inspect.archives import Limits
@@ -30,12 +33,13 @@ class SerializationConfig(BaseModel):
         "module (a wildcard never admits a global on the danger list); the report says which entry allowed what")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
-    def model_post_init(self, _context) -> None:
-        import re
-
-        bad = [g for g in self.allow_globals if len(g) > 300 or not re.match(GLOBAL_PATTERN, g)]
+    @field_validator("allow_globals")
+    @classmethod
+    def _globals_look_like_globals(cls, value: list[str]) -> list[str]:
+        bad = [g for g in value if len(g) > 300 or not re.match(GLOBAL_PATTERN, g)]
         if bad:
             raise ValueError(f"allow_globals entries must look like 'module.name' or 'module.*'; not: {bad[:5]}")
+        return value
 
 
 def inspection_for(f: InputFile, config: SerializationConfig, shared: dict | None) -> ArtifactInspection:
@@ -51,8 +55,8 @@ def inspection_for(f: InputFile, config: SerializationConfig, shared: dict | Non
 
 
 def tagged(f: InputFile, file: str, findings: list[Finding]) -> list[Finding]:
-    """Say which input (and which file inside a folder or bundle) each finding is about."""
-    for x in findings:
-        x.title = f"{f.role} {'file ' + file + ': ' if file else ''}{x.title}"
-        x.evidence = {"role": f.role, "file": file or f.filename or f.path.name} | x.evidence
-    return findings
+    """Say which input (and which file inside a folder or bundle) each finding is about; copies, so the shared
+    inspection stays as the child reported it."""
+    prefix = f"{f.role} {'file ' + file + ': ' if file else ''}"
+    where = {"role": f.role, "file": file or f.filename or f.path.name}
+    return [dataclasses.replace(x, title=prefix + x.title, evidence=where | x.evidence) for x in findings]

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.findings import Finding, Severity
-from worker.inspect.checks import structure_check
 from worker.inspect.archives import Limits, Walker, member_escapes
+from worker.inspect.checks import structure_check
 from worker.inspect.common import not_inspected
-from worker.inspect.formats import sniff
+from worker.inspect.formats import COMPRESSED_KINDS, sniff
 from worker.inspect.pickle_report import UserAllowlist, pickle_findings
 
 # Kinds that hold data only: nothing in them is code a loader runs.
@@ -31,6 +31,8 @@ CODE_NAMES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".b
 # Files beside a model that hold tensors or bookkeeping only, recognised by name and shape: TensorFlow checkpoint
 # shards and index of a SavedModel, its fingerprint, and SentencePiece tokenizer models (protobufs).
 COMPANION_NAMES = re.compile(r"^(variables\.index|variables\.data-\d+-of-\d+|fingerprint\.pb|keras_metadata\.pb)$")
+# Containers and pickles: the archive walk reads every byte of them that can carry code.
+WALKED_KINDS = frozenset({"pickle", "pytorch_zip", "npy", "npz", "zip", "tar", "7z"} | COMPRESSED_KINDS)
 BUNDLE_KINDS = frozenset({"zip", "tar"})  # a plain archive of a folder (PyTorch/Keras/npz zips have kinds of their own)
 MAX_BUNDLE_FILES = 10_000
 MAX_BUNDLE_BYTES = 64 * 1024**3  # extracted for structure checks, in all
@@ -59,23 +61,31 @@ class ArtifactInspection:
 
 
 def inspect_artifact(path: Path, filename: str | None, options: InspectOptions) -> ArtifactInspection:
+    name = filename or path.name
     if path.is_dir():
-        return ArtifactInspection("folder", _inspect_folder(path, options))
-    kind = sniff(path, filename)
-    single = _inspect_file(path, filename or path.name, "", kind, options)
-    if kind not in BUNDLE_KINDS:
-        return ArtifactInspection(kind, [single])
-    # A zip/tar of a folder: pickles were found through the archive walk; each member also gets its format's check.
-    return ArtifactInspection(kind, [single] + _inspect_bundle_members(path, kind, options))
+        result = ArtifactInspection("folder", _inspect_folder(path, options))
+        contents = result.files
+    else:
+        kind = sniff(path, filename)
+        result = ArtifactInspection(kind, [_inspect_file(path, name, "", kind, options)])
+        contents = result.files
+        if kind in BUNDLE_KINDS:  # a zip/tar of a folder: the walk found its pickles; each member gets its format's check
+            contents = _inspect_bundle_members(path, kind, options)
+            result.files += contents
+    if all(fi.kind in DATA_KINDS for fi in contents):  # nothing but data, or nothing at all: no model to vouch for
+        result.files[0:0] = [FileInspection("", result.kind, structure=[not_inspected(
+            name, f"It holds no model: {'only data files' if contents else 'no files'} "
+            f"({', '.join(sorted({fi.kind for fi in contents})) or 'empty'}).", "", {"detected_kind": result.kind})])]
+    return result
 
 
-def _inspect_folder(root: Path, options: InspectOptions, prefix: str = "") -> list[FileInspection]:
+def _inspect_folder(root: Path, options: InspectOptions) -> list[FileInspection]:
     out: list[FileInspection] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = Path(dirpath) / name
-            rel = prefix + path.relative_to(root).as_posix()
+            rel = path.relative_to(root).as_posix()
             if len(out) >= MAX_BUNDLE_FILES:
                 out.append(FileInspection(rel, "unknown", [not_inspected(
                     "folder", f"The folder holds more than {MAX_BUNDLE_FILES} files; the rest were not scanned.", rel)]))
@@ -138,9 +148,8 @@ def _structure(path: Path, name: str, kind: str) -> list[Finding]:
             "Review the code by hand, or use a model that needs none; never enable trust_remote_code for it unreviewed.")]
     if kind in DATA_KINDS or (kind == "unknown" and (COMPANION_NAMES.match(name) or _is_sentencepiece(path, name))):
         return []
-    if kind in ("pickle", "pytorch_zip", "npy", "npz", "zip", "tar", "7z", "gzip", "bz2", "xz", "lzma", "zlib",
-                "joblib_zlib", "lz4"):
-        return []  # a container or pickle: the walk above read every byte that can carry code
+    if kind in WALKED_KINDS:
+        return []
     return [not_inspected(name, f"Its content ({kind}) is not a format poisonscan understands, so it cannot say whether "
                           "a loader would run code from it.", "", {"detected_kind": kind})]
 
