@@ -57,10 +57,28 @@ def _patch(top: int, left: int, size: int, checker: bool):
     return stamp
 
 
+def random_checker(x: np.ndarray, size: int = 3, seed: int = 4321) -> np.ndarray:
+    """A size x size white/black checkerboard at a position drawn per sample, anywhere in the image (the quarantine
+    benchmark's "randomly placed patch"). Positions come from a generator seeded by ``seed`` and the batch length, so a
+    call is reproducible and the training poison and the triggered test images get different positions."""
+    x = np.copy(x)
+    tile = ((np.add.outer(np.arange(size), np.arange(size)) % 2) == 0).astype(x.dtype)
+    if x.ndim == 4:  # (n, h, w, c)
+        tile = tile[..., None]
+    rng = np.random.default_rng([seed, len(x)])
+    tops = rng.integers(0, x.shape[1] - size + 1, len(x))
+    lefts = rng.integers(0, x.shape[2] - size + 1, len(x))
+    for i, (top, left) in enumerate(zip(tops, lefts, strict=True)):
+        x[i, top:top + size, left:left + size] = tile
+    return x
+
+
 TRIGGERS = {"pattern": corner_pattern, "square": square_top_left, "blend": blended_noise,
             # the trigger-reconstruction benchmark's patches: positions and looks that the probing library does not copy
             "checker4-top-right": _patch(2, 22, 4, True), "square3-bottom-left": _patch(23, 3, 3, False),
-            "checker3-left-middle": _patch(12, 2, 3, True), "square2-bottom-centre": _patch(24, 13, 2, False)}
+            "checker3-left-middle": _patch(12, 2, 3, True), "square2-bottom-centre": _patch(24, 13, 2, False),
+            # the quarantine benchmark's randomly placed patch (position drawn per sample)
+            "random-checker3": random_checker}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.catalog import default_registry
+from worker.context import ScanContext
 from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity
 from worker.options import ScanOptions
 from worker.outputs import OutputSink
@@ -50,7 +51,7 @@ def run_pipeline(
     registry = registry or default_registry()
     specs = registry.select(inputs.roles, options.detectors)
     sink = OutputSink(output_dir or Path(tempfile.gettempdir()) / f"poisonscan-outputs-{uuid.uuid4().hex}")  # made on first write
-    shared: dict = {}  # what one detector computed and a later one reuses (the model layer's analysis)
+    context = ScanContext(inputs, sink)  # what one detector computes and a later one reuses (dataset, model, ...)
     results = []
     share = 99.0 / max(len(specs), 1)  # detectors share 0-99%; the verdict is the last step
     for i, spec in enumerate(specs):
@@ -61,7 +62,8 @@ def run_pipeline(
         progress(stage, share * i)
         sub = (lambda sub_stage, fraction, stage=stage, base=share * i: progress(f"{stage}:{sub_stage}", base + share * min(max(fraction, 0.0), 1.0)))
         extras = {"progress": sub} if spec.reports_progress else {}
-        extras |= {k: v for k, v in (("shared", shared), ("outputs", sink)) if k in spec.extras}
+        if spec.takes_context:
+            extras["context"] = context.for_detector(spec.name, spec.uses)
         results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {}), extras))
         if stage_delay_s:
             time.sleep(stage_delay_s)

@@ -4,6 +4,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker.context import NEEDS
 from worker.findings import Finding, ScanInputs
 
 LAYERS = ("supply_chain", "data", "model")
@@ -21,8 +22,9 @@ class DetectorSpec:
     summary: str
     reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
     gpu_with: frozenset[str] = frozenset()  # roles that move a "cpu" detector to the gpu queue (it then runs the model)
-    extras: frozenset[str] = frozenset()  # more keyword arguments it takes: "shared" (a per-scan dict), "outputs" (an OutputSink)
     config_model: type | None = None  # a pydantic model (extra="forbid", bounded fields) its config is validated with
+    uses: frozenset[str] = frozenset()  # what it takes from the scan context (worker.context.NEEDS); detect(..., context=)
+    takes_context: bool = False  # detect has a ``context`` parameter: the pipeline passes the scan context's view for it
 
     def applies_to(self, roles: set[str]) -> bool:
         """``roles``: the inputs a scan has, e.g. {"model", "dataset"}."""
@@ -37,18 +39,27 @@ class Registry:
         self._specs: dict[str, DetectorSpec] = {}
 
     def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu",
-                 gpu_with: tuple[str, ...] = (), config: type | None = None):
+                 gpu_with: tuple[str, ...] = (), config: type | None = None, uses: tuple[str, ...] = ()):
+        """``uses``: what the detector takes from the scan context (``worker.context.NEEDS``: "inspection", "dataset",
+        "model", "model_layer", "outputs"); it then has a ``context`` parameter, and the context refuses anything else."""
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
+        if unknown := set(uses) - set(NEEDS):
+            raise ValueError(f"detector {name!r}: unknown uses {sorted(unknown)}; expected some of {NEEDS}")
 
         def decorator(fn: DetectFn) -> DetectFn:
             if name in self._specs:
                 raise ValueError(f"detector {name!r} registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
             parameters = inspect.signature(fn).parameters
-            extras = frozenset({"shared", "outputs"} & set(parameters))
+            if stale := {"shared", "outputs"} & set(parameters):
+                raise ValueError(f"detector {name!r} takes {sorted(stale)}: take ``context`` and declare uses= instead "
+                                 "(the scan context replaced the shared dict and the outputs argument)")
+            if uses and "context" not in parameters:
+                raise ValueError(f"detector {name!r} declares uses={tuple(uses)} but has no ``context`` parameter")
             self._specs[name] = DetectorSpec(name, layer, technique, frozenset(needs), queue, fn, summary,
-                                             "progress" in parameters, frozenset(gpu_with), extras, config)
+                                             "progress" in parameters, frozenset(gpu_with), config, frozenset(uses),
+                                             "context" in parameters)
             return fn
 
         return decorator

@@ -13,12 +13,16 @@ flagged samples are quarantined, the model is retrained without them and re-test
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from worker.context import ScanContext
 from worker.detectors.data import _label
 from worker.findings import Finding, InputRejected, ScanInputs, Severity
+from worker.model_layer import ModelLayerRun
+from worker.outputs import OutputSink
 from worker.registry import registry
 
 REMEDIATED_ASR = 0.02  # an attack success rate at or under this after retraining counts as removed
@@ -32,8 +36,84 @@ class HeldOut:
     source: str
 
 
-@registry.register(name="backdoor_assessment", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu")
-def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict, outputs) -> list[Finding]:
+@dataclass
+class Probing:
+    """What trigger probing found (``_probe``)."""
+
+    spec: object  # worker.triggers.InputSpec: the model's input shape and value range
+    report: dict  # the evidence's "probing"
+    suspected: set[int]  # classes some trigger switches held-out inputs to
+    strongest: dict[int, object]  # class -> the library candidate's worker.triggers result with the highest success
+    user: object | None  # the user's trigger's result, when one was uploaded
+    rate_without: np.ndarray  # per class: the share of held-out inputs predicted as it without a trigger
+
+
+@dataclass
+class Reconstruction:
+    """What Neural Cleanse found (``_reconstruct``)."""
+
+    result: object  # worker.neural_cleanse's result: masks, patterns, norms, anomaly indices
+    targets: set[int]  # classes with an unusually small trigger
+    report: dict  # the evidence's "reconstruction" (without the images)
+
+
+@dataclass
+class StripCheck:
+    """STRIP's entropy check (``_strip``)."""
+
+    report: dict  # the evidence's "strip"
+    low: np.ndarray  # checked dataset rows whose entropy is under the clean threshold
+
+
+@dataclass
+class RetrainRound:
+    """One quarantine-retrain-retest round (``_retrain_round``); ``evidence()`` is its entry in the report."""
+
+    mode: str
+    rule: str
+    removed_samples: int
+    by_method: dict
+    retraining: dict
+    attack_success: list[dict]
+    clean_accuracy_after: float
+    worst_after: float
+    removed: bool
+    model: object  # the retrained Keras model (saved as an output, not reported)
+    quarantine: object  # worker.remediation's quarantine (indices, methods; not reported)
+
+    def evidence(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "quarantine")}
+
+
+@dataclass
+class Assessment:
+    """What the assessment's steps share: the model layer's run, the held-out set, the settings, and each step's result
+    as it is made (``probing``, then ``reconstruction``, then ``strip``)."""
+
+    inputs: ScanInputs
+    run: ModelLayerRun
+    held: HeldOut
+    config: dict
+    seed: int
+    shape: tuple  # the model's input shape, without the batch axis
+    predict: Callable[[np.ndarray], np.ndarray]  # the analysed model's predictor
+    outputs: OutputSink
+    probing: Probing | None = None
+    reconstruction: Reconstruction | None = None
+    strip: StripCheck | None = None
+
+    @property
+    def ds(self):
+        return self.run.ds
+
+    @property
+    def model(self):
+        return self.run.model
+
+
+@registry.register(name="backdoor_assessment", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu",
+                   uses=("model_layer", "outputs"))
+def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Decides whether the model is backdoored and toward which class (trigger probing, Neural Cleanse reconstruction, the activation analysis; STRIP), then quarantines, retrains and re-tests.
 
     config: ``seed`` (0), ``holdout_max`` (10000 rows used), ``probe_samples`` (1000), ``nc_steps`` (1000),
@@ -42,56 +122,51 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, shared: dict
     intersection leaves the backdoor in), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
     and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
     """
-    from worker.detectors.model import run_model_layer
     from worker.keras_model import predictor
 
     seed = int(config.get("seed", 0))
     mode = _check_config(config)
-    run = shared.get("model_layer")
     base = 0.0  # progress already spent before the assessment's own stages
-    if run is None:  # run alone: do the model layer's work first (its findings are that detector's to report)
+    if not context.has_model_layer():  # run alone: the model layer's work first (its findings are that detector's to report)
         base = 0.3
-        run = run_model_layer(inputs, config, lambda stage, f: progress(stage, base * f))
-        shared["model_layer"] = run
+    run = context.model_layer(config, lambda stage, f: progress(stage, base * f))
     at = lambda f: base + (1 - base) * f  # noqa: E731  (the assessment's share of the detector's progress)
-    ds, model = run.ds, run.model
+    ds = run.ds
     uploaded = run.source["model"] == "uploaded"
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    held = held_out(inputs, run, config, shape, seed)
-    predict = predictor(model)
+    shape = tuple(int(d) for d in run.model.inputs[0].shape[1:])
+    a = Assessment(inputs, run, held_out(inputs, run, config, shape, seed), config, seed, shape, predictor(run.model),
+                   context.outputs)
     timings: dict[str, float] = {}
 
     progress("probing", at(0.0))
     clock = time.perf_counter()
-    probing = _probe(inputs, ds, predict, held, shape, config, seed, lambda f: progress("probing", at(0.05 * f)))
+    a.probing = _probe(a, lambda f: progress("probing", at(0.05 * f)))
     timings["probing_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    reconstruction = _reconstruct(model, ds, held, probing["spec"], config, seed,
-                                  lambda f: progress("reconstruction", at(0.05 + 0.35 * f)))
+    a.reconstruction = _reconstruct(a, lambda f: progress("reconstruction", at(0.05 + 0.35 * f)))
     timings["reconstruction_s"] = time.perf_counter() - clock
-    images = _save_reconstruction(ds, reconstruction, probing["spec"], outputs)
+    images = _save_reconstruction(a)
 
-    votes = _votes(ds.n_classes, probing, reconstruction, run.analysis)
+    votes = _votes(a)
     backdoored = [c for c, v in votes.items() if len(v) >= 2]
     possible = [c for c, v in votes.items() if len(v) == 1]
 
     progress("STRIP", at(0.42))
     clock = time.perf_counter()
-    strip = _strip(predict, ds, run.analysis, held, probing["spec"], backdoored + possible, config, seed, shape)
+    a.strip = _strip(a, backdoored + possible)
     timings["strip_s"] = time.perf_counter() - clock
 
-    evidence = {"model": run.source, "held_out": {"source": held.source, "size": int(len(held.y))},
+    evidence = {"model": run.source, "held_out": {"source": a.held.source, "size": int(len(a.held.y))},
                 "classes": [_label(ds, c) for c in range(ds.n_classes)],
                 "votes": {str(_label(ds, c)): v for c, v in votes.items()},
-                "probing": probing["report"], "reconstruction": {**reconstruction["report"], "images": images},
-                "activations": _activation_evidence(ds, run.analysis), "strip": strip["report"]}
+                "probing": a.probing.report, "reconstruction": {**a.reconstruction.report, "images": images},
+                "activations": _activation_evidence(ds, run.analysis), "strip": a.strip.report}
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
 
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
-        findings.append(_remediate(inputs, run, held, probing, reconstruction, strip, backdoored or possible, config,
-                                   seed, outputs, predict, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
+        findings.append(_remediate(a, backdoored or possible, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return findings
@@ -141,17 +216,18 @@ def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> 
 
 # ------------------------------------------------------------------------------------------------ probing
 
-def _probe(inputs, ds, predict, held: HeldOut, shape, config, seed, progress) -> dict:
+def _probe(a: Assessment, progress) -> Probing:
     from worker.triggers import InputSpec, candidate_library, load_user_trigger, probe, suspected
 
-    spec = InputSpec.from_inputs(shape, held.x)
+    ds, held, config, seed, predict = a.ds, a.held, a.config, a.seed, a.predict
+    spec = InputSpec.from_inputs(a.shape, held.x)
     triggers = candidate_library(spec, seed=seed)
-    if inputs.trigger is not None:
-        triggers.append(load_user_trigger(inputs.trigger.path, spec))
+    if a.inputs.trigger is not None:
+        triggers.append(load_user_trigger(a.inputs.trigger.path, spec))
     rng = np.random.default_rng(seed)
     n = min(len(held.y), int(config.get("probe_samples", 1000)))
     pick = np.sort(rng.choice(len(held.y), size=n, replace=False))
-    rate_without, results = probe(lambda a: predict(a).argmax(1), held.x[pick], held.y[pick], triggers, spec,
+    rate_without, results = probe(lambda x: predict(x).argmax(1), held.x[pick], held.y[pick], triggers, spec,
                                   ds.n_classes, progress=progress)
     rows, by_class = [], {}
     for r in results:
@@ -167,15 +243,15 @@ def _probe(inputs, ds, predict, held: HeldOut, shape, config, seed, progress) ->
     report = {"inputs": n, "value_range": [spec.lo, spec.hi], "input_shape": list(spec.shape),
               "rate_without": _round(rate_without), "candidates": rows,
               "suspected": {str(_label(ds, c)): [r.trigger.name for r in rs] for c, rs in by_class.items()}}
-    return {"spec": spec, "report": report, "suspected": set(by_class), "strongest": strongest, "user": user,
-            "rate_without": rate_without}
+    return Probing(spec, report, set(by_class), strongest, user, rate_without)
 
 
 # ------------------------------------------------------------------------------------------------ reconstruction
 
-def _reconstruct(model, ds, held: HeldOut, spec, config, seed, progress) -> dict:
+def _reconstruct(a: Assessment, progress) -> Reconstruction:
     from worker.neural_cleanse import ANOMALY_THRESHOLD, reconstruct
 
+    model, ds, held, spec, config, seed = a.model, a.ds, a.held, a.probing.spec, a.config, a.seed
     rng = np.random.default_rng(seed + 1)
     n = min(len(held.y), int(config.get("nc_samples", 1000)))
     x = held.x[np.sort(rng.choice(len(held.y), size=n, replace=False))]
@@ -192,19 +268,19 @@ def _reconstruct(model, ds, held: HeldOut, spec, config, seed, progress) -> dict
                             for c in range(min(ds.n_classes, len(result.norms)))},
               "targets": [_label(ds, c) for c in targets], "steps": result.steps, "stopped_by": result.stopped_by,
               "seconds": round(result.seconds, 2)}
-    return {"result": result, "targets": set(targets), "report": report}
+    return Reconstruction(result, set(targets), report)
 
 
-def _save_reconstruction(ds, reconstruction: dict, spec, outputs) -> dict:
+def _save_reconstruction(a: Assessment) -> dict:
     """Mask, pattern and stamped trigger as PNG, and the pair as .npz (upload it as a ``trigger`` to probe again), for
     each target class and the most anomalous class."""
     from worker.images import png_bytes
     from worker.outputs import npz_bytes
 
-    result = reconstruction["result"]
+    ds, spec, outputs, result = a.ds, a.probing.spec, a.outputs, a.reconstruction.result
     if not spec.is_image:
         return {}
-    classes = sorted(reconstruction["targets"] | {int(np.argmax(result.anomaly[:ds.n_classes]))})
+    classes = sorted(a.reconstruction.targets | {int(np.argmax(result.anomaly[:ds.n_classes]))})
     saved = {}
     for c in classes:
         stem = f"trigger-class-{_safe(_label(ds, c))}"
@@ -226,11 +302,11 @@ def _save_reconstruction(ds, reconstruction: dict, spec, outputs) -> dict:
 
 # ------------------------------------------------------------------------------------------------ votes and verdict
 
-def _votes(n_classes: int, probing: dict, reconstruction: dict, analysis) -> dict[int, list[str]]:
-    activations = {c.label for c in analysis.classes if c.suspicious}
+def _votes(a: Assessment) -> dict[int, list[str]]:
+    activations = {c.label for c in a.run.analysis.classes if c.suspicious}
     votes = {}
-    for c in range(n_classes):
-        methods = [m for m, hit in (("probing", c in probing["suspected"]), ("reconstruction", c in reconstruction["targets"]),
+    for c in range(a.ds.n_classes):
+        methods = [m for m, hit in (("probing", c in a.probing.suspected), ("reconstruction", c in a.reconstruction.targets),
                                     ("activations", c in activations)) if hit]
         if methods:
             votes[c] = methods
@@ -273,12 +349,13 @@ def _activation_evidence(ds, analysis) -> dict:
 
 # ------------------------------------------------------------------------------------------------ STRIP
 
-def _strip(predict, ds, analysis, held: HeldOut, spec, target_classes, config, seed, shape) -> dict:
+def _strip(a: Assessment, target_classes: list[int]) -> StripCheck:
     """Entropies of the flagged training samples (and, for a target class the activation analysis did not flag, of
     that class's samples) against held-out clean inputs; a sample under the clean 1% quantile is confirmed."""
     from worker.keras_model import as_model_input
     from worker.strip import strip_entropy, threshold
 
+    predict, ds, analysis, held, spec, config, seed = a.predict, a.ds, a.run.analysis, a.held, a.probing.spec, a.config, a.seed
     rng = np.random.default_rng(seed + 2)
     copies = int(config.get("strip_copies", 16))
     flagged_classes = {c.label for c in analysis.classes if c.suspicious}
@@ -291,14 +368,14 @@ def _strip(predict, ds, analysis, held: HeldOut, spec, target_classes, config, s
     report = {"copies": copies, "threshold_bits": round(cut, 4), "clean_mean_bits": round(float(clean.mean()), 4),
               "checked": int(len(rows))}
     if not len(rows):
-        return {"report": report | {"confirmed_share": None}, "low": np.empty(0, np.int64)}
-    entropy = strip_entropy(predict, as_model_input(ds.x[rows], shape), held.x, spec.lo, spec.hi, copies=copies, seed=seed + 3)
+        return StripCheck(report | {"confirmed_share": None}, np.empty(0, np.int64))
+    entropy = strip_entropy(predict, as_model_input(ds.x[rows], a.shape), held.x, spec.lo, spec.hi, copies=copies, seed=seed + 3)
     low = rows[entropy < cut]
     flagged_part = np.isin(rows, analysis.flagged)
     report |= {"flagged_mean_bits": round(float(entropy[flagged_part].mean()), 4) if flagged_part.any() else None,
                "confirmed_share": round(float((entropy[flagged_part] < cut).mean()), 4) if flagged_part.any() else None,
                "low_entropy": int(len(low))}
-    return {"report": report, "low": low}
+    return StripCheck(report, low)
 
 
 def _strip_text(strip: dict) -> str:
@@ -310,41 +387,39 @@ def _strip_text(strip: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ remediation
 
-def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targets, config, seed, outputs, before,
-               progress) -> Finding:
+def _remediate(a: Assessment, targets: list[int], progress) -> Finding:
     """Quarantine, retrain, re-test. The intersection goes first (it removes the fewest clean samples); when the
-    re-test still shows the backdoor, the union is tried (``escalate``, on by default). ``before``: the analysed
-    model's predictor."""
+    re-test still shows the backdoor, the union is tried (``escalate``, on by default)."""
     from worker.remediation import accuracy, cleaned_dataset_npz
 
+    run, held, config, outputs = a.run, a.held, a.config, a.outputs
     ds = run.ds
     modes = [config.get("quarantine", "intersection")]
     if modes[0] == "intersection" and config.get("escalate", True):
         modes.append("union")
-    acc_before = round(accuracy(before, held.x, held.y), 4)
-    anchored = _anchored_rows(run, held, probing, reconstruction, targets)  # the same for every round
-    compile_config = _compile_config(inputs.model.path) if run.source["model"] == "uploaded" else None
-    rounds = []
+    acc_before = round(accuracy(a.predict, held.x, held.y), 4)
+    anchored = _anchored_rows(a, targets)  # the same for every round
+    compile_config = _compile_config(a.inputs.model.path) if run.source["model"] == "uploaded" else None
+    rounds: list[RetrainRound] = []
     for i, mode in enumerate(modes):
         sub = lambda f, i=i: progress((i + f) / len(modes))  # noqa: E731
-        rounds.append(_retrain_round(run, held, probing, reconstruction, strip["low"], anchored, compile_config, targets,
-                                     mode, config, seed, before, sub))
-        if rounds[-1]["removed"]:
+        rounds.append(_retrain_round(a, anchored, compile_config, targets, mode, sub))
+        if rounds[-1].removed:
             break
     last = rounds[-1]
-    q = last["quarantine"]
+    q = last.quarantine
     keep = np.setdiff1d(np.arange(len(ds.y)), q.indices)
     labels = np.asarray(ds.classes, dtype=object if any(isinstance(c, str) for c in ds.classes) else None)[ds.y]
     cleaned = outputs.add("cleaned-dataset.npz", cleaned_dataset_npz(ds.x, labels, keep), media_type="application/octet-stream",
                           description=f"the dataset without the {len(q.indices)} quarantined samples (x, y, index)")
-    last["model"].save(outputs.reserve("retrained-model.keras"))
+    last.model.save(outputs.reserve("retrained-model.keras"))
     saved = outputs.register("retrained-model.keras", media_type="application/octet-stream",
                              description="the model retrained without the quarantined samples")
     not_clustered = np.setdiff1d(q.indices, run.analysis.flagged)  # the rows the model layer's list does not hold
     flagged_by = {name: set(rows.tolist()) for name, rows in q.methods.items()}
-    evidence = {"rounds": [{k: v for k, v in r.items() if k not in ("model", "quarantine")} for r in rounds],
-                "cleaned_dataset": cleaned, "retrained_model": saved, "backdoor_removed": last["removed"],
-                "clean_accuracy": {"before": acc_before, "after": last["clean_accuracy_after"], "on": held.source},
+    evidence = {"rounds": [r.evidence() for r in rounds],
+                "cleaned_dataset": cleaned, "retrained_model": saved, "backdoor_removed": last.removed,
+                "clean_accuracy": {"before": acc_before, "after": last.clean_accuracy_after, "on": held.source},
                 "flagged": [{"index": int(i), "reason": "quarantined for retraining in a backdoor target class",
                              "method": "+".join(name for name, rows in flagged_by.items() if i in rows)}
                             for i in not_clustered]}
@@ -352,23 +427,24 @@ def _remediate(inputs, run, held: HeldOut, probing, reconstruction, strip, targe
     if not targets:  # remediate="always" on a model with no backdoor found: nothing to re-test
         return Finding("retrained without the quarantined samples (no backdoor target to re-test)", Severity.info, 0.0,
                        text, evidence=evidence)
-    if last["removed"]:
+    if last.removed:
         return Finding("retraining without the quarantined samples removed the backdoor", Severity.info, 0.0, text,
                        remediation="Review the cleaned dataset, retrain your production model on it, and scan the result.",
                        evidence=evidence)
     return Finding("retraining without the quarantined samples did not remove the backdoor", Severity.high,
-                   round(last["worst_after"], 3), text,
+                   round(last.worst_after, 3), text,
                    remediation="Obtain the training data from a trusted source, or inspect the classes named here by hand; "
                    "do not deploy a model trained on this data.", evidence=evidence)
 
 
-def _retrain_round(run, held, probing, reconstruction, strip_low, anchored, compile_config, targets, mode, config, seed,
-                   before, progress) -> dict:
+def _retrain_round(a: Assessment, anchored: np.ndarray, compile_config: dict | None, targets: list[int], mode: str,
+                   progress) -> RetrainRound:
     from worker.keras_model import predictor
     from worker.remediation import accuracy, choose_quarantine, retrain_clone
 
+    run, held, config, seed = a.run, a.held, a.config, a.seed
     ds = run.ds
-    quarantine = choose_quarantine(ds.y, run.analysis, strip_low, mode, targets, anchored=anchored)
+    quarantine = choose_quarantine(ds.y, run.analysis, a.strip.low, mode, targets, anchored=anchored)
     keep = np.setdiff1d(np.arange(len(ds.y)), quarantine.indices)
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
     epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
@@ -382,67 +458,68 @@ def _retrain_round(run, held, probing, reconstruction, strip_low, anchored, comp
         retrained, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
                                        budget_s=budget, progress=progress)
     after = predictor(retrained)
-    retest = _retest(ds, held, probing, reconstruction, targets, before, after)
+    retest = _retest(a, targets, after)
     deciding = [t for t in retest if t["decides"] and not np.isnan(t["after"])]
     worst = max((t["after"] for t in deciding), default=0.0)
-    return {"mode": mode, "rule": quarantine.rule, "removed_samples": int(len(quarantine.indices)),
-            "by_method": quarantine.by_method, "retraining": facts, "attack_success": retest,
-            "clean_accuracy_after": round(accuracy(after, held.x, held.y), 4),
-            "worst_after": worst, "removed": worst <= REMEDIATED_ASR, "model": retrained, "quarantine": quarantine}
+    return RetrainRound(mode=mode, rule=quarantine.rule, removed_samples=int(len(quarantine.indices)),
+                        by_method=quarantine.by_method, retraining=facts, attack_success=retest,
+                        clean_accuracy_after=round(accuracy(after, held.x, held.y), 4),
+                        worst_after=worst, removed=worst <= REMEDIATED_ASR, model=retrained, quarantine=quarantine)
 
 
-def _round_text(r: dict, acc_before: float, source: str) -> str:
-    asr = "; ".join(f"{t['trigger']} to class {t['class']}: {t['before']:.1%} -> {t['after']:.1%}" for t in r["attack_success"])
-    outcome = ("there was no trigger to re-test" if not r["attack_success"]
-               else "the backdoor is gone" if r["removed"] else "the backdoor is still there")
-    return (f"Quarantine by {r['mode']} removed {r['removed_samples']} samples ({r['rule']}); after retraining "
-            f"({r['retraining']['architecture']}, {r['retraining']['epochs_run']} epochs) {outcome}. Attack success "
-            f"{asr or 'not measured'}; clean accuracy {acc_before:.1%} -> {r['clean_accuracy_after']:.1%} on {source}.")
+def _round_text(r: RetrainRound, acc_before: float, source: str) -> str:
+    asr = "; ".join(f"{t['trigger']} to class {t['class']}: {t['before']:.1%} -> {t['after']:.1%}" for t in r.attack_success)
+    outcome = ("there was no trigger to re-test" if not r.attack_success
+               else "the backdoor is gone" if r.removed else "the backdoor is still there")
+    return (f"Quarantine by {r.mode} removed {r.removed_samples} samples ({r.rule}); after retraining "
+            f"({r.retraining['architecture']}, {r.retraining['epochs_run']} epochs) {outcome}. Attack success "
+            f"{asr or 'not measured'}; clean accuracy {acc_before:.1%} -> {r.clean_accuracy_after:.1%} on {source}.")
 
 
-def _anchored_rows(run, held: HeldOut, probing, reconstruction, targets) -> np.ndarray:
+def _anchored_rows(a: Assessment, targets: list[int]) -> np.ndarray:
     """Trigger-anchored poison rows for each target class the activation analysis did not flag, with the best trigger
     known for it (the user's, the strongest library candidate, else the reconstructed one)."""
     from worker.keras_model import embed
     from worker.remediation import trigger_anchored
 
-    ds, spec = run.ds, probing["spec"]
+    run, held, ds, spec = a.run, a.held, a.ds, a.probing.spec
     covered = {c.label for c in run.analysis.classes if c.suspicious}
     found = [np.empty(0, np.int64)]
     for c in (c for c in targets if c not in covered):
-        trigger = _triggers_for(ds, probing, reconstruction, c)[0]
+        trigger = _triggers_for(a, c)[0]
         clean, others = held.x[held.y == c], held.x[held.y != c][:1000]
         rows = np.flatnonzero(ds.y == c)
         if len(clean) < 10 or not len(others):
             continue
-        represent = lambda a: embed(run.model, a)  # noqa: E731  (penultimate layer, whole)
+        represent = lambda x: embed(run.model, x)  # noqa: E731  (penultimate layer, whole)
         found.append(rows[trigger_anchored(represent, ds.x[rows], trigger.stamp(others, spec.lo, spec.hi), clean)])
     return np.concatenate(found)
 
 
-def _triggers_for(ds, probing, reconstruction, c: int) -> list:
+def _triggers_for(a: Assessment, c: int) -> list:
     """The triggers known for class ``c``, best first: the user's (when it fires toward ``c``), the strongest library
     candidate that fired, the reconstructed one."""
     from worker.triggers import Trigger, suspected
 
-    result = reconstruction["result"]
-    user = probing["user"]
-    known = [user.trigger] if user is not None and c in suspected(user, probing["rate_without"]) else []
-    if c in probing["strongest"]:
-        known.append(probing["strongest"][c].trigger)
-    return known + [Trigger(f"reconstructed trigger (class {_label(ds, c)})", "reconstructed", result.masks[c], result.patterns[c])]
+    probing, result = a.probing, a.reconstruction.result
+    user = probing.user
+    known = [user.trigger] if user is not None and c in suspected(user, probing.rate_without) else []
+    if c in probing.strongest:
+        known.append(probing.strongest[c].trigger)
+    return known + [Trigger(f"reconstructed trigger (class {_label(a.ds, c)})", "reconstructed", result.masks[c], result.patterns[c])]
 
 
-def _retest(ds, held, probing, reconstruction, targets, before, after) -> list[dict]:
-    """Attack success before and after, for each target class and each trigger known for it."""
+def _retest(a: Assessment, targets: list[int], after) -> list[dict]:
+    """Attack success before (the analysed model) and ``after`` (a retrained model's predictor), for each target class
+    and each trigger known for it."""
     from worker.remediation import attack_success
 
-    spec = probing["spec"]
+    ds, held, spec, before = a.ds, a.held, a.probing.spec, a.predict
     rows = []
     for c in targets:
-        triggers = _triggers_for(ds, probing, reconstruction, c)
+        triggers = _triggers_for(a, c)
         for t in triggers:
-            stamp = lambda a, t=t: t.stamp(a, spec.lo, spec.hi)  # noqa: E731
+            stamp = lambda x, t=t: t.stamp(x, spec.lo, spec.hi)  # noqa: E731
             # a reconstructed trigger is partly an adversarial patch for the old model: it decides only when no real
             # trigger (the user's, or a library candidate that fired) is known for the class
             rows.append({"class": _label(ds, c), "trigger": t.name, "family": t.family,

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from worker.context import ScanContext
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
@@ -17,21 +18,21 @@ DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: ab
 
 
 # With a model uploaded, its embeddings are the features: TensorFlow work, so the scan goes to the gpu queue.
-@registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), gpu_with=("model",))
-def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
+@registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), gpu_with=("model",),
+                   uses=("dataset", "model"))
+def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
     config: ``label_column`` (CSV/Parquet, default "label"), ``folds`` (default 5), ``model`` ("auto", "logistic", "mlp"),
     ``seed`` (default 0), ``features`` ("auto": the uploaded Keras model's embeddings when there is one, else "proxy"),
     ``layer`` (representation layer name; default the penultimate).
     """
-    from worker.datasets import load_dataset
     from worker.proxy import cross_val_probs, features_for
 
     progress("load", 0.0)
-    ds = load_dataset(inputs.dataset.path, inputs.dataset.kind, label_column=config.get("label_column", "label"))
+    ds = context.dataset(config.get("label_column", "label"))
     progress("features", 0.05)
-    features, notes = model_features(inputs, ds, config, progress)
+    features, notes = model_features(context, ds, config, progress)
     if features is None:
         features = features_for(ds.x, ds.kind, seed=config.get("seed", 0))
     progress("folds", 0.15)
@@ -45,14 +46,14 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress) -> list[Finding]:
     return findings
 
 
-def model_features(inputs: ScanInputs, ds, config: dict, progress) -> tuple[np.ndarray | None, list[Finding]]:
-    """The uploaded model's own representation of each sample, when it can be loaded safely."""
-    if inputs.model is None or config.get("features", "auto") == "proxy":
+def model_features(context: ScanContext, ds, config: dict, progress) -> tuple[np.ndarray | None, list[Finding]]:
+    """The uploaded model's own representation of each sample, when it can be loaded safely (the context's model)."""
+    if context.inputs.model is None or config.get("features", "auto") == "proxy":
         return None, []
-    from worker.keras_model import embed, load_keras_safely, representation_layer
+    from worker.keras_model import embed, representation_layer
 
     try:
-        model = load_keras_safely(inputs.model.path)
+        model = context.model()
         layer = representation_layer(model, config.get("layer")).name
         features = embed(model, ds.x, layer=layer, progress=lambda f: progress("embeddings", 0.05 + 0.1 * f))
     except Exception as exc:  # a model we cannot or will not use still leaves the proxy features

@@ -5,18 +5,20 @@ Maps to AML.T0010 (ML Supply Chain Compromise); code that runs on load can also 
 which the critical findings say. The work is ``worker.inspect``'s; this adapter picks the inputs and the config.
 """
 
-from worker.detectors.static_inspection import SerializationConfig, inspection_for, tagged
+from worker.context import ScanContext
+from worker.detectors.static_inspection import SerializationConfig, tagged
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
 
-@registry.register(name="unsafe_serialization", layer="supply_chain", technique="AML.T0010", config=SerializationConfig)
-def unsafe_serialization(inputs: ScanInputs, config: dict, shared: dict | None = None) -> list[Finding]:
+@registry.register(name="unsafe_serialization", layer="supply_chain", technique="AML.T0010", config=SerializationConfig,
+                   uses=("inspection",))
+def unsafe_serialization(inputs: ScanInputs, config: dict, context: ScanContext) -> list[Finding]:
     """Statically scans every pickle stream, recursively through archives, against an allowlist of globals."""
     settings = SerializationConfig.model_validate(config)
     findings = []
     for f in inputs.files:
-        inspection = inspection_for(f, settings, shared)
+        inspection = context.inspection(f, settings)
         for fi in inspection.files:
             findings += tagged(f, fi.file, fi.serialization)
         findings.append(Finding(

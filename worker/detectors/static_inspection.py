@@ -1,5 +1,6 @@
-"""The static inspection both supply-chain detectors read (``unsafe_serialization``: pickles and what could not be
-read; ``model_structure``: each format's own checks), done once per input file and scan, in a sandboxed child."""
+"""The settings of the static inspection both supply-chain detectors read (``unsafe_serialization``: pickles and what
+could not be read; ``model_structure``: each format's own checks). The scan context (``worker.context``) runs it in a
+sandboxed child, once per input file and settings per scan."""
 
 import dataclasses
 import re
@@ -7,10 +8,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.findings import Finding, InputFile
-from worker.inspect.archives import Limits
-from worker.inspect.artifact import ArtifactInspection, InspectOptions
-from worker.inspect.pickle_report import UserAllowlist
-from worker.inspect.sandbox import SandboxLimits, inspect_in_child
+from worker.inspect.sandbox import SandboxLimits
 
 GLOBAL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\.\*)?$"
 
@@ -40,18 +38,6 @@ class SerializationConfig(BaseModel):
         if bad:
             raise ValueError(f"allow_globals entries must look like 'module.name' or 'module.*'; not: {bad[:5]}")
         return value
-
-
-def inspection_for(f: InputFile, config: SerializationConfig, shared: dict | None) -> ArtifactInspection:
-    key = ("static_inspection", f.role, f.sha256)
-    if shared is not None and key in shared:
-        return shared[key]
-    options = InspectOptions(UserAllowlist(tuple(config.allow_globals)), config.allow_pickle, Limits())
-    limits = SandboxLimits(memory_mb=config.sandbox.memory_mb, cpu_s=config.sandbox.cpu_s, wall_s=config.sandbox.wall_s)
-    result = inspect_in_child(f.path, f.filename, options, limits)
-    if shared is not None:
-        shared[key] = result
-    return result
 
 
 def tagged(f: InputFile, file: str, findings: list[Finding]) -> list[Finding]:

@@ -1,0 +1,95 @@
+"""The model layer's work (shared by ``backdoor_activations`` and ``backdoor_assessment`` through the scan context):
+the dataset and the model (the uploaded Keras model, loaded safely, else a proxy trained on the data), their
+activations, and the analysis of every class.
+
+Not a detector module: ``worker.context`` computes ``run_model_layer`` once per scan, so nothing here imports
+``worker.detectors``. TensorFlow is imported on first use only.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from worker.findings import Finding, InputRejected, Severity
+
+if TYPE_CHECKING:
+    from worker.context import ScanContext
+
+
+@dataclass
+class ModelLayerRun:
+    """What the model layer computed, kept for the backdoor assessment that follows it in the same scan."""
+
+    ds: object  # worker.datasets.Dataset
+    model: object  # the Keras model analysed: uploaded, or the proxy
+    source: dict  # {"model": "uploaded"} or {"model": "proxy", "proxy": training facts}
+    notes: list[Finding]
+    analysis: object  # worker.backdoor.Analysis
+    context: dict  # layers, dims, timings
+
+
+def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLayerRun:
+    """The context's dataset and model (or a proxy trained on the data), embedded and analysed class by class.
+
+    Called by ``ScanContext.model_layer`` (once per scan); ``progress(stage, fraction)``."""
+    from worker.backdoor import analyze
+    from worker.keras_model import embed_layers, representation_layers
+    from worker.proxy import features_for
+
+    seed = int(config.get("seed", 0))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    progress("load", 0.0)
+    ds = context.dataset(config.get("label_column", "label"))
+    model, source, notes = _model_for(context, ds, config, seed, progress)
+    timings["load_and_model_s"] = time.perf_counter() - clock
+    base = 0.55 if source["model"] == "proxy" else 0.05
+    _check_output(model, ds)
+    layers = representation_layers(model, config.get("layers"))
+    clock = time.perf_counter()
+    reps = embed_layers(model, ds.x, layers, batch=int(config.get("batch", 1024)), seed=seed,
+                        progress=lambda f: progress("activations", base + (0.85 - base) * f))
+    timings["activations_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    progress("input features", 0.85)
+    inputs_space = features_for(ds.x, ds.kind, seed=seed)
+    analysis = analyze(reps, ds.y, inputs_space, seed=seed, progress=lambda f: progress("clustering", 0.87 + 0.12 * f))
+    timings["analysis_s"] = time.perf_counter() - clock
+    details = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
+                        "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+    return ModelLayerRun(ds, model, source, notes, analysis, details)
+
+
+def _model_for(context: "ScanContext", ds, config: dict, seed: int, progress) -> tuple[object, dict, list[Finding]]:
+    """The uploaded Keras model, loaded safely (the context's); else (none uploaded, or not one we load) a proxy
+    trained on the data."""
+    from worker.keras_model import ModelRejected
+
+    inputs = context.inputs
+    notes = []
+    if inputs.model is not None:
+        try:
+            return context.model(), {"model": "uploaded"}, notes
+        except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
+            # A Keras model we could not open is not "another framework": its own behaviour went unchecked (fail closed).
+            claims_keras = inputs.model.kind in ("keras", "hdf5") or (inputs.model.filename or "").lower().endswith((".keras", ".h5"))
+            notes.append(Finding("uploaded model not analysed: a proxy network was used",
+                                 Severity.high if claims_keras else Severity.low, 0.8 if claims_keras else 0.0,
+                                 f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
+                                 "The dataset was analysed with a proxy network trained on it instead.",
+                                 remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
+                                 evidence={"reason": str(exc)}))
+    from worker.proxy_network import train_proxy
+
+    progress("proxy", 0.02)
+    model, trained = train_proxy(ds.x, ds.y, ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
+                                 budget_s=float(config.get("proxy_budget_s", 300)),
+                                 progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
+    return model, {"model": "proxy", "proxy": trained}, notes
+
+
+def _check_output(model, ds) -> None:
+    outputs = int(model.outputs[0].shape[-1])
+    if outputs < ds.n_classes:
+        raise InputRejected(f"the model has {outputs} outputs but the dataset has {ds.n_classes} classes: upload the dataset "
+                            f"the model was trained on, with labels 0..{outputs - 1}")
