@@ -282,7 +282,7 @@ def rejected_report(files: dict, reason: str) -> dict:
     """A scan that could not use its inputs: verdict fail with the reason (exit 1, never a pass)."""
     return {"verdict": "fail", "verdict_reason": f"the scan could not be completed: {reason}",
             "inputs": [{"role": r, "filename": p.name, "kind": "unknown", "sha256": None} for r, p in files.items()],
-            "detectors": [], "outputs": [], "quarantine": []}
+            "detectors": [], "outputs": [], "quarantine": [], "review": []}
 
 
 if __name__ == "__main__":

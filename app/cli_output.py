@@ -76,6 +76,12 @@ def _text_lines(report: dict) -> list[str]:
                 lines.append(f"               at: {where}")
             if f["severity"] not in ("info",) and f.get("remediation"):
                 lines.append(f"               fix: {f['remediation']}")
+    quarantine, review = report.get("quarantine", []), report.get("review", [])
+    if quarantine or review:
+        lines.append(f"quarantine: {len(quarantine)} samples with poisoning evidence "
+                     f"(confidence >= {report.get('quarantine_min_confidence', 0.5)}); review: {len(review)} data-quality remarks")
+        for q in sorted(quarantine, key=lambda q: -q["confidence"])[:10]:
+            lines.append(f"  #{q['index']}  {q['confidence']:.2f}  {', '.join(q['attack'])}  ({', '.join(q['methods'])})")
     if report.get("outputs"):
         lines.append("files produced:")
         for entry in report["outputs"]:

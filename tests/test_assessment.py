@@ -269,7 +269,9 @@ def test_one_method_alone_gives_a_possible_backdoor_and_two_a_backdoor():
     ds = SimpleNamespace(classes=["cat", "dog", "fox"])
     evidence = {"strip": {"confirmed_share": None}}
     one = _verdict(ds, {2: ["reconstruction"]}, [], [2], evidence, uploaded=True)
-    assert one.severity == Severity.medium and one.title == "possible backdoor toward class fox (one method)"
+    assert one.severity == Severity.low and one.title == "possible backdoor toward class fox (one method)"
+    fired = _verdict(ds, {2: ["probing"]}, [], [2], evidence, uploaded=True)  # a trigger that fires is backdoor evidence
+    assert fired.severity == Severity.medium
     assert one.evidence["possible_target_classes"] == ["fox"] and not one.evidence["backdoored"]
     two = _verdict(ds, {1: ["probing", "reconstruction"]}, [1], [], evidence, uploaded=False)
     assert two.severity == Severity.critical and two.technique == "AML.T0020" and two.evidence["target_classes"] == ["dog"]

@@ -20,7 +20,12 @@ def scan(tmp_path, x, y, name="d.npz"):
 
 
 def label_issue_indices(report) -> set[int]:
-    return {q["index"] for q in report["quarantine"] if any(r["reason"] == "label issue" for r in q["reasons"])}
+    """Quarantined for label poisoning (random or targeted flips)."""
+    return {q["index"] for q in report["quarantine"] if "label_flip" in q["attack"]}
+
+
+def review_reasons(report) -> dict[int, list[str]]:
+    return {r["index"]: [x["reason"] for x in r["reasons"]] for r in report["review"]}
 
 
 @pytest.mark.parametrize("loader", [load_digits, load_breast_cancer])
@@ -28,8 +33,23 @@ def test_clean_data_is_not_failed_and_little_is_flagged(tmp_path, loader):
     x, y = loader(return_X_y=True)
     report, findings = scan(tmp_path, x, y)
     assert report["verdict"] != "fail"
-    assert len(label_issue_indices(report)) <= 0.02 * len(y)  # the benchmark measures the exact share
-    assert not [f for f in findings if f["title"].startswith("targeted")]
+    assert len(report["quarantine"]) <= 0.005 * len(y)  # the issue's goal for clean controls
+    assert not [f for f in findings if f["title"].startswith(("targeted", "label poisoning"))]
+    assert all(q["confidence"] >= report["quarantine_min_confidence"] for q in report["quarantine"])
+
+
+def test_naturally_confusable_classes_are_not_poisoning(tmp_path):
+    """Digits drowned in noise: a clean model makes many errors, and Cleanlab flags many labels, but the model's own
+    uncertainty explains them. They go to the review list; nothing is quarantined and the verdict is not fail."""
+    x, y = load_digits(return_X_y=True)
+    noisy_x = x + np.random.default_rng(5).normal(0, 7.0, x.shape)  # pixels are 0..16
+    report, findings = scan(tmp_path, noisy_x, y)
+    issues = findings[0]
+    assert issues["evidence"]["noise_excess"]["poisoned"] is False, issues["evidence"]["noise_excess"]
+    assert len(issues["evidence"]["review"]) >= 0.03 * len(y)  # there is confusion to review...
+    assert len(report["quarantine"]) <= 0.005 * len(y)  # ...and it is not called poisoning
+    assert report["verdict"] != "fail"
+    assert {"label issue (no poisoning evidence)"} <= {r for rs in review_reasons(report).values() for r in rs}
 
 
 def test_random_flips_are_found(tmp_path):
@@ -42,15 +62,23 @@ def test_random_flips_are_found(tmp_path):
     found = label_issue_indices(report)
     precision, recall = len(found & set(flipped.tolist())) / len(found), len(found & set(flipped.tolist())) / len(flipped)
     assert precision > 0.6 and recall > 0.7, (precision, recall)
-    assert report["verdict"] == "warn" and not [f for f in findings if f["title"].startswith("targeted")]  # scattered, not targeted
+    assert report["verdict"] == "fail" and not [f for f in findings if f["title"].startswith("targeted")]  # scattered, not targeted
     main = findings[0]
+    assert main["title"].startswith("label poisoning") and main["evidence"]["noise_excess"]["poisoned"]
+    assert all(0.5 <= q["confidence"] <= 1 for q in report["quarantine"])
     counts = main["evidence"]["noise_matrix"]["counts"]
     found_flips = [i for i in flipped.tolist() if i in found]
     assert sum(counts[noisy[i]][y[i]] > 0 for i in found_flips) >= 0.9 * len(found_flips)  # given -> true label cells
     assert report["quarantine"][0]["reasons"][0]["method"].startswith("cleanlab")
+    # precision among the quarantined is at least the confidence they claim, on average (calibration, loosely)
+    claimed = np.mean([q["confidence"] for q in report["quarantine"]])
+    assert precision >= claimed - 0.15, (precision, claimed)
 
 
-def test_targeted_flip_names_source_and_target(tmp_path):
+def test_targeted_flip_is_never_misattributed_and_its_rows_are_listed(tmp_path):
+    """20% of digits' class 1 relabelled 7 (36 samples of 1,800): below what the one-way pair test can call at the
+    family-wise level that keeps clean MNIST from failing (bench/label_poisoning_bench.py: called at 25% on 5,000
+    MNIST rows, F1 0.96). Here the flipped rows must still be listed (quarantine or review) and no wrong pair named."""
     x, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(1)
     ones = np.flatnonzero(y == 1)
@@ -59,10 +87,9 @@ def test_targeted_flip_names_source_and_target(tmp_path):
     poisoned[flipped] = 7
     report, findings = scan(tmp_path, x, poisoned)
     targeted = [f for f in findings if f["title"].startswith("targeted label flip")]
-    assert len(targeted) == 1 and targeted[0]["severity"] == "high", [f["title"] for f in findings]
-    assert (targeted[0]["evidence"]["source"], targeted[0]["evidence"]["target"]) == (1, 7)
-    assert targeted[0]["title"].startswith("targeted label flip: class 1 -> 7")
-    assert report["verdict"] == "fail"
+    assert all((f["evidence"]["source"], f["evidence"]["target"]) == (1, 7) for f in targeted), [f["title"] for f in targeted]
+    listed = {r["index"] for r in report["review"]} | label_issue_indices(report)
+    assert len(listed & set(flipped.tolist())) >= 0.7 * len(flipped)
 
 
 def test_conflicting_exact_duplicates(tmp_path):
@@ -70,7 +97,9 @@ def test_conflicting_exact_duplicates(tmp_path):
     x2, y2 = np.concatenate([x, x[:5]]), np.concatenate([y, (y[:5] + 1) % 10])
     report, findings = scan(tmp_path, x2, y2)
     dup = next(f for f in findings if "identical samples with conflicting labels" in f["title"])
-    assert dup["evidence"]["groups"][0] == [0, len(y)] and dup["severity"] == "medium"
+    assert dup["evidence"]["groups"][0] == [0, len(y)] and dup["severity"] == "low"
+    assert {0, len(y)} <= set(review_reasons(report))  # data quality: reviewed, not quarantined as an attack
+    assert not {0, len(y)} & {q["index"] for q in report["quarantine"]}
 
 
 def test_random_flips_in_a_binary_task_are_not_called_targeted(tmp_path):
@@ -81,7 +110,12 @@ def test_random_flips_in_a_binary_task_are_not_called_targeted(tmp_path):
     noisy[flipped] = 1 - noisy[flipped]
     report, findings = scan(tmp_path, x, noisy)
     assert not [f for f in findings if f["title"].startswith("targeted")]
-    assert report["verdict"] == "warn"
+    # with two classes a flip is indistinguishable per sample from natural confusion unless the model's own
+    # probabilities cannot explain it: the flipped rows are ranked in the review list, and whatever is quarantined is right
+    reviewed = {r["index"] for r in report["review"]} | label_issue_indices(report)
+    assert len(reviewed & set(flipped.tolist())) >= 0.7 * len(flipped)
+    found = label_issue_indices(report)
+    assert len(found - set(flipped.tolist())) <= 0.2 * max(len(found), 1)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +171,7 @@ def test_datalab_on_a_sample_reports_dataset_indices(tmp_path):
     findings = scan_local_files({"dataset": path}, options)["detectors"][0]["findings"]
     sampled = [f for f in findings if "searched_rows" in f["evidence"]]
     assert sampled and all(f["evidence"]["searched_rows"] == 1000 for f in sampled)
-    assert all(0 <= item["index"] < len(y2) for f in sampled for item in f["evidence"]["flagged"])
+    assert all(0 <= item["index"] < len(y2) for f in sampled for item in f["evidence"]["review"])
 
 
 def test_planted_outliers_are_found(tmp_path):
@@ -146,5 +180,7 @@ def test_planted_outliers_are_found(tmp_path):
     for k in range(8):
         planted[k, 8 * k + 3] += 200.0  # each far out along its own pixel: apart from the data and from each other
     report, findings = scan(tmp_path, np.concatenate([x, planted]), np.concatenate([y, y[100:108]]))
-    outliers = next(f for f in findings if f["evidence"].get("flagged") and f["evidence"]["flagged"][0]["reason"] == "outlier")
-    assert set(range(len(y), len(y) + 8)) <= {e["index"] for e in outliers["evidence"]["flagged"]}
+    outliers = next(f for f in findings if f["evidence"].get("review") and f["evidence"]["review"][0]["reason"] == "outlier")
+    assert set(range(len(y), len(y) + 8)) <= {e["index"] for e in outliers["evidence"]["review"]}
+    assert all("outlier" in reasons for i, reasons in review_reasons(report).items() if i >= len(y))
+    assert not set(range(len(y), len(y) + 8)) & {q["index"] for q in report["quarantine"]}  # an outlier is no attack alone

@@ -40,6 +40,7 @@ REFERENCE_ROWS = 50_000  # neighbours are searched among at most this many rows
 SILHOUETTE_ROWS = 2_000
 SEED_CLEAN_MAX = 0.1  # clean seed: at most 1 of its 10 input neighbours in other classes
 SEED_POISON_MIN = 0.5  # poison seed: at least 5 of its 10 input neighbours in other classes
+ROBUST_Z = 3.5  # Iglewicz and Hoaglin's cut-off for modified z-scores (the MAD rule Neural Cleanse applies to norms)
 
 
 @dataclass
@@ -57,6 +58,14 @@ class ClassResult:
     flagged_spectral: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # positions in the class
     agreement: float | None = None  # Jaccard of activation clustering's and spectral signatures' flags
     spectral_scores: dict = field(default_factory=dict)
+    gap: float = 0.0  # poison side's input-space label disagreement minus the other side's
+    robust_z: float = 0.0  # the gap's modified z-score against every class's gap (MAD)
+
+    @property
+    def stands_out(self) -> bool:
+        """Suspicious *and* unlike the other classes: one class of relabelled samples among clean ones. When every
+        class splits this way (random label noise, naturally confusable classes), none stands out."""
+        return self.suspicious and self.robust_z > ROBUST_Z
 
 
 @dataclass
@@ -168,7 +177,21 @@ def _analyze(reps, labels, input_features, seed, dims, progress) -> Analysis:
         results.append(result)
         if progress:
             progress((i + 1) / len(classes))
+    _relative_scores(results)
     return Analysis(results, suspicion, methods)
+
+
+def _relative_scores(results: list[ClassResult]) -> None:
+    """Each class's split statistic against the same statistic over all classes (median and MAD): a domain whose
+    classes are naturally confusable raises them all, and none stands out."""
+    gaps = np.array([r.gap for r in results], dtype=np.float64)
+    if not len(gaps):
+        return
+    centre = float(np.median(gaps))
+    spread = 1.4826 * float(np.median(np.abs(gaps - centre)))
+    spread = max(spread, 0.02)  # disagreement is measured on 300 probes: differences under 0.02 are noise
+    for r in results:
+        r.robust_z = round((r.gap - centre) / spread, 3)
 
 
 def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neighbours: InputNeighbours,
@@ -181,6 +204,7 @@ def analyze_class(label: int, members: np.ndarray, reps: list[np.ndarray], neigh
     sides = _side_stats(members, side, neighbours, label, seed)
     result = ClassResult(label, len(members), False, "", sides, round(silhouette, 4))
     poison = int(np.argmax([s["input_disagreement"] for s in sides]))
+    result.gap = round(sides[poison]["input_disagreement"] - sides[1 - poison]["input_disagreement"], 4)
     result.reason = _verdict_reason(sides, poison, silhouette)
     if not result.reason:
         result.suspicious, result.poison_side = True, poison

@@ -15,6 +15,9 @@ class ScanOptions(BaseModel):
     stop_at_critical: bool = Field(
         default=True, description="End the scan after the supply-chain layer when it found a critical problem in the model: "
         "the data and model layers take minutes and cannot change a fail. Set false to keep the full scan (forensics).")
+    quarantine_min_confidence: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="A sample enters the quarantine when a method's confidence that it is "
+        "poisoned reaches this; the rest of the flagged samples and the data-quality remarks go to the review list.")
 
     @field_validator("detectors", "detector_config")
     @classmethod

@@ -116,6 +116,7 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
     findings = [f for r in results for f in r["findings"]]
     errors = sum(r["status"] == "error" for r in results)
     supply_chain_errors = sum(r["status"] == "error" and r["layer"] == "supply_chain" for r in results)
+    quarantine, review = sample_lists(findings, options.quarantine_min_confidence)
     verdict, reason = decide(options.policy, [Severity(f["severity"]) for f in findings], errors, supply_chain_errors)
     by_severity: dict[str, int] = {}
     for f in findings:
@@ -135,7 +136,9 @@ def build_report(scan_id: str | None, inputs: ScanInputs, options: ScanOptions, 
                     "detectors_failed": errors, "detectors_skipped": sum(r["status"] == "skipped" for r in results)},
         "atlas": {t: ATLAS_TECHNIQUES[t] for t in sorted({f["technique"] for f in findings}) if t in ATLAS_TECHNIQUES},
         "files": files_summary(results, options),
-        "quarantine": quarantine_list(findings),
+        "quarantine": quarantine,
+        "quarantine_min_confidence": options.quarantine_min_confidence,
+        "review": review,
         "outputs": outputs or [],
         "detectors": results,
     }
@@ -165,11 +168,29 @@ def files_summary(results: list[dict], options: ScanOptions) -> list[dict]:
     return out
 
 
-def quarantine_list(findings: list[dict]) -> list[dict]:
-    """Every flagged dataset sample, once, with each reason and method that flagged it (``evidence.flagged``)."""
-    by_index: dict[int, list[dict]] = {}
+def sample_lists(findings: list[dict], min_confidence: float) -> tuple[list[dict], list[dict]]:
+    """The quarantine and the review list, one entry per dataset sample.
+
+    Quarantine: samples with poisoning evidence (``evidence.flagged`` items, each with a ``confidence``) whose best
+    confidence reaches ``min_confidence``; the entry lists every method that agrees, and the data-quality remarks on
+    the same sample as corroboration. Review: data-quality remarks (``evidence.review``: outliers, duplicates, label
+    noise) and poisoning candidates under the threshold: worth a look, not evidence of an attack on their own."""
+    evidence: dict[int, list[dict]] = {}
+    remarks: dict[int, list[dict]] = {}
     for f in findings:
-        for item in f["evidence"].get("flagged", []):
-            reason = {k: v for k, v in item.items() if k != "index"} | {"detector": f["detector"]}
-            by_index.setdefault(int(item["index"]), []).append(reason)
-    return [{"index": i, "reasons": by_index[i]} for i in sorted(by_index)]
+        for key, into in (("flagged", evidence), ("review", remarks)):
+            for item in f["evidence"].get(key, []):
+                into.setdefault(int(item["index"]), []).append({k: v for k, v in item.items() if k != "index"} | {"detector": f["detector"]})
+    quarantine, review = [], []
+    for i in sorted(set(evidence) | set(remarks)):
+        reasons = evidence.get(i, [])
+        confidence = max((float(r.get("confidence", 1.0)) for r in reasons), default=0.0)
+        if reasons and confidence >= min_confidence:
+            quarantine.append({"index": i, "confidence": round(confidence, 4),
+                               "attack": sorted({r.get("attack", "poisoning") for r in reasons}),
+                               "methods": sorted({r["method"] for r in reasons}), "reasons": reasons,
+                               "corroborated_by": remarks.get(i, [])})
+        else:
+            review.append({"index": i, "reasons": remarks.get(i, []) + reasons,
+                           "poisoning_confidence": round(confidence, 4) if reasons else None})
+    return quarantine, review

@@ -136,11 +136,21 @@ def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanO
 
 @router.get(
     "/{scan_id}/quarantine",
-    summary="Flagged dataset samples to quarantine: index, and every reason and method that flagged it (409 until succeeded)",
+    summary="Samples with poisoning evidence to remove: index, confidence, attack, the methods that agree and every reason (409 until succeeded)",
     responses={200: {"description": "Quarantine list", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
 )
 def get_quarantine(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
     return service.get_quarantine(session, tenant, scan_id)
+
+
+@router.get(
+    "/{scan_id}/review",
+    summary="Data-quality remarks (outliers, duplicates, label noise) and poisoning candidates under the quarantine's "
+    "confidence threshold: for a person to look at, not evidence of an attack (409 until succeeded)",
+    responses={200: {"description": "Review list", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+)
+def get_review(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
+    return service.get_review(session, tenant, scan_id)
 
 
 @router.get(

@@ -125,6 +125,13 @@ def get_report(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
 def get_quarantine(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
     report = get_report(session, tenant, scan_id)
     items = report.get("quarantine", [])
+    return {"scan_id": str(scan_id), "count": len(items), "min_confidence": report.get("quarantine_min_confidence"),
+            "items": items}
+
+
+def get_review(session: Session, tenant: str, scan_id: uuid.UUID) -> dict:
+    report = get_report(session, tenant, scan_id)
+    items = report.get("review", [])
     return {"scan_id": str(scan_id), "count": len(items), "items": items}
 
 
@@ -139,5 +146,6 @@ def to_out(scan: Scan) -> ScanOut:
     return ScanOut(
         id=scan.id, status=scan.status, stage=scan.stage, percent=round(scan.percent, 1), attempts=scan.attempts, queue=scan.queue,
         verdict=scan.verdict, error=scan.error, inputs=scan.inputs, options=scan.options, timings=timings,
-        links={"self": base, "report": f"{base}/report", "cancel": f"{base}/cancel"},
+        links={"self": base, "report": f"{base}/report", "quarantine": f"{base}/quarantine", "review": f"{base}/review",
+               "cancel": f"{base}/cancel"},
     )

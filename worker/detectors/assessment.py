@@ -25,6 +25,10 @@ from worker.model_layer import ModelLayerRun
 from worker.outputs import OutputSink
 from worker.registry import registry
 
+# Confidence that a confirmed target class was attacked: two independent methods, or all three, point at it.
+BELIEF_TWO_METHODS = 0.9
+BELIEF_CONFIRMED = 0.97
+ANCHORED_SHARE = 0.8  # a trigger-anchored row: the probe-to-representation link is one more approximate step
 REMEDIATED_ASR = 0.02  # an attack success rate at or under this after retraining counts as removed
 
 
@@ -163,6 +167,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
                 "probing": a.probing.report, "reconstruction": {**a.reconstruction.report, "images": images},
                 "activations": _activation_evidence(ds, run.analysis), "strip": a.strip.report}
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
+    findings[0].evidence["flagged"] = _confirmed_poison(a, votes, backdoored)
 
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
@@ -303,7 +308,7 @@ def _save_reconstruction(a: Assessment) -> dict:
 # ------------------------------------------------------------------------------------------------ votes and verdict
 
 def _votes(a: Assessment) -> dict[int, list[str]]:
-    activations = {c.label for c in a.run.analysis.classes if c.suspicious}
+    activations = {c.label for c in a.run.analysis.classes if c.stands_out}  # a class split like all others is no vote
     votes = {}
     for c in range(a.ds.n_classes):
         methods = [m for m, hit in (("probing", c in a.probing.suspected), ("reconstruction", c in a.reconstruction.targets),
@@ -330,7 +335,10 @@ def _verdict(ds, votes, backdoored, possible, evidence, uploaded: bool) -> Findi
                        evidence=evidence, technique=technique)
     if possible:
         names = ", ".join(str(_label(ds, c)) for c in possible)
-        return Finding(f"possible backdoor toward class {names} (one method)", Severity.medium,
+        # a trigger that fires is backdoor evidence; an unusually small reconstructed trigger or one class's split alone
+        # also happen in models with no backdoor (an untrained network, naturally confusable classes)
+        fired = any(votes[c] == ["probing"] for c in possible)
+        return Finding(f"possible backdoor toward class {names} (one method)", Severity.medium if fired else Severity.low,
                        round(1 / 3, 3), f"One method points at class {names} in {what} ({agreement}); the others do not "
                        f"confirm it. {_strip_text(evidence['strip'])}",
                        remediation="Probe the model with the trigger you suspect (upload it as the scan's trigger) and "
@@ -340,6 +348,28 @@ def _verdict(ds, votes, backdoored, possible, evidence, uploaded: bool) -> Findi
                    f"No candidate trigger switches held-out inputs to one class, Neural Cleanse finds no class with an "
                    f"unusually small trigger, and the activation analysis finds no poisoned class in {what}.",
                    evidence=evidence, technique=technique)
+
+
+def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: list[int]) -> list[dict]:
+    """The poisoned samples of each confirmed target class, with the methods that agree: the activation analysis's
+    (its posterior times the confirmed belief), else, where it did not flag the class (a blended trigger, a
+    source-specific one), the samples the model represents like triggered inputs."""
+    analysis, ds = a.run.analysis, a.ds
+    flagged = []
+    covered = {c.label for c in analysis.classes if c.suspicious}
+    for c in backdoored:
+        belief = BELIEF_CONFIRMED if len(votes[c]) >= 3 else BELIEF_TWO_METHODS
+        agree = "+".join(votes[c])
+        if c in covered:
+            rows = analysis.flagged[ds.y[analysis.flagged] == c]
+            flagged += [{"index": int(i), "reason": "backdoor poison (confirmed target)", "method": f"assessment({agree})",
+                         "attack": "backdoor", "confidence": round(belief * float(analysis.suspicion[i]), 4)} for i in rows]
+        else:
+            rows = _anchored_rows(a, [c])
+            flagged += [{"index": int(i), "reason": "backdoor poison (represented like triggered inputs)",
+                         "method": f"trigger_anchored({agree})", "attack": "backdoor", "confidence": belief * ANCHORED_SHARE}
+                        for i in rows]
+    return flagged
 
 
 def _activation_evidence(ds, analysis) -> dict:
@@ -420,7 +450,8 @@ def _remediate(a: Assessment, targets: list[int], progress) -> Finding:
     evidence = {"rounds": [r.evidence() for r in rounds],
                 "cleaned_dataset": cleaned, "retrained_model": saved, "backdoor_removed": last.removed,
                 "clean_accuracy": {"before": acc_before, "after": last.clean_accuracy_after, "on": held.source},
-                "flagged": [{"index": int(i), "reason": "quarantined for retraining in a backdoor target class",
+                # removed for retraining without poisoning evidence of their own: remarks, not the quarantine
+                "review": [{"index": int(i), "reason": "removed for retraining in a backdoor target class",
                              "method": "+".join(name for name, rows in flagged_by.items() if i in rows)}
                             for i in not_clustered]}
     text = " ".join(_round_text(r, acc_before, held.source) for r in rounds)

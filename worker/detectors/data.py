@@ -10,9 +10,6 @@ from worker.context import ScanContext
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
-TARGETED_MIN_COUNT = 5
-TARGETED_DOMINANCE = 0.5  # share of a label's flagged samples that point to one other class
-SCATTERED_NOISE_WARN = 0.01  # flagged share above which label noise is worth a warning
 DATALAB_WORKING_MEMORY_MB = 128
 DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: above this, search a random sample
 
@@ -67,33 +64,85 @@ def model_features(context: ScanContext, ds, config: dict, progress) -> tuple[np
 
 
 def label_findings(ds, probs: np.ndarray) -> list[Finding]:
+    """Cleanlab's label issues, and what makes them poisoning rather than noise (``worker.label_evidence``): a
+    targeted one-way flip, or more confident contradictions than the model's own probabilities allow. Issues without
+    that evidence go to the review list, not the quarantine."""
     from cleanlab.filter import find_label_issues
+
+    from worker.label_evidence import calibrate, noise_excess, targeted_pairs
 
     # n_jobs=1: Celery runs us in a daemonic process, which may not start a multiprocessing pool
     # filter_by="both": a sample must be off-diagonal in the confident joint and below its class threshold (precision)
     issues = find_label_issues(ds.y, probs, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1)
     suggested = probs.argmax(axis=1)
     n, k = len(ds.y), probs.shape[1]
-    pairs = noise_pairs(ds.y[issues], suggested[issues], k)
-    flagged = [{"index": int(i), "reason": "label issue", "method": "cleanlab.find_label_issues",
-                "given": _label(ds, ds.y[i]), "suggested": _label(ds, suggested[i]), "score": round(float(1 - probs[i, ds.y[i]]), 4)}
-               for i in issues]
+    p_given = probs[np.arange(n), ds.y]
+    calibrated, temperature = calibrate(probs, ds.y)
+    excess = noise_excess(calibrated, ds.y)
+    pairs = targeted_pairs(probs, ds.y)
+    # with label poisoning established for the dataset, an issue's confidence is the calibrated probability that its
+    # label is wrong; without it, issues are noise to review (confidence 0)
+    confidence = 1.0 - calibrated[np.arange(n), ds.y] if excess.poisoned else np.zeros(n, dtype=np.float32)
+    pair_of = {}
+    for p in pairs:  # a targeted pair's samples carry the pair's confidence (they need not be Cleanlab issues)
+        for i in p.rows:
+            pair_of.setdefault(int(i), p)
+    candidates = sorted(set(issues.tolist()) | set(pair_of), key=lambda i: p_given[i])
+
+    def record(i: int) -> dict:
+        pair = pair_of.get(i)
+        conf = max(float(confidence[i]) if i in issue_set else 0.0, pair.confidence if pair else 0.0)
+        return {"index": i, "reason": "targeted label flip" if pair else "label issue",
+                "method": "label_evidence.targeted_pairs" if pair else "cleanlab.find_label_issues+label_evidence.noise_excess",
+                "attack": "label_flip", "confidence": round(conf, 4), "given": _label(ds, ds.y[i]),
+                "suggested": _label(ds, suggested[i]), "score": round(float(1 - p_given[i]), 4)}
+
+    issue_set = set(issues.tolist())
+    records = [record(int(i)) for i in candidates]
+    flagged = [r for r in records if r["confidence"] > 0]
+    review = [{k_: v for k_, v in r.items() if k_ not in ("attack", "confidence")} | {"reason": "label issue (no poisoning evidence)"}
+              for r in records if r["confidence"] == 0]
     share = len(issues) / n
     per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
-    findings = [Finding(
-        title=f"{len(issues)} samples ({share:.1%}) look mislabeled",
-        severity=Severity.medium if share > SCATTERED_NOISE_WARN else Severity.low if len(issues) else Severity.info,
-        score=min(1.0, share * 10),
-        explanation="A model that never saw these samples confidently predicts another class than their label "
-        "(Cleanlab, out-of-sample probabilities from cross-validation). Scattered across classes, this looks like label noise "
-        "or random label-flip poisoning.",
-        remediation="Review the flagged samples (ranked, most suspicious first); quarantine or relabel them before training.",
-        evidence={"flagged": flagged, "per_class": per_class, "noise_pairs": pairs[:20],
-                  # rows: given label, columns: label the model suggests, counted over the flagged samples
-                  "noise_matrix": {"classes": [_label(ds, c) for c in range(k)], "counts": noise_matrix(ds.y[issues], suggested[issues], k)} if k <= 100 else None},
-    )]
-    findings += targeted_flips(ds, pairs)
+    evidence = {"flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
+                "noise_pairs": noise_pairs(ds.y[issues], suggested[issues], k)[:20],
+                # rows: given label, columns: label the model suggests, counted over the flagged samples
+                "noise_matrix": {"classes": [_label(ds, c) for c in range(k)],
+                                 "counts": noise_matrix(ds.y[issues], suggested[issues], k)} if k <= 100 else None}
+    findings = [_noise_finding(ds, excess, issues, share, evidence)]
+    findings += [_targeted_finding(ds, p) for p in pairs]
     return findings
+
+
+def _excess_evidence(excess) -> dict:
+    return {"poisoned": excess.poisoned, "cutoff": excess.cutoff, "observed": excess.observed,
+            "expected": round(excess.expected, 2), "pvalue": float(f"{excess.pvalue:.3g}"), "bins": excess.bins}
+
+
+def _noise_finding(ds, excess, issues, share: float, evidence: dict) -> Finding:
+    n = len(ds.y)
+    if excess.poisoned:
+        return Finding(
+            title=f"label poisoning: {int(round(excess.excess))} labels ({excess.excess / n:.1%}) contradict the data "
+            f"beyond natural noise",
+            severity=Severity.high, score=round(1 - excess.expected / excess.observed, 3),
+            explanation=f"A model that never saw them gives {excess.observed} samples' labels a probability under "
+            f"{excess.cutoff:g}; its own probabilities allow {excess.expected:.0f} such labels (p = {excess.pvalue:.2g}). "
+            f"Labels the inputs leave no doubt about, in that excess, are what random label-flip poisoning "
+            f"(AML.T0020) leaves; natural label noise stays near the expectation. {len(issues)} samples ({share:.1%}) "
+            f"are Cleanlab label issues in all.",
+            remediation="Quarantine the flagged samples (each carries its confidence and the label the model suggests), "
+            "find where they came from, and relabel or drop them before training.",
+            evidence=evidence)
+    return Finding(
+        title=f"{len(issues)} samples ({share:.1%}) look mislabeled, within natural label noise",
+        severity=Severity.low if len(issues) else Severity.info, score=0.0,
+        explanation="A model that never saw these samples predicts another class than their label (Cleanlab, out-of-sample "
+        "probabilities). Their number stays within what the model's own uncertainty explains (at most "
+        f"{max(0, int(round(excess.excess)))} beyond it): label noise or class confusion, not evidence of poisoning. "
+        "They are in the review list, not the quarantine.",
+        remediation="Review the listed samples (most suspicious first) if label quality matters for this model.",
+        evidence=evidence)
 
 
 def noise_matrix(given: np.ndarray, suggested: np.ndarray, k: int) -> list[list[int]]:
@@ -111,34 +160,23 @@ def noise_pairs(given: np.ndarray, suggested: np.ndarray, k: int) -> list[dict]:
     return sorted(pairs, key=lambda p: -p["count"])
 
 
-def targeted_flips(ds, pairs: list[dict]) -> list[Finding]:
-    """A flip from one source class to one target class is a poisoning signal, stronger than scattered noise.
-
-    Flipped samples carry the target label and look like the source class: pair (given=target, suggested=source).
-    """
-    k = len(ds.classes)
-    if k < 3:
-        return []  # with two classes every flip points to the other one: direction says nothing
-    # scattered noise spreads a label's issues over k-1 classes; a target must stand far above that
-    dominance = max(TARGETED_DOMINANCE, 1.5 / (k - 1))
-    out = []
-    for p in pairs:
-        if p["count"] < TARGETED_MIN_COUNT or p["share_of_given_issues"] < dominance:
-            continue
-        src, dst = _label(ds, p["suggested"]), _label(ds, p["given"])
-        out.append(Finding(
-            title=f"targeted label flip: class {src} -> {dst} ({p['count']} samples)",
-            severity=Severity.high,
-            score=min(1.0, p["share_of_given_issues"]),
-            explanation=f"{p['count']} samples labelled {dst} look like class {src} to a model that never saw them: "
-            f"{p['share_of_given_issues']:.0%} of all suspicious samples labelled {dst}. Noise scatters over many classes; "
-            f"samples of one source class relabelled as one target class is what a targeted poisoning attack (AML.T0020) leaves.",
-            remediation=f"Quarantine the flagged samples labelled {dst} that look like {src}, find where they came from, "
-            f"and test the trained model on class {src} inputs.",
-            evidence={"source": src, "target": dst, "count": p["count"], "target_class_size": int((ds.y == p["given"]).sum()),
-                      "share_of_target_label_issues": round(p["share_of_given_issues"], 3)},
-        ))
-    return out
+def _targeted_finding(ds, p) -> Finding:
+    """Samples of one source class relabelled as one target class: a targeted poisoning signal."""
+    src, dst = _label(ds, p.source), _label(ds, p.target)
+    return Finding(
+        title=f"targeted label flip: class {src} -> {dst} ({p.count} samples)",
+        severity=Severity.high,
+        score=p.confidence,
+        explanation=f"{p.count} samples labelled {dst} look like class {src} to a model that never saw them, against "
+        f"{p.reverse} labelled {src} that look like {dst}; natural confusion would give about {p.expected:.0f} "
+        f"(binomial test, corrected p = {p.pvalue:.2g}; robust z {p.robust_z:.1f} against the other class pairs). "
+        f"Confusion that runs one way only is what relabelling one source class as one target (AML.T0020) leaves.",
+        remediation=f"Quarantine the samples labelled {dst} that look like {src}, find where they came from, "
+        f"and test the trained model on class {src} inputs.",
+        evidence={"source": src, "target": dst, "count": p.count, "reverse": p.reverse, "expected": p.expected,
+                  "pvalue": float(f"{p.pvalue:.3g}"), "robust_z": p.robust_z, "confidence": p.confidence,
+                  "target_class_size": int((ds.y == p.target).sum())},
+    )
 
 
 def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int = DATALAB_MAX_ROWS, seed: int = 0) -> list[Finding]:
@@ -168,7 +206,7 @@ def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int 
             explanation="Samples far from every other sample in feature space (Cleanlab Datalab, k-nearest neighbours). "
             "Injected samples often sit apart from the data they were slipped into.",
             remediation="Review the most outlying samples; drop those that do not belong to the task.",
-            evidence={"flagged": [{"index": int(rows[i]), "reason": "outlier", "method": "cleanlab.Datalab(outlier)", "score": round(float(1 - scores[i]), 4)}
+            evidence={"review": [{"index": int(rows[i]), "reason": "outlier", "method": "cleanlab.Datalab(outlier)", "score": round(float(1 - scores[i]), 4)}
                                   for i in ranked]} | sampled,
         ))
     near = table["is_near_duplicate_issue"].to_numpy()
@@ -177,12 +215,12 @@ def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int 
         conflicting = sorted({int(i) for i in np.flatnonzero(near) for j in sets[i] if labels[j] != labels[i]})
         findings.append(Finding(
             title=f"{int(near.sum())} near-duplicate samples, {len(conflicting)} with conflicting labels",
-            severity=Severity.medium if conflicting else Severity.low,
+            severity=Severity.low,  # data quality: the review list, not evidence of an attack on its own
             score=min(1.0, len(conflicting) / max(1, int(near.sum()))),
             explanation="Near-identical samples (Cleanlab Datalab). Copies with different labels teach the model two answers for one "
             "input, a cheap way to poison a decision boundary; many copies of one sample over-weight it.",
             remediation="Deduplicate; for conflicting copies keep the verified label or drop both.",
-            evidence={"flagged": [{"index": int(rows[i]), "reason": "near-duplicate with a conflicting label", "method": "cleanlab.Datalab(near_duplicate)"}
+            evidence={"review": [{"index": int(rows[i]), "reason": "near-duplicate with a conflicting label", "method": "cleanlab.Datalab(near_duplicate)"}
                                   for i in conflicting],
                       "near_duplicates": [int(rows[i]) for i in np.flatnonzero(near)][:1000]} | sampled,
         ))
@@ -201,12 +239,12 @@ def conflicting_duplicates(ds) -> list[Finding]:
     flagged = [{"index": i, "reason": "exact duplicate with a conflicting label", "method": "hash"} for idx in conflicts for i in idx]
     return [Finding(
         title=f"{len(conflicts)} groups of identical samples with conflicting labels ({len(flagged)} samples)",
-        severity=Severity.medium,
+        severity=Severity.low,  # data quality (duplicated records are common): the review list
         score=min(1.0, len(flagged) / len(ds.y) * 20),
         explanation="The same input appears with different labels. At most one label can be right; the others are noise or a "
         "deliberate flip of copied samples.",
         remediation="Keep one copy with the verified label, drop the rest.",
-        evidence={"flagged": flagged, "groups": [[int(i) for i in g] for g in conflicts[:200]]},
+        evidence={"review": flagged, "groups": [[int(i) for i in g] for g in conflicts[:200]]},
     )]
 
 

@@ -13,6 +13,12 @@ from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
 MAX_LISTED = 100_000  # flagged samples listed in the report; the count is always exact
+# How far activation clustering alone is trusted that a class was attacked (a sample's confidence is this times its
+# poison posterior). A class that stands out from the others is likely a target, but one method is one method: a
+# sample reaches the quarantine (0.5) on this alone only with a posterior of 0.83 or more; the assessment raises the
+# belief when probing or reconstruction agree. A class that splits like every other class is noise or confusion.
+BELIEF_STANDS_OUT = 0.6
+BELIEF_LIKE_OTHERS = 0.25
 
 
 @registry.register(name="backdoor_activations", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu",
@@ -36,19 +42,29 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
     for c in analysis.classes:
         if not c.suspicious:
             continue
-        flagged = _flagged_records(ds, c, analysis)
+        belief = BELIEF_STANDS_OUT if c.stands_out else BELIEF_LIKE_OTHERS
+        flagged = _flagged_records(ds, c, analysis, belief)
+        name = _label(ds, c.label)
+        split = (f"In {what}'s {', '.join(context['layers'])} activations, class {name} splits into two clusters "
+                 f"(silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
+                 f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another "
+                 f"label, against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest).")
+        if c.stands_out:
+            title = f"class {name} looks like a backdoor target ({len(c.flagged)} of {c.size} samples flagged)"
+            why = (f" No other class splits this way (robust z {c.robust_z:.1f} against all classes): samples of other "
+                   f"classes relabelled to one class and sorted apart by the model is what a dirty-label backdoor leaves. "
+                   f"{_agreement_text(c)} One method: the backdoor assessment decides whether the model learned a trigger.")
+        else:
+            title = f"class {name} holds samples that look like other classes, as the other classes do"
+            why = (f" Most classes split the same way (robust z {c.robust_z:.1f}): label noise or naturally confusable "
+                   "classes, not evidence of a backdoor on its own. The samples are in the review list.")
         findings.append(Finding(
-            title=f"class {_label(ds, c.label)} looks like a backdoor target ({len(c.flagged)} of {c.size} samples poisoned)",
-            severity=Severity.high,
-            score=round(min(1.0, c.sides[c.poison_side]["input_disagreement"] + c.silhouette), 3),
-            explanation=f"In {what}'s {', '.join(context['layers'])} activations, class {_label(ds, c.label)} splits into two "
-            f"clusters (silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
-            f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another label, "
-            f"against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest). Samples of other classes relabelled "
-            f"to one class and sorted apart by the model is what a dirty-label backdoor leaves. {_agreement_text(c)}",
-            remediation=f"Quarantine the {len(c.flagged)} flagged samples, retrain without them and test the retrained model "
-            f"for the trigger; do not register {'this model' if uploaded else 'a model trained on this data'} as it is.",
-            evidence={"class": _label(ds, c.label), "flagged": flagged, **_class_evidence(c), "per_class": per_class, **context},
+            title=title, severity=Severity.medium if c.stands_out else Severity.low,
+            score=round(belief * min(1.0, c.sides[c.poison_side]["input_disagreement"] + c.silhouette), 3),
+            explanation=split + why,
+            remediation="Let the backdoor assessment confirm the class; quarantine the samples it confirms, retrain "
+            "without them and test the retrained model for the trigger.",
+            evidence={"class": name, "flagged": flagged, **_class_evidence(c), "per_class": per_class, **context},
             technique=technique,
         ))
     if not findings:
@@ -72,10 +88,12 @@ def _class_evidence(c) -> dict:
     return {"size": c.size, "suspicious": c.suspicious, "reason": c.reason or None, "clusters": c.sides,
             "silhouette": c.silhouette, "poison_cluster": c.poison_side, "flagged_count": int(len(c.flagged)) if c.suspicious else 0,
             "spectral_flagged": c.spectral_flagged, "methods_agreement_jaccard": c.agreement,
-            "moved_by_boundary_refinement": c.moved_by_refinement, "spectral_scores": c.spectral_scores}
+            "moved_by_boundary_refinement": c.moved_by_refinement, "spectral_scores": c.spectral_scores,
+            "gap": c.gap, "robust_z": c.robust_z, "stands_out": c.stands_out}
 
 
-def _flagged_records(ds, c, analysis) -> list[dict]:
+def _flagged_records(ds, c, analysis, belief: float) -> list[dict]:
     order = c.flagged[np.argsort(-analysis.suspicion[c.flagged], kind="stable")][:MAX_LISTED]  # most suspicious first
     return [{"index": int(i), "reason": "backdoor poison", "method": "+".join(analysis.methods[int(i)]),
-             "score": round(float(analysis.suspicion[i]), 4)} for i in order]
+             "attack": "backdoor", "score": round(float(analysis.suspicion[i]), 4),
+             "confidence": round(belief * float(analysis.suspicion[i]), 4)} for i in order]

@@ -1,0 +1,75 @@
+"""When label noise is poisoning (worker/label_evidence.py) and how the pipeline splits quarantine from review."""
+
+import numpy as np
+
+from worker.label_evidence import calibrate, noise_excess, targeted_pairs
+from worker.pipeline import sample_lists
+
+
+def _calibrated_world(n=6000, k=10, sharpness=6.0, seed=0):
+    """Probabilities and labels drawn from them: a perfectly calibrated model on clean (noisy-by-nature) data."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), rng.integers(0, k, n)] += sharpness
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(k, p=p) for p in probs])
+    return probs.astype(np.float32), y
+
+
+def test_natural_noise_that_the_model_explains_is_not_poisoning():
+    for sharpness in (3.0, 6.0):  # a confusable domain and a well-separated one
+        probs, y = _calibrated_world(sharpness=sharpness)
+        assert not noise_excess(probs, y).poisoned
+
+
+def test_an_overconfident_model_on_clean_data_is_calibrated_before_the_test():
+    probs, y = _calibrated_world(sharpness=3.0)
+    sharp = probs ** 3 / (probs ** 3).sum(axis=1, keepdims=True)  # overconfident, as an overfitted proxy is
+    assert noise_excess(sharp, y).observed > 1.5 * noise_excess(sharp, y).expected
+    calibrated, temperature = calibrate(sharp, y)
+    assert temperature > 2 and not noise_excess(calibrated, y).poisoned
+
+
+def test_random_flips_exceed_what_the_model_explains():
+    probs, y = _calibrated_world(sharpness=9.0)
+    rng = np.random.default_rng(1)
+    flipped = rng.choice(len(y), size=len(y) // 10, replace=False)
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    excess = noise_excess(probs, y)  # the model's probabilities as they are (the data-layer tests run calibration too)
+    assert excess.poisoned and excess.excess >= 0.6 * len(flipped)
+    confident = np.flatnonzero(1 - probs[np.arange(len(y)), y] >= 0.5)
+    assert len(np.intersect1d(confident, flipped)) >= 0.8 * len(flipped)
+
+
+def test_one_way_confusion_is_targeted_and_two_way_confusion_is_not():
+    probs, y = _calibrated_world(sharpness=6.0, seed=3)
+    predicted = probs.argmax(axis=1)
+    assert targeted_pairs(probs, y) == []
+    y = y.copy()
+    ones = np.flatnonzero((y == 1) & (predicted == 1))
+    y[ones[:60]] = 7  # 60 of class 1 relabelled 7
+    (pair,) = targeted_pairs(probs, y)
+    assert (pair.source, pair.target) == (1, 7) and pair.confidence > 0.8
+    assert set(ones[:60].tolist()) <= set(pair.rows.tolist())
+    both = y.copy()
+    sevens = np.flatnonzero((y == 7) & (predicted == 7))
+    both[sevens[:60]] = 1  # the same confusion both ways: two confusable classes, not an attack
+    assert targeted_pairs(probs, both) == []
+
+
+def test_quarantine_holds_poisoning_evidence_and_review_the_rest():
+    findings = [
+        {"detector": "data_poisoning", "evidence": {
+            "flagged": [{"index": 1, "reason": "label issue", "method": "a", "attack": "label_flip", "confidence": 0.9},
+                        {"index": 2, "reason": "label issue", "method": "a", "attack": "label_flip", "confidence": 0.3}],
+            "review": [{"index": 1, "reason": "outlier", "method": "o"}, {"index": 3, "reason": "outlier", "method": "o"}]}},
+        {"detector": "backdoor_activations", "evidence": {
+            "flagged": [{"index": 1, "reason": "backdoor poison", "method": "b", "attack": "backdoor", "confidence": 0.6}]}},
+    ]
+    quarantine, review = sample_lists(findings, 0.5)
+    assert [q["index"] for q in quarantine] == [1]
+    assert quarantine[0]["confidence"] == 0.9 and quarantine[0]["methods"] == ["a", "b"]
+    assert quarantine[0]["attack"] == ["backdoor", "label_flip"] and quarantine[0]["corroborated_by"][0]["reason"] == "outlier"
+    assert {r["index"]: r["poisoning_confidence"] for r in review} == {2: 0.3, 3: None}
+    assert [q["index"] for q in sample_lists(findings, 0.95)[0]] == []
