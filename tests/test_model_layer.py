@@ -34,10 +34,12 @@ def test_backdoor_target_and_poisoned_samples_are_found(victims):
     (det,) = report["detectors"]
     assert det["status"] == "ok", det["error"]
     (finding,) = [f for f in det["findings"] if "backdoor target" in f["title"]]
-    assert finding["evidence"]["class"] == TARGET and finding["technique"] == "AML.T0018" and finding["severity"] == "high"
-    flagged = {q["index"] for q in report["quarantine"]}
+    assert finding["evidence"]["class"] == TARGET and finding["technique"] == "AML.T0018" and finding["severity"] == "medium"
+    assert finding["evidence"]["stands_out"] and finding["evidence"]["robust_z"] > 3.5  # one class unlike the others
+    flagged = {item["index"] for item in finding["evidence"]["flagged"]}  # the method's own flags
     assert _f1(flagged, v["poisoned"]) >= 0.9
-    assert report["verdict"] == "fail"
+    assert report["verdict"] == "warn"  # one method: the assessment decides "backdoored"
+    assert all(0.5 <= q["confidence"] <= 0.6 for q in report["quarantine"])
     entry = report["quarantine"][0]["reasons"][0]
     assert entry["reason"] == "backdoor poison" and "activation_clustering" in entry["method"] and 0.5 <= entry["score"] <= 1
     evidence = finding["evidence"]
