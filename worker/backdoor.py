@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.robust import OUTLIER_Z, centre_and_spread
+
 PCA_DIMS = 10
 GAP_MIN = 0.25  # poison side's input-space label disagreement minus the other side's
 DISAGREE_MIN = 0.30  # the poison side's inputs must mostly look like other classes
@@ -40,7 +42,6 @@ REFERENCE_ROWS = 50_000  # neighbours are searched among at most this many rows
 SILHOUETTE_ROWS = 2_000
 SEED_CLEAN_MAX = 0.1  # clean seed: at most 1 of its 10 input neighbours in other classes
 SEED_POISON_MIN = 0.5  # poison seed: at least 5 of its 10 input neighbours in other classes
-ROBUST_Z = 3.5  # Iglewicz and Hoaglin's cut-off for modified z-scores (the MAD rule Neural Cleanse applies to norms)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ClassResult:
     def stands_out(self) -> bool:
         """Suspicious *and* unlike the other classes: one class of relabelled samples among clean ones. When every
         class splits this way (random label noise, naturally confusable classes), none stands out."""
-        return self.suspicious and self.robust_z > ROBUST_Z
+        return self.suspicious and self.robust_z > OUTLIER_Z
 
 
 @dataclass
@@ -77,6 +78,11 @@ class Analysis:
     @property
     def flagged(self) -> np.ndarray:
         return np.array(sorted(self.methods), dtype=np.int64)
+
+    @property
+    def flagged_classes(self) -> set[int]:
+        """Classes whose samples the activation analysis flagged."""
+        return {c.label for c in self.classes if c.suspicious}
 
 
 @contextlib.contextmanager
@@ -184,11 +190,9 @@ def _analyze(reps, labels, input_features, seed, dims, progress) -> Analysis:
 def _relative_scores(results: list[ClassResult]) -> None:
     """Each class's split statistic against the same statistic over all classes (median and MAD): a domain whose
     classes are naturally confusable raises them all, and none stands out."""
-    gaps = np.array([r.gap for r in results], dtype=np.float64)
-    if not len(gaps):
+    if not results:
         return
-    centre = float(np.median(gaps))
-    spread = 1.4826 * float(np.median(np.abs(gaps - centre)))
+    centre, spread = centre_and_spread([r.gap for r in results])
     spread = max(spread, 0.02)  # disagreement is measured on 300 probes: differences under 0.02 are noise
     for r in results:
         r.robust_z = round((r.gap - centre) / spread, 3)

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.robust import OUTLIER_Z, centre_and_spread
+
 # Probability cut-offs for "the label is implausible to the model"; cumulative bins, finest first.
 CUTOFFS = (0.001, 0.01, 0.03, 0.1)
 EXCESS_MIN_SHARE = 0.005  # excess below 0.5% of the data is not treated as an attack: harmless at that rate, and
 EXCESS_MIN_COUNT = 10  # a few mislabelled samples are in every public dataset
 EXCESS_RATIO = 2.0  # observed at least twice what calibration allows
 ALPHA = 0.01  # family-wise error of the pair tests and the excess test
-ROBUST_Z = 3.5  # Iglewicz and Hoaglin's outlier cut-off for modified z-scores
 PAIR_MIN_COUNT = 5
 PAIR_ALPHA = 0.01  # family-wise, over the pairs that stand out (0.05 failed a clean MNIST: 5 -> 3, 26 samples)
 
@@ -67,13 +68,6 @@ class NoiseExcess:
     @property
     def excess(self) -> float:
         return max(0.0, self.observed - self.expected)
-
-    def confidence(self, p_given: np.ndarray) -> np.ndarray:
-        """Per sample: the excess share of the finest bin it falls in (0 where no bin shows an excess)."""
-        out = np.zeros(len(p_given), dtype=np.float32)
-        for b in reversed(self.bins):  # coarse to fine: finer bins overwrite
-            out[p_given < b["cutoff"]] = b["excess_share"]
-        return out
 
 
 @dataclass
@@ -129,16 +123,14 @@ def targeted_pairs(probs: np.ndarray, y: np.ndarray) -> list[TargetedPair]:
     confusion = np.zeros((k, k), dtype=np.int64)  # rows: given label, columns: predicted class
     np.add.at(confusion, (y, predicted), 1)
     off = ~np.eye(k, dtype=bool)
-    counts = confusion[off].astype(np.float64)
-    centre = float(np.median(counts))
-    spread = 1.4826 * float(np.median(np.abs(counts - centre)))
+    centre, spread = centre_and_spread(confusion[off])
     found = []
     # a pair's count against all pairs' (MAD), never sharper than the count's own Poisson noise
     zscores = (confusion - centre) / np.maximum(spread, np.sqrt(np.maximum(confusion, 1)))
     # screen: pairs whose one-way excess stands out from all pairs; then test each against its own reverse, corrected
     # for the screened pairs only (a flip the model learned also confuses some genuine sources the other way)
     screened = [(t, s) for t, s in zip(*np.nonzero(off), strict=True)
-                if zscores[t, s] > ROBUST_Z and confusion[t, s] >= PAIR_MIN_COUNT and sizes[t] and sizes[s]]
+                if zscores[t, s] > OUTLIER_Z and confusion[t, s] >= PAIR_MIN_COUNT and sizes[t] and sizes[s]]
     for t, s in screened:
         count, reverse = int(confusion[t, s]), int(confusion[s, t])
         # class sizes before the flip: the flipped samples were the source's

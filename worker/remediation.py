@@ -49,7 +49,7 @@ def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str,
         return Quarantine(chosen, mode, methods, "flagged by any of activation clustering, spectral signatures, "
                           "STRIP and trigger-anchored activations")
     chosen = np.intersect1d(clustering, spectral)
-    covered = {c.label for c in analysis.classes if c.suspicious}
+    covered = analysis.flagged_classes
     uncovered = [c for c in target_classes if c not in covered]
     rule = "flagged by both activation clustering and spectral signatures"
     for c in uncovered:

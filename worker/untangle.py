@@ -46,8 +46,9 @@ import numpy as np
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
+from worker.robust import centre_and_spread
+
 THRESHOLD = math.exp(2)  # the paper's: a class is a target when its anomaly index exceeds e**2
-MAD_SCALE = 1.4826  # MAD of a normal distribution is 0.6745 sigma
 SHRINK = 1e-4  # covariances are shrunk by this fraction towards (trace / dims) * I
 RESTARTS = 3  # seeded k-means++ starts of the untangling, besides the principal-direction split
 
@@ -272,9 +273,8 @@ def _anomaly_index(statistic: np.ndarray) -> np.ndarray:
     if not ok.any():
         return out
     v = statistic[ok]
-    med = np.median(v)
+    med, scale = centre_and_spread(v)
     dev = v - med
-    scale = MAD_SCALE * np.median(np.abs(dev))
     if scale <= 1e-12 * max(abs(med), 1e-300):
         # Half or more of the classes share one value: fall back on the mean absolute deviation (normal-consistent).
         scale = math.sqrt(math.pi / 2) * np.mean(np.abs(dev))

@@ -14,7 +14,7 @@ flagged samples are quarantined, the model is retrained without them and re-test
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -105,6 +105,7 @@ class Assessment:
     probing: Probing | None = None
     reconstruction: Reconstruction | None = None
     strip: StripCheck | None = None
+    anchored: dict[int, np.ndarray] = field(default_factory=dict)  # class -> trigger-anchored rows (``_anchored_rows``)
 
     @property
     def ds(self):
@@ -356,7 +357,7 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
     source-specific one), the samples the model represents like triggered inputs."""
     analysis, ds = a.run.analysis, a.ds
     flagged = []
-    covered = {c.label for c in analysis.classes if c.suspicious}
+    covered = analysis.flagged_classes
     for c in backdoored:
         belief = BELIEF_CONFIRMED if len(votes[c]) >= 3 else BELIEF_TWO_METHODS
         agree = "+".join(votes[c])
@@ -388,7 +389,7 @@ def _strip(a: Assessment, target_classes: list[int]) -> StripCheck:
     predict, ds, analysis, held, spec, config, seed = a.predict, a.ds, a.run.analysis, a.held, a.probing.spec, a.config, a.seed
     rng = np.random.default_rng(seed + 2)
     copies = int(config.get("strip_copies", 16))
-    flagged_classes = {c.label for c in analysis.classes if c.suspicious}
+    flagged_classes = analysis.flagged_classes
     rows = np.asarray(analysis.flagged, dtype=np.int64)
     extra = np.flatnonzero(np.isin(ds.y, [c for c in target_classes if c not in flagged_classes]))
     rows = np.union1d(_cap(rows, 1000, rng), _cap(extra, 2000, rng))
@@ -514,17 +515,17 @@ def _anchored_rows(a: Assessment, targets: list[int]) -> np.ndarray:
     from worker.remediation import trigger_anchored
 
     run, held, ds, spec = a.run, a.held, a.ds, a.probing.spec
-    covered = {c.label for c in run.analysis.classes if c.suspicious}
-    found = [np.empty(0, np.int64)]
-    for c in (c for c in targets if c not in covered):
+    covered = run.analysis.flagged_classes
+    for c in (c for c in targets if c not in covered and c not in a.anchored):  # each class once per scan
+        a.anchored[c] = np.empty(0, np.int64)
         trigger = _triggers_for(a, c)[0]
         clean, others = held.x[held.y == c], held.x[held.y != c][:1000]
         rows = np.flatnonzero(ds.y == c)
         if len(clean) < 10 or not len(others):
             continue
         represent = lambda x: embed(run.model, x)  # noqa: E731  (penultimate layer, whole)
-        found.append(rows[trigger_anchored(represent, ds.x[rows], trigger.stamp(others, spec.lo, spec.hi), clean)])
-    return np.concatenate(found)
+        a.anchored[c] = rows[trigger_anchored(represent, ds.x[rows], trigger.stamp(others, spec.lo, spec.hi), clean)]
+    return np.concatenate([np.empty(0, np.int64)] + [a.anchored[c] for c in targets if c in a.anchored])
 
 
 def _triggers_for(a: Assessment, c: int) -> list:

@@ -82,26 +82,26 @@ def label_findings(ds, probs: np.ndarray) -> list[Finding]:
     pairs = targeted_pairs(probs, ds.y)
     # with label poisoning established for the dataset, an issue's confidence is the calibrated probability that its
     # label is wrong; without it, issues are noise to review (confidence 0)
-    confidence = 1.0 - calibrated[np.arange(n), ds.y] if excess.poisoned else np.zeros(n, dtype=np.float32)
+    confidence = np.zeros(n)
+    if excess.poisoned:
+        confidence[issues] = 1.0 - calibrated[issues, ds.y[issues]]
     pair_of = {}
     for p in pairs:  # a targeted pair's samples carry the pair's confidence (they need not be Cleanlab issues)
-        for i in p.rows:
-            pair_of.setdefault(int(i), p)
-    candidates = sorted(set(issues.tolist()) | set(pair_of), key=lambda i: p_given[i])
-
-    def record(i: int) -> dict:
-        pair = pair_of.get(i)
-        conf = max(float(confidence[i]) if i in issue_set else 0.0, pair.confidence if pair else 0.0)
-        return {"index": i, "reason": "targeted label flip" if pair else "label issue",
-                "method": "label_evidence.targeted_pairs" if pair else "cleanlab.find_label_issues+label_evidence.noise_excess",
-                "attack": "label_flip", "confidence": round(conf, 4), "given": _label(ds, ds.y[i]),
-                "suggested": _label(ds, suggested[i]), "score": round(float(1 - p_given[i]), 4)}
-
-    issue_set = set(issues.tolist())
-    records = [record(int(i)) for i in candidates]
-    flagged = [r for r in records if r["confidence"] > 0]
-    review = [{k_: v for k_, v in r.items() if k_ not in ("attack", "confidence")} | {"reason": "label issue (no poisoning evidence)"}
-              for r in records if r["confidence"] == 0]
+        for i in p.rows:  # the pairs' rows are disjoint: one given label and one prediction per sample
+            pair_of[int(i)] = p
+            confidence[i] = max(confidence[i], p.confidence)
+    flagged, review = [], []
+    for i in sorted(set(issues.tolist()) | set(pair_of), key=lambda i: p_given[i]):
+        conf = round(float(confidence[i]), 4)
+        record = {"index": i, "given": _label(ds, ds.y[i]), "suggested": _label(ds, suggested[i]),
+                  "score": round(float(1 - p_given[i]), 4)}
+        if conf > 0:
+            flagged.append(record | {"reason": "targeted label flip" if i in pair_of else "label issue",
+                                     "method": "label_evidence.targeted_pairs" if i in pair_of
+                                     else "cleanlab.find_label_issues+label_evidence.noise_excess",
+                                     "attack": "label_flip", "confidence": conf})
+        else:
+            review.append(record | {"reason": "label issue (no poisoning evidence)", "method": "cleanlab.find_label_issues"})
     share = len(issues) / n
     per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
     evidence = {"flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
