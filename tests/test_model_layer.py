@@ -62,11 +62,16 @@ def test_model_and_data_layers_share_one_quarantine_list_and_progress_shows_stag
                               progress=lambda stage, percent: stages.append((stage, percent)))
     by_detector = {}
     for entry in report["quarantine"]:
+        for reason in entry["reasons"] + entry["corroborated_by"]:
+            by_detector.setdefault(reason["detector"], set()).add(entry["index"])
+    for entry in report["review"]:
         for reason in entry["reasons"]:
             by_detector.setdefault(reason["detector"], set()).add(entry["index"])
-    both = by_detector["data_poisoning"] & by_detector["backdoor_activations"]
-    assert both and both <= v["poisoned"] | by_detector["data_poisoning"]  # one entry per index, reasons from both layers
-    assert len({e["index"] for e in report["quarantine"]}) == len(report["quarantine"])
+    # both layers speak about samples; each sample has one entry, in the quarantine or in the review list, never both
+    assert by_detector["data_poisoning"] and by_detector["backdoor_activations"]
+    indices = [e["index"] for e in report["quarantine"] + report["review"]]
+    assert len(set(indices)) == len(indices)
+    assert {e["index"] for e in report["quarantine"]} <= by_detector["backdoor_activations"]  # a backdoor: no label flips
     names = [s for s, _ in stages]
     for stage in ("load", "activations", "input features", "clustering"):
         assert f"model:backdoor_activations:{stage}" in names

@@ -48,12 +48,12 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
         split = (f"In {what}'s {', '.join(context['layers'])} activations, class {name} splits into two clusters "
                  f"(silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
                  f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another "
-                 f"label, against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest).")
+                 f"label, against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest). {_agreement_text(c)}")
         if c.stands_out:
             title = f"class {name} looks like a backdoor target ({len(c.flagged)} of {c.size} samples flagged)"
             why = (f" No other class splits this way (robust z {c.robust_z:.1f} against all classes): samples of other "
                    f"classes relabelled to one class and sorted apart by the model is what a dirty-label backdoor leaves. "
-                   f"{_agreement_text(c)} One method: the backdoor assessment decides whether the model learned a trigger.")
+                   "One method: the backdoor assessment decides whether the model learned a trigger.")
         else:
             title = f"class {name} holds samples that look like other classes, as the other classes do"
             why = (f" Most classes split the same way (robust z {c.robust_z:.1f}): label noise or naturally confusable "
