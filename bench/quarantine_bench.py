@@ -388,12 +388,13 @@ def read_report(report: dict, truth: np.ndarray, n: int) -> dict:
         rows_before = [t for r in ev["rounds"] for t in r["attack_success"] if t["decides"] and _num(t["before"]) is not None]
         rows_after = [t for t in ev["rounds"][-1]["attack_success"] if t["decides"] and _num(t["after"]) is not None]
         out["remediation"] = {
-            "title": remedy["title"], "rounds": [{k: r[k] for k in ("mode", "removed_samples", "clean_accuracy_after", "worst_after")}
+            "title": remedy["title"], "rounds": [{k: r.get(k) for k in ("round", "step", "removed_samples", "added_samples", "clean_accuracy_after", "worst_after")}
                                                  | {"attack_success": r["attack_success"]} for r in ev["rounds"]],
             "asr_before": max((t["before"] for t in rows_before), default=None),
             "asr_after": max((t["after"] for t in rows_after), default=None),
             "acc_before": _num(ev["clean_accuracy"]["before"]), "acc_after": _num(ev["clean_accuracy"]["after"]),
-            "removed": ev.get("backdoor_removed")}
+            "removed": ev.get("backdoor_removed"), "goal_reached": ev.get("goal_reached"),
+            "stopped_because": ev.get("stopped_because")}
     return out
 
 

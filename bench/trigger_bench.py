@@ -212,7 +212,7 @@ def remediation(tmp: Path, holdout: Path, xt: np.ndarray, yt: np.ndarray, case: 
     result["goal_met"] = (result["after"]["attack_success"] <= 0.02
                           and result["after"]["clean_accuracy"] >= result["before"]["clean_accuracy"] - 0.01)
     print(f"[remediation {case.name}] before {result['before']} after {result['after']} rounds "
-          f"{[(r['mode'], r['removed_samples'], r['removed']) for r in result['rounds']]}", flush=True)
+          f"{[(r['step'], r['removed_samples'], r['removed']) for r in result['rounds']]}", flush=True)
     return result
 
 
@@ -244,7 +244,7 @@ def print_remediation(fix: dict) -> None:
     print(f"| before | {fix['before']['attack_success']:.2%} | {fix['before']['clean_accuracy']:.2%} |")
     print(f"| after | {fix['after']['attack_success']:.2%} | {fix['after']['clean_accuracy']:.2%} |")
     for r in fix["rounds"]:
-        print(f"  round {r['mode']}: removed {r['removed_samples']} ({r['by_method']}), removed backdoor: {r['removed']}, "
+        print(f"  round {r['round']} ({r['step']}): {r['removed_samples']} samples left out ({r['rule']}), removed backdoor: {r['removed']}, "
               f"retrain {r['retraining']['train_s']} s")
 
 

@@ -15,8 +15,9 @@ from worker.options import ScanOptions
 FAST = {"nc_steps": 400, "nc_budget_s": 60, "remediate": "never"}
 
 
-def _assess(files, tmp_path, detectors=("backdoor_activations", "backdoor_assessment"), **config):
-    options = ScanOptions(detectors=list(detectors), detector_config={"backdoor_assessment": FAST | config})
+def _assess(files, tmp_path, detectors=("backdoor_activations", "backdoor_assessment"), min_confidence=0.5, **config):
+    options = ScanOptions(detectors=list(detectors), detector_config={"backdoor_assessment": FAST | config},
+                          quarantine_min_confidence=min_confidence)
     return scan_local_files(files, options, output_dir=tmp_path / "out")
 
 
@@ -116,19 +117,23 @@ def test_remediation_removes_the_backdoor_and_produces_the_cleaned_data_and_mode
     files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"], "holdout": digit_victims["holdout"]}
     report = _assess(files, tmp_path, remediate="auto", retrain_epochs=30, retrain_batch=64)
     verdict, fix = _assessment(report)
-    assert fix["title"] == "retraining without the quarantined samples removed the backdoor", fix["explanation"]
+    assert fix["title"] == "remediation removed the backdoor", fix["explanation"]
     ev = fix["evidence"]
-    assert ev["backdoor_removed"] and ev["rounds"][0]["mode"] == "intersection"
+    assert ev["backdoor_removed"] and ev["rounds"][0]["step"] == "retrain" and ev["rounds"][0]["round"] == 1
+    assert ev["stopped_because"] == "the backdoor is gone"
     user = next(r for r in ev["rounds"][-1]["attack_success"] if r["family"] == "user")
     assert user["before"] > 0.9 and user["after"] <= 0.02
     assert ev["clean_accuracy"]["on"] == "uploaded holdout set"
     assert ev["clean_accuracy"]["after"] >= ev["clean_accuracy"]["before"] - 0.03
     assert ev["rounds"][-1]["retraining"]["compile"] == "uploaded"  # the upload's optimizer, loss and metrics
+    # the cleaned dataset is the upload without exactly the report's quarantine, and retraining removed exactly that
+    quarantined = {e["index"] for e in report["quarantine"]}
+    assert report["cleaned_dataset"] == "cleaned-dataset.npz" and ev["removed_samples"] == len(quarantined)
     with np.load(tmp_path / "out" / "cleaned-dataset.npz", allow_pickle=False) as z:
         kept = z["index"]
-        assert len(z["x"]) == len(z["y"]) == len(kept) == 1500 - ev["rounds"][-1]["removed_samples"]
-    removed = set(range(1500)) - set(kept.tolist())
-    assert len(removed & v["poisoned"]) >= 0.9 * len(v["poisoned"])
+        assert len(z["x"]) == len(z["y"]) == len(kept) == 1500 - len(quarantined)
+    assert set(range(1500)) - set(kept.tolist()) == quarantined
+    assert len(quarantined & v["poisoned"]) >= 0.9 * len(v["poisoned"])
     retrained = keras.saving.load_model(tmp_path / "out" / "retrained-model.keras", safe_mode=True)
     assert retrained.count_params() == keras.saving.load_model(v["model"]).count_params()
 
@@ -152,8 +157,27 @@ def test_holdout_labels_must_match_the_dataset(digit_victims, tmp_path):
         _assess({"model": v["model"], "dataset": v["dataset"], "holdout": bad}, tmp_path)
 
 
+def test_unlearning_removes_a_backdoor_that_removal_left(digit_victims, tmp_path):
+    """A threshold no sample reaches leaves the quarantine empty: retraining on the poisoned data keeps the backdoor,
+    the retrained model's finds stay under the threshold too, so remediation must unlearn the trigger."""
+    v = digit_victims["backdoored"]
+    files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"], "holdout": digit_victims["holdout"]}
+    report = _assess(files, tmp_path, min_confidence=0.999, remediate="auto", retrain_epochs=30, retrain_batch=64,
+                     remediation_rounds=2, unlearn_epochs=5)
+    _, fix = _assessment(report)
+    ev = fix["evidence"]
+    assert report["quarantine"] == [] and ev["flagged"] == []
+    first, last = ev["rounds"][0], ev["rounds"][-1]
+    assert first["removed_samples"] == 0 and not first["removed"]  # the poison is still there: so is the backdoor
+    assert last["step"] == "unlearn" and last["removed"], fix["explanation"]
+    user = next(r for r in last["attack_success"] if r["family"] == "user")
+    assert user["before"] > 0.9 and user["after"] <= 0.02
+    assert ev["clean_accuracy"]["after"] >= ev["clean_accuracy"]["before"] - 0.03
+    assert fix["title"] == "remediation removed the backdoor" and "after unlearning" in ev["stopped_because"]
+
+
 @pytest.mark.parametrize(("option", "message"), [({"remediate": "sometimes"}, "remediate must be"),
-                                                ({"quarantine": "everything"}, "quarantine must be one of")])
+                                                ({"quarantine": "union"}, "no longer a setting")])
 def test_bad_options_are_rejected_before_any_work(digit_victims, tmp_path, option, message):
     v = digit_victims["clean"]
     with pytest.raises(InputRejected, match=message):
@@ -226,24 +250,30 @@ def test_strip_entropy_is_low_for_an_input_whose_trigger_survives_overlays():
     assert (strip_entropy(predict, with_trigger, clean, 0.0, 1.0) < cut).all()
 
 
-def test_quarantine_intersection_and_union():
-    from worker.backdoor import Analysis, ClassResult
-    from worker.remediation import choose_quarantine
+def test_a_source_specific_trigger_is_suspected_from_its_source_class_only():
+    """A trigger that switches nearly all of one class to the target counts, though its ASR over all classes is low;
+    one that moves a few inputs of every class does not."""
+    from worker.triggers import SOURCE_MIN_INPUTS, InputSpec, Trigger, probe, suspected
 
-    y = np.array([0] * 10 + [1] * 10)
-    cls = ClassResult(0, 10, True, "", flagged=np.array([0, 1, 2, 3]), flagged_spectral=np.array([2, 3, 4]))
-    analysis = Analysis([cls, ClassResult(1, 10, False, "")], np.zeros(20, np.float32),
-                        {i: ["activation_clustering"] for i in range(4)})
-    strip_low = np.array([15, 16])
-    assert choose_quarantine(y, analysis, strip_low, "intersection", [0]).indices.tolist() == [2, 3]
-    assert choose_quarantine(y, analysis, strip_low, "union", [0]).indices.tolist() == [0, 1, 2, 3, 4, 15, 16]
-    # a target class the activation analysis did not flag (a blended trigger): its trigger-anchored rows, else STRIP's
-    assert choose_quarantine(y, analysis, strip_low, "intersection", [0, 1]).indices.tolist() == [2, 3, 15, 16]
-    anchored = np.array([12, 13, 14])
-    assert choose_quarantine(y, analysis, strip_low, "intersection", [0, 1], anchored).indices.tolist() == [2, 3, 12, 13, 14]
-    assert choose_quarantine(y, analysis, strip_low, "union", [0, 1], anchored).indices.tolist() == [0, 1, 2, 3, 4, 12, 13, 14, 15, 16]
-    with pytest.raises(ValueError):
-        choose_quarantine(y, analysis, strip_low, "everything", [0])
+    n, k = 40, 4
+    y = np.repeat(np.arange(k), n)
+    x = np.zeros((len(y), 4), np.float32)
+    x[:, 0] = y / 10  # the class, in the [0, 1] range the stamp keeps
+    trigger = Trigger("t", "patch", np.array([0, 0, 0, 1.0]), np.array([0, 0, 0, 1.0]))
+
+    def predict(v):  # class 2 stamped -> 3; every other input keeps its class
+        out = np.rint(v[:, 0] * 10).astype(int)
+        out[(v[:, 3] == 1) & (out == 2)] = 3
+        return out
+
+    rate_without, (result,) = probe(predict, x, y, [trigger], InputSpec((4,), 0.0, 1.0), k)
+    assert result.asr[3] < 0.5 and result.sources(3) == [2] and suspected(result, rate_without) == [3]
+    assert result.strength(3) == 1.0
+    few = y.copy()
+    few[::8] = 3  # stamped inputs of every class, one in eight, switched: drift, not a source-specific shortcut
+    _, (drift,) = probe(lambda v: np.where(v[:, 3] == 1, few, np.rint(v[:, 0] * 10).astype(int)), x, y, [trigger], InputSpec((4,), 0.0, 1.0), k)
+    assert drift.sources(3) == [] and suspected(drift, rate_without) == []
+    assert n >= SOURCE_MIN_INPUTS
 
 
 def test_trigger_anchored_rows_are_those_represented_like_triggered_inputs():

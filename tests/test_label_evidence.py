@@ -73,3 +73,25 @@ def test_quarantine_holds_poisoning_evidence_and_review_the_rest():
     assert quarantine[0]["attack"] == ["backdoor", "label_flip"] and quarantine[0]["corroborated_by"][0]["reason"] == "outlier"
     assert {r["index"]: r["poisoning_confidence"] for r in review} == {2: 0.3, 3: None}
     assert [q["index"] for q in sample_lists(findings, 0.95)[0]] == []
+
+
+def test_one_way_ambiguity_the_model_is_unsure_about_is_not_a_targeted_flip():
+    """Some inputs of class 1 are genuinely ambiguous with 7 (never the other way round): the calibrated model gives
+    them 7 with probability 0.3 and their labels follow it, so the confusion is one-way but the model explains it. The
+    same number of plain 1s relabelled 7 is a targeted flip."""
+    probs, y = _calibrated_world(sharpness=6.0, seed=5)
+    rng = np.random.default_rng(5)
+    ambiguous = np.flatnonzero(probs.argmax(axis=1) == 1)[:300]
+    probs = probs.copy()
+    probs[ambiguous] = 0.0
+    probs[ambiguous, 1], probs[ambiguous, 7] = 0.7, 0.3
+    natural = y.copy()
+    natural[ambiguous] = np.where(rng.random(len(ambiguous)) < 0.3, 7, 1)
+    assert (natural[ambiguous] == 7).sum() >= 60  # as many one-way "7"s as the attack below
+    pairs = targeted_pairs(probs, natural)
+    assert [(p.source, p.target) for p in pairs] == []
+    attacked = y.copy()
+    plain = np.setdiff1d(np.flatnonzero((probs.argmax(axis=1) == 1) & (y == 1)), ambiguous)[:60]
+    attacked[plain] = 7
+    (pair,) = targeted_pairs(probs, attacked)
+    assert (pair.source, pair.target) == (1, 7) and pair.confident >= 50 and pair.confidence > 0.8

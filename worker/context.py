@@ -41,14 +41,17 @@ class UndeclaredNeed(RuntimeError):
 
 class ScanContext:
     """``inputs``: the scan's files; ``outputs``: where detectors write the files they produce (a new temporary folder,
-    made on first write, when None)."""
+    made on first write, when None); ``quarantine_min_confidence``: the scan's quarantine threshold (what remediation
+    removes is what the report quarantines)."""
 
-    def __init__(self, inputs: ScanInputs, outputs: "OutputSink | None" = None) -> None:
+    def __init__(self, inputs: ScanInputs, outputs: "OutputSink | None" = None, *,
+                 quarantine_min_confidence: float = 0.5) -> None:
         if outputs is None:
             from worker.outputs import OutputSink
 
             outputs = OutputSink(Path(tempfile.gettempdir()) / f"poisonscan-outputs-{uuid.uuid4().hex}")  # made on first write
         self.inputs = inputs
+        self.quarantine_min_confidence = quarantine_min_confidence
         self._outputs = outputs
         self._memo: dict = {}  # shared by every view of this scan's context
         self._allowed: frozenset[str] | None = None  # None: the scan's own view (everything)
@@ -143,6 +146,19 @@ class ScanContext:
         """Whether the model layer already ran in this scan (its findings are then another detector's to report)."""
         self._need("model_layer")
         return "model_layer" in self._memo
+
+    def request_cleaned_dataset(self) -> None:
+        """Ask the scan to write ``cleaned-dataset.npz`` (the dataset without the report's quarantine) even when the
+        quarantine is empty: remediation retrained on it and the user expects it beside the retrained model."""
+        self._need("outputs")
+        self._memo["cleaned_dataset_requested"] = True
+
+    def cleaned_dataset_requested(self) -> bool:
+        return bool(self._memo.get("cleaned_dataset_requested"))
+
+    def loaded_dataset(self) -> "Dataset | None":
+        """The dataset if a detector loaded it in this scan (for the scan's own outputs), else None: never loads."""
+        return next((v for k, v in self._memo.items() if isinstance(k, tuple) and k[0] == "dataset"), None)
 
     @property
     def outputs(self) -> "OutputSink":

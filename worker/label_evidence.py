@@ -12,8 +12,12 @@ Two threats, two tests, each relative to the data itself rather than to a fixed 
 * **Targeted flips** (source S relabelled as target T) are one-way: many inputs that look like S labelled T, few
   that look like T labelled S. Natural confusion runs both ways in proportion to the class sizes. Each ordered pair is
   tested against its reverse (one-sided binomial, Bonferroni over the k(k-1) pairs) and must also stand out from the
-  other pairs' asymmetry (robust MAD score), so a domain with several naturally confusable pairs raises none. With two
-  classes direction says nothing (imbalance alone makes confusion one-sided), so binary data gets no targeted test.
+  other pairs' asymmetry (robust MAD score), so a domain with several naturally confusable pairs raises none. Some
+  natural confusion is one-way too (a blurred 1 passes for an 8, an 8 never for a 1), so the pair's samples must also
+  be *confident* contradictions beyond what the calibrated model expects for that very pair, as the random-flip test
+  asks of the whole dataset: a flipped input looks plainly like its source, an ambiguous one leaves the model unsure
+  and its probabilities account for it. With two classes direction says nothing (imbalance alone makes confusion
+  one-sided), so binary data gets no targeted test.
 """
 
 from __future__ import annotations
@@ -80,10 +84,16 @@ class TargetedPair:
     pvalue: float  # Bonferroni-corrected
     robust_z: float
     rows: np.ndarray  # the samples: labelled target, predicted source
+    confident: int = 0  # of them, labels the calibrated model gives under ``cutoff``
+    confident_expected: float = 0.0  # what the calibrated model expects there for this pair
+    cutoff: float = 0.0
 
     @property
     def confidence(self) -> float:
-        return round(max(0.0, 1.0 - self.expected / self.count), 4) if self.count else 0.0
+        """The share of the pair that neither two-way confusion nor the model's own uncertainty explains."""
+        if not self.count or not self.confident:
+            return 0.0
+        return round(max(0.0, 1.0 - max(self.expected / self.count, self.confident_expected / self.confident)), 4)
 
 
 def noise_excess(probs: np.ndarray, y: np.ndarray) -> NoiseExcess:
@@ -110,9 +120,10 @@ def noise_excess(probs: np.ndarray, y: np.ndarray) -> NoiseExcess:
     return NoiseExcess(best["cutoff"], best["observed"], best["expected"], best["pvalue"], True, bins)
 
 
-def targeted_pairs(probs: np.ndarray, y: np.ndarray) -> list[TargetedPair]:
+def targeted_pairs(probs: np.ndarray, y: np.ndarray, calibrated: np.ndarray | None = None) -> list[TargetedPair]:
     """Ordered (source -> target) pairs whose confusion is one-way beyond natural confusion and beyond the other
-    pairs' asymmetry; strongest first."""
+    pairs' asymmetry, and whose samples the calibrated model (``calibrated``, default ``probs``) contradicts more
+    confidently than it expects for the pair; strongest first."""
     from scipy.stats import binomtest
 
     k = probs.shape[1]
@@ -143,6 +154,30 @@ def targeted_pairs(probs: np.ndarray, y: np.ndarray) -> list[TargetedPair]:
         # quarantine asks of a sample's confidence)
         if pvalue < PAIR_ALPHA and count >= 2 * natural:
             rows = np.flatnonzero((y == t) & (predicted == s))
+            excess = _pair_excess(probs if calibrated is None else calibrated, y, predicted, s, t, len(screened))
+            if excess is None:
+                continue
             found.append(TargetedPair(int(s), int(t), count, reverse, round(float(natural), 2), pvalue,
-                                      round(float(z), 2), rows))
+                                      round(float(z), 2), rows, *excess))
     return sorted(found, key=lambda p: -(p.count - p.expected))
+
+
+def _pair_excess(calibrated: np.ndarray, y: np.ndarray, predicted: np.ndarray, s: int, t: int,
+                 tests: int) -> tuple[int, float, float] | None:
+    """(observed, expected, cut-off) of the pair's confident contradictions, or None when none is in excess: samples
+    predicted ``s`` whose label ``t`` gets a calibrated probability under the cut-off, against the probability mass the
+    calibrated model gives ``t`` under the cut-off on every sample it predicts as ``s`` (what it expects to carry ``t``
+    there). Poisson, Bonferroni over the cut-offs and the screened pairs; at least twice the expectation."""
+    from scipy.stats import poisson
+
+    p_t = calibrated[predicted == s, t]
+    given_t = y[predicted == s] == t
+    best = None
+    for cutoff in CUTOFFS:
+        low = p_t < cutoff
+        observed, expected = int((low & given_t).sum()), float(p_t[low].sum())
+        pvalue = min(1.0, float(poisson.sf(observed - 1, max(expected, 1e-9))) * len(CUTOFFS) * max(tests, 1)) if observed else 1.0
+        if (pvalue < PAIR_ALPHA and observed >= EXCESS_RATIO * expected and observed - expected >= PAIR_MIN_COUNT
+                and (best is None or observed - expected > best[0] - best[1])):
+            best = (observed, round(expected, 2), cutoff)
+    return best

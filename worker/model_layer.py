@@ -26,6 +26,7 @@ class ModelLayerRun:
     notes: list[Finding]
     analysis: object  # worker.backdoor.Analysis
     context: dict  # layers, dims, timings
+    untangled: object = None  # worker.untangle.UntangleResult: SCAn on the penultimate layer
 
 
 def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLayerRun:
@@ -55,9 +56,24 @@ def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLaye
     inputs_space = features_for(ds.x, ds.kind, seed=seed)
     analysis = analyze(reps, ds.y, inputs_space, seed=seed, progress=lambda f: progress("clustering", 0.87 + 0.12 * f))
     timings["analysis_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    progress("SCAn", 0.99)
+    untangled = _untangle(reps[0], ds.y, analysis, seed)
+    timings["scan_s"] = time.perf_counter() - clock
     details = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    return ModelLayerRun(ds, model, source, notes, analysis, details)
+    return ModelLayerRun(ds, model, source, notes, analysis, details, untangled)
+
+
+def _untangle(penultimate, labels, analysis, seed: int):
+    """SCAn over the penultimate activations, its global model estimated on the rows activation clustering did not
+    flag: it finds a target class whose poison is a minority from one source class, which clustering misses."""
+    import numpy as np
+
+    from worker.untangle import untangle
+
+    reference = np.setdiff1d(np.arange(len(labels)), analysis.flagged)
+    return untangle(penultimate, labels, reference=reference, seed=seed)
 
 
 def _model_for(context: "ScanContext", ds, config: dict, seed: int, progress) -> tuple[object, dict, list[Finding]]:

@@ -51,7 +51,8 @@ def run_pipeline(
     registry = registry or default_registry()
     specs = registry.select(inputs.roles, options.detectors)
     sink = OutputSink(output_dir or Path(tempfile.gettempdir()) / f"poisonscan-outputs-{uuid.uuid4().hex}")  # made on first write
-    context = ScanContext(inputs, sink)  # what one detector computes and a later one reuses (dataset, model, ...)
+    # what one detector computes and a later one reuses (dataset, model, ...)
+    context = ScanContext(inputs, sink, quarantine_min_confidence=options.quarantine_min_confidence)
     results = []
     share = 99.0 / max(len(specs), 1)  # detectors share 0-99%; the verdict is the last step
     for i, spec in enumerate(specs):
@@ -68,7 +69,28 @@ def run_pipeline(
         if stage_delay_s:
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)
-    return build_report(scan_id, inputs, options, results, sink.entries)
+    report = build_report(scan_id, inputs, options, results, sink.entries)
+    wanted = report["quarantine"] or context.cleaned_dataset_requested()
+    if wanted and (ds := context.loaded_dataset()) is not None:
+        report["cleaned_dataset"] = write_cleaned_dataset(sink, ds, [e["index"] for e in report["quarantine"]])
+        report["outputs"] = sink.entries
+    return report
+
+
+def write_cleaned_dataset(sink: OutputSink, ds, quarantined: list[int]) -> str:
+    """The dataset without exactly the report's quarantine (not the review list), as ``cleaned-dataset.npz``: x, y
+    (the original label values) and index (the kept rows' positions in the upload). Ready to train on or scan again."""
+    import numpy as np
+
+    from worker.outputs import npz_bytes
+
+    keep = np.setdiff1d(np.arange(len(ds.y)), quarantined)
+    labels = np.asarray(ds.classes, dtype=object if any(isinstance(c, str) for c in ds.classes) else None)[ds.y]
+    if labels.dtype == object:  # .npz without pickles: strings as a fixed-width unicode array
+        labels = labels.astype(str)
+    return sink.add("cleaned-dataset.npz", npz_bytes(x=ds.x[keep], y=labels[keep], index=keep.astype(np.int64)),
+                    media_type="application/octet-stream",
+                    description=f"the dataset without the {len(quarantined)} quarantined samples (x, y, index)")
 
 
 def _critical_on_model(results: list[dict]) -> str | None:

@@ -1,63 +1,14 @@
-"""Remediation: quarantine the flagged training samples, retrain without them, and re-test the retrained model.
+"""Remediation: retrain without the quarantined training samples, re-test the retrained model, find what remains.
 
 Plain numpy and Keras; the detector (``worker.detectors.assessment``) decides when to run it and reports it.
 """
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from worker.keras_model import as_model_input
-from worker.outputs import npz_bytes
-
-QUARANTINE_MODES = ("intersection", "union")
-
-
-@dataclass
-class Quarantine:
-    indices: np.ndarray  # dataset rows removed before retraining
-    mode: str
-    methods: dict[str, np.ndarray]  # the rows each method flagged
-    rule: str  # how the methods were combined, in words
-
-    @property
-    def by_method(self) -> dict[str, int]:
-        return {name: len(rows) for name, rows in self.methods.items()}
-
-
-def choose_quarantine(y: np.ndarray, analysis, strip_low: np.ndarray, mode: str, target_classes: list[int],
-                      anchored: np.ndarray | None = None) -> Quarantine:
-    """``analysis``: the model layer's (activation clustering, and spectral signatures beside it); ``strip_low``: rows
-    whose STRIP entropy is under the clean threshold; ``anchored``: rows of target classes the activation analysis did
-    not flag whose activations look like triggered inputs (``trigger_anchored``).
-
-    Intersection (default): rows that activation clustering *and* spectral signatures flag; in a target class the
-    activation analysis did not flag (e.g. a blended trigger), the trigger-anchored rows (STRIP's where there are none).
-    Union: every row any method flags."""
-    if mode not in QUARANTINE_MODES:
-        raise ValueError(f"quarantine must be one of {QUARANTINE_MODES}, not {mode!r}")
-    anchored = np.empty(0, np.int64) if anchored is None else anchored
-    clustering = np.asarray(analysis.flagged, dtype=np.int64)
-    spectral = np.concatenate([np.flatnonzero(y == c.label)[c.flagged_spectral] for c in analysis.classes if c.suspicious]
-                              or [np.empty(0, np.int64)])
-    methods = {"activation_clustering": clustering, "spectral_signature": spectral, "strip": strip_low,
-               "trigger_anchored": anchored}
-    if mode == "union":
-        chosen = np.union1d(np.union1d(clustering, spectral), np.union1d(strip_low, anchored))
-        return Quarantine(chosen, mode, methods, "flagged by any of activation clustering, spectral signatures, "
-                          "STRIP and trigger-anchored activations")
-    chosen = np.intersect1d(clustering, spectral)
-    covered = analysis.flagged_classes
-    uncovered = [c for c in target_classes if c not in covered]
-    rule = "flagged by both activation clustering and spectral signatures"
-    for c in uncovered:
-        own = anchored[y[anchored] == c]
-        chosen = np.union1d(chosen, own if len(own) else strip_low[y[strip_low] == c])
-        rule += (f"; in class {c}, which the activation analysis did not flag, "
-                 f"{'the trigger-anchored samples' if len(own) else 'STRIP’s low-entropy samples'}")
-    return Quarantine(chosen, mode, methods, rule)
 
 
 def trigger_anchored(embed: Callable[[np.ndarray], np.ndarray], x_class: np.ndarray, triggered: np.ndarray,
@@ -75,12 +26,6 @@ def trigger_anchored(embed: Callable[[np.ndarray], np.ndarray], x_class: np.ndar
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced"))
     clf.fit(anchors, is_triggered)
     return clf.predict_proba(embed(x_class))[:, 1] >= 0.5
-
-
-def cleaned_dataset_npz(x: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> bytes:
-    """The dataset without the quarantined rows, as .npz (``x``, ``y`` with the original label values, ``index``: the
-    kept rows' positions in the upload): ready to upload and scan again, or to train on."""
-    return npz_bytes(x=x[keep], y=labels[keep], index=keep.astype(np.int64))
 
 
 def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, seed: int,
@@ -102,7 +47,7 @@ def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarr
         clone.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         used = "default (adam, sparse categorical cross-entropy)"
     inputs = as_model_input(x, tuple(model.inputs[0].shape[1:]))  # once, not every epoch
-    targets = _targets_for(clone, y, int(model.outputs[0].shape[-1]))
+    targets = targets_for(clone, y, int(model.outputs[0].shape[-1]))
     started = time.perf_counter()
     ran = fit_within_budget(lambda: clone.fit(inputs, targets, batch_size=batch, epochs=1, verbose=0, shuffle=True),
                             epochs, budget_s, progress)
@@ -111,7 +56,7 @@ def retrain_clone(model, compile_config: dict | None, x: np.ndarray, y: np.ndarr
                    "seed": seed}
 
 
-def _targets_for(model, y: np.ndarray, n_out: int) -> np.ndarray:
+def targets_for(model, y: np.ndarray, n_out: int) -> np.ndarray:
     """One-hot labels when the saved loss wants them (categorical), integer labels otherwise."""
     loss = getattr(model, "loss", None)
     name = loss if isinstance(loss, str) else getattr(loss, "name", type(loss).__name__ if loss else "")
@@ -124,10 +69,11 @@ def accuracy(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.n
     return float((predict(x).argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def attack_success(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, stamp, target: int) -> float:
-    """Share of inputs of other classes, correctly classified without the trigger, sent to ``target`` with it. Inputs
-    the model gets wrong anyway say nothing about the trigger."""
-    others = y != target
+def attack_success(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, stamp, target: int,
+                   sources: list[int] | None = None) -> float:
+    """Share of inputs of other classes (of the ``sources`` only, for a source-specific trigger), correctly classified
+    without the trigger, sent to ``target`` with it. Inputs the model gets wrong anyway say nothing about the trigger."""
+    others = (y != target) if not sources else np.isin(y, sources)
     correct = predict(x[others]).argmax(1) == y[others]
     if not correct.any():
         return float("nan")

@@ -19,6 +19,11 @@ SUSPECT_ASR = 0.5
 # ...and its prediction rate rises this much above the clean rate: a trigger that flips half the inputs of other
 # classes to one class is a learned shortcut, not the small drift any occlusion causes.
 SUSPECT_RISE = 0.4
+# A source-specific trigger (Tang et al.'s "source-specific" backdoors) switches the inputs of one class only, so its
+# ASR over all other classes stays low. It counts when it switches nearly every correctly classified held-out input of
+# one source class (at least SOURCE_MIN_INPUTS of them): an occlusion that sends 90% of a class elsewhere is a shortcut.
+SOURCE_ASR = 0.9
+SOURCE_MIN_INPUTS = 20
 
 
 @dataclass
@@ -128,6 +133,20 @@ class ProbeResult:
     trigger: Trigger
     rate_with: np.ndarray  # per class: share of all probe inputs predicted as the class, trigger stamped
     asr: np.ndarray  # per class: share of correctly classified inputs of other classes switched to the class
+    # (source, target): share of the source class's correctly classified inputs switched to the target; nan where the
+    # source has fewer than SOURCE_MIN_INPUTS of them
+    by_source: np.ndarray | None = None
+
+    def sources(self, c: int) -> list[int]:
+        """Source classes this trigger switches (nearly) wholly to class ``c``."""
+        if self.by_source is None:
+            return []
+        column = np.nan_to_num(self.by_source[:, c], nan=0.0)
+        return [int(s) for s in np.flatnonzero(column >= SOURCE_ASR) if s != c]
+
+    def strength(self, c: int) -> float:
+        """How strongly this trigger sends inputs to ``c``: its ASR over all other classes, or over its sources."""
+        return max([float(self.asr[c])] + [float(self.by_source[s, c]) for s in self.sources(c)])
 
     def top(self) -> int:
         return int(np.argmax(self.asr))
@@ -148,13 +167,24 @@ def probe(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndar
         for c in range(n_classes):
             others = correct & (y != c)
             asr[c] = float((pred[others] == c).mean()) if others.any() else 0.0
-        results.append(ProbeResult(trig, rate_with, asr))
+        results.append(ProbeResult(trig, rate_with, asr, _by_source(pred, y, correct, n_classes)))
         if progress:
             progress((i + 1) / len(triggers))
     return rate_without, results
 
 
+def _by_source(pred: np.ndarray, y: np.ndarray, correct: np.ndarray, n_classes: int) -> np.ndarray:
+    table = np.full((n_classes, n_classes), np.nan)
+    for s in range(n_classes):
+        rows = correct & (y == s)
+        if rows.sum() >= SOURCE_MIN_INPUTS:
+            table[s] = np.bincount(pred[rows], minlength=n_classes)[:n_classes] / rows.sum()
+    return table
+
+
 def suspected(result: ProbeResult, rate_without: np.ndarray) -> list[int]:
-    """Classes this trigger moves far above their clean rate."""
+    """Classes this trigger moves far above their clean rate, or to which it switches (nearly) all of one source
+    class."""
     rise = result.rate_with - rate_without
-    return [int(c) for c in np.flatnonzero((result.asr >= SUSPECT_ASR) & (rise >= SUSPECT_RISE))]
+    every = (result.asr >= SUSPECT_ASR) & (rise >= SUSPECT_RISE)
+    return [c for c in range(len(result.asr)) if every[c] or result.sources(c)]

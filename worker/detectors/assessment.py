@@ -5,10 +5,12 @@ Runs after ``backdoor_activations`` on the same model (the uploaded Keras model,
 reuses its analysis. Three methods vote per class:
   probing         candidate triggers (and the user's) stamped on held-out clean inputs switch them to the class;
   reconstruction  Neural Cleanse finds an unusually small trigger toward the class (MAD anomaly index > 2);
-  activations     the model layer found the class's poisoned samples (activation clustering).
-Two or more votes: the model is backdoored toward that class (critical). One: a possible backdoor (medium). STRIP
-entropy of the flagged training samples is reported as confirmation. Then, by default when a backdoor is found: the
-flagged samples are quarantined, the model is retrained without them and re-tested.
+  activations     the model layer found the class's poisoned samples (activation clustering for a class that stands
+                  out from the others, or SCAn for a class holding a second identity: a source-specific trigger).
+Two or more votes: the model is backdoored toward that class (critical). One: a possible backdoor (medium when a
+trigger fires, else low). STRIP entropy of the flagged training samples is reported as confirmation. Then, by default
+when a backdoor is found, remediation: the quarantine is removed, the model retrained and re-tested, the retrained
+model asked for the poison that remains, and the trigger unlearned where removal alone does not remove it.
 """
 
 import re
@@ -30,6 +32,8 @@ BELIEF_TWO_METHODS = 0.9
 BELIEF_CONFIRMED = 0.97
 ANCHORED_SHARE = 0.8  # a trigger-anchored row: the probe-to-representation link is one more approximate step
 REMEDIATED_ASR = 0.02  # an attack success rate at or under this after retraining counts as removed
+ACCURACY_TOLERANCE = 0.01  # remediation's goal keeps clean accuracy within this of the analysed model's
+UNLEARN_SHARE = 0.2  # of the unlearning samples carry a known trigger (Neural Cleanse's unlearning uses 20%)
 
 
 @dataclass
@@ -71,22 +75,22 @@ class StripCheck:
 
 @dataclass
 class RetrainRound:
-    """One quarantine-retrain-retest round (``_retrain_round``); ``evidence()`` is its entry in the report."""
+    """One remediation round (``_retrain_round``, ``_unlearn_round``); ``evidence()`` is its entry in the report."""
 
-    mode: str
-    rule: str
-    removed_samples: int
-    by_method: dict
+    round: int  # 1, 2, ...
+    step: str  # "retrain" (fresh weights, without the removed samples) or "unlearn" (fine-tuning the last model)
+    rule: str  # what was removed or done, in words
+    removed_samples: int  # samples left out of training (the quarantine so far)
+    added_samples: int  # of those, found by earlier rounds' retrained models
     retraining: dict
     attack_success: list[dict]
     clean_accuracy_after: float
     worst_after: float
     removed: bool
-    model: object  # the retrained Keras model (saved as an output, not reported)
-    quarantine: object  # worker.remediation's quarantine (indices, methods; not reported)
+    model: object  # the Keras model after this round (the last one is saved as an output, not reported)
 
     def evidence(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "quarantine")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
 
 
 @dataclass
@@ -123,8 +127,9 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
 
     config: ``seed`` (0), ``holdout_max`` (10000 rows used), ``probe_samples`` (1000), ``nc_steps`` (1000),
     ``nc_budget_s`` (90), ``nc_samples`` (1000), ``strip_copies`` (16), ``remediate`` ("auto": when a backdoor is found;
-    "always"; "never"), ``quarantine`` ("intersection" or "union"), ``escalate`` (true: try the union when the
-    intersection leaves the backdoor in), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
+    "always"; "never"), ``remediation_rounds`` (3: retrain, and look again with the retrained model), ``unlearn``
+    (true: fine-tune away a trigger that removal left), ``unlearn_epochs`` (2), ``unlearn_samples`` (10000),
+    ``remediation_budget_s`` (1800), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
     and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
     """
     from worker.keras_model import predictor
@@ -166,13 +171,17 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
                 "classes": [_label(ds, c) for c in range(ds.n_classes)],
                 "votes": {str(_label(ds, c)): v for c, v in votes.items()},
                 "probing": a.probing.report, "reconstruction": {**a.reconstruction.report, "images": images},
-                "activations": _activation_evidence(ds, run.analysis), "strip": a.strip.report}
+                "activations": _activation_evidence(ds, run), "strip": a.strip.report}
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
     findings[0].evidence["flagged"] = _confirmed_poison(a, votes, backdoored)
 
     if mode == "always" or (mode == "auto" and backdoored):
         clock = time.perf_counter()
-        findings.append(_remediate(a, backdoored or possible, lambda f: progress("remediation", at(0.45 + 0.55 * f))))
+        threshold = context.quarantine_min_confidence
+        context.request_cleaned_dataset()
+        quarantined = [e["index"] for e in findings[0].evidence["flagged"] if e["confidence"] >= threshold]
+        findings.append(_remediate(a, votes, backdoored or possible, np.asarray(quarantined, dtype=np.int64), threshold,
+                                   lambda f: progress("remediation", at(0.45 + 0.55 * f))))
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return findings
@@ -180,13 +189,14 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
 
 def _check_config(config: dict) -> str:
     """Refuse bad choices before the expensive work; returns the remediation mode."""
-    from worker.remediation import QUARANTINE_MODES
-
     mode = config.get("remediate", "auto")
     if mode not in ("auto", "always", "never"):
         raise InputRejected(f"backdoor_assessment: remediate must be 'auto', 'always' or 'never', not {mode!r}")
-    if config.get("quarantine", "intersection") not in QUARANTINE_MODES:
-        raise InputRejected(f"backdoor_assessment: quarantine must be one of {QUARANTINE_MODES}, not {config['quarantine']!r}")
+    for key in ("quarantine", "escalate"):  # settings of the earlier intersection/union remediation
+        if key in config:
+            raise InputRejected(f"backdoor_assessment: {key!r} is no longer a setting: remediation removes the report's "
+                                "quarantine, then what retrained models still point at (remediation_rounds), then "
+                                "unlearns (unlearn)")
     return mode
 
 
@@ -223,7 +233,7 @@ def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> 
 # ------------------------------------------------------------------------------------------------ probing
 
 def _probe(a: Assessment, progress) -> Probing:
-    from worker.triggers import InputSpec, candidate_library, load_user_trigger, probe, suspected
+    from worker.triggers import SUSPECT_ASR, InputSpec, candidate_library, load_user_trigger, probe, suspected
 
     ds, held, config, seed, predict = a.ds, a.held, a.config, a.seed, a.predict
     spec = InputSpec.from_inputs(a.shape, held.x)
@@ -243,8 +253,10 @@ def _probe(a: Assessment, progress) -> Probing:
         rows.append({"trigger": r.trigger.name, "family": r.trigger.family, **r.trigger.meta,
                      "rate_with": _round(r.rate_with), "attack_success": _round(r.asr),
                      "top_class": _label(ds, r.top()), "top_attack_success": round(float(r.asr.max()), 4),
-                     "backdoor_suspected": bool(classes), "suspected_classes": [_label(ds, c) for c in classes]})
-    strongest = {c: max(rs, key=lambda r: r.asr[c]) for c, rs in by_class.items()}
+                     "backdoor_suspected": bool(classes), "suspected_classes": [_label(ds, c) for c in classes],
+                     "source_specific": {str(_label(ds, c)): [_label(ds, s) for s in r.sources(c)] for c in classes
+                                         if r.sources(c) and not r.asr[c] >= SUSPECT_ASR}})
+    strongest = {c: max(rs, key=lambda r: r.strength(c)) for c, rs in by_class.items()}
     user = next((r for r in results if r.trigger.family == "user"), None)
     report = {"inputs": n, "value_range": [spec.lo, spec.hi], "input_shape": list(spec.shape),
               "rate_without": _round(rate_without), "candidates": rows,
@@ -309,7 +321,9 @@ def _save_reconstruction(a: Assessment) -> dict:
 # ------------------------------------------------------------------------------------------------ votes and verdict
 
 def _votes(a: Assessment) -> dict[int, list[str]]:
-    activations = {c.label for c in a.run.analysis.classes if c.stands_out}  # a class split like all others is no vote
+    # the representations vote once: activation clustering for a class that stands out from the others (a class split
+    # like all others is no vote), or SCAn for a class that untangles into two identities unlike the others
+    activations = {c.label for c in a.run.analysis.classes if c.stands_out} | set(_scan_targets(a.run))
     votes = {}
     for c in range(a.ds.n_classes):
         methods = [m for m, hit in (("probing", c in a.probing.suspected), ("reconstruction", c in a.reconstruction.targets),
@@ -354,7 +368,8 @@ def _verdict(ds, votes, backdoored, possible, evidence, uploaded: bool) -> Findi
 def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: list[int]) -> list[dict]:
     """The poisoned samples of each confirmed target class, with the methods that agree: the activation analysis's
     (its posterior times the confirmed belief), else, where it did not flag the class (a blended trigger, a
-    source-specific one), the samples the model represents like triggered inputs."""
+    source-specific one), SCAn's minority identity of the class where it split it, else the samples the model
+    represents like triggered inputs."""
     analysis, ds = a.run.analysis, a.ds
     flagged = []
     covered = analysis.flagged_classes
@@ -365,6 +380,11 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
             rows = analysis.flagged[ds.y[analysis.flagged] == c]
             flagged += [{"index": int(i), "reason": "backdoor poison (confirmed target)", "method": f"assessment({agree})",
                          "attack": "backdoor", "confidence": round(belief * float(analysis.suspicion[i]), 4)} for i in rows]
+        elif c in _scan_targets(a.run):  # a minority identity of the class (a source-specific trigger)
+            rows = a.run.untangled.minority[c]
+            flagged += [{"index": int(i), "reason": "backdoor poison (a second identity inside the target class)",
+                         "method": f"untangling({agree})", "attack": "backdoor", "confidence": belief * ANCHORED_SHARE}
+                        for i in rows]
         else:
             rows = _anchored_rows(a, [c])
             flagged += [{"index": int(i), "reason": "backdoor poison (represented like triggered inputs)",
@@ -373,9 +393,21 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
     return flagged
 
 
-def _activation_evidence(ds, analysis) -> dict:
-    return {str(_label(ds, c.label)): {"flagged": int(len(c.flagged)), "methods_agreement_jaccard": c.agreement}
-            for c in analysis.classes if c.suspicious}
+def _activation_evidence(ds, run) -> dict:
+    clustering = {str(_label(ds, c.label)): {"flagged": int(len(c.flagged)), "methods_agreement_jaccard": c.agreement,
+                                             "stands_out": c.stands_out} for c in run.analysis.classes if c.suspicious}
+    u = run.untangled
+    if u is None:
+        return clustering
+    scan = {"method": "SCAn (Tang et al. 2021): two-identity untangling per class, anomaly index across classes",
+            "threshold": round(u.threshold, 3), "targets": [_label(ds, c) for c in _scan_targets(run)],
+            "anomaly_index": {str(_label(ds, c)): round(float(v), 3) for c, v in enumerate(u.anomaly) if np.isfinite(v)},
+            "minority": {str(_label(ds, c)): int(len(u.minority.get(c, []))) for c in _scan_targets(run)}}
+    return {**clustering, "untangling": scan}
+
+
+def _scan_targets(run) -> list[int]:
+    return [] if run.untangled is None else [c for c in run.untangled.targets if c < run.ds.n_classes]
 
 
 # ------------------------------------------------------------------------------------------------ STRIP
@@ -418,66 +450,81 @@ def _strip_text(strip: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ remediation
 
-def _remediate(a: Assessment, targets: list[int], progress) -> Finding:
-    """Quarantine, retrain, re-test. The intersection goes first (it removes the fewest clean samples); when the
-    re-test still shows the backdoor, the union is tried (``escalate``, on by default)."""
-    from worker.remediation import accuracy, cleaned_dataset_npz
+def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], quarantined: np.ndarray,
+               min_confidence: float, progress) -> Finding:
+    """Remove the quarantine, retrain, re-test with every trigger known for the targets. While the backdoor stays,
+    the retrained model is asked which of the remaining samples of a target class it still represents like
+    triggered inputs; they join the quarantine (``flagged``) and the next round retrains without them
+    (``remediation_rounds``). Where removal alone does not get there, the last model unlearns the triggers
+    (``unlearn``: Neural Cleanse's fine-tuning on kept samples that carry a known trigger and keep their own label).
+    What is removed is always what the report quarantines: samples found later join it only at ``min_confidence``.
+    Stops at attack success <= 2%, or at the rounds or ``remediation_budget_s``; every round is reported."""
+    from worker.remediation import accuracy
 
     run, held, config, outputs = a.run, a.held, a.config, a.outputs
-    ds = run.ds
-    modes = [config.get("quarantine", "intersection")]
-    if modes[0] == "intersection" and config.get("escalate", True):
-        modes.append("union")
     acc_before = round(accuracy(a.predict, held.x, held.y), 4)
-    anchored = _anchored_rows(a, targets)  # the same for every round
     compile_config = _compile_config(a.inputs.model.path) if run.source["model"] == "uploaded" else None
-    rounds: list[RetrainRound] = []
-    for i, mode in enumerate(modes):
-        sub = lambda f, i=i: progress((i + f) / len(modes))  # noqa: E731
-        rounds.append(_retrain_round(a, anchored, compile_config, targets, mode, sub))
-        if rounds[-1].removed:
+    max_rounds = max(1, int(config.get("remediation_rounds", 3)))
+    budget, started = float(config.get("remediation_budget_s", 1800)), time.perf_counter()
+    steps = max_rounds + 1  # the retraining rounds and the unlearning, for progress
+    removed, found_later, rounds = np.unique(np.asarray(quarantined, dtype=np.int64)), [], []
+    stopped = "the rounds ran out"
+    for k in range(max_rounds):
+        added = np.setdiff1d(removed, quarantined) if k else np.empty(0, np.int64)
+        rounds.append(_retrain_round(a, removed, added, compile_config, targets, k + 1,
+                                     lambda f, k=k: progress((k + f) / steps)))
+        if rounds[-1].removed or not targets:
+            stopped = "the backdoor is gone" if targets else "no backdoor target to re-test"
             break
+        if time.perf_counter() - started > budget:
+            stopped = f"the remediation budget ({budget:.0f} s) was spent"
+            break
+        more = [m for m in _still_poisoned(a, rounds[-1], votes, removed) if m["confidence"] >= min_confidence]
+        if not more:
+            stopped = "the retrained model points at no further samples"
+            break
+        found_later += more
+        removed = np.union1d(removed, [m["index"] for m in more])
+    if targets and not rounds[-1].removed and config.get("unlearn", True):
+        rounds.append(_unlearn_round(a, rounds[-1], removed, targets, lambda f: progress((max_rounds + f) / steps)))
+        stopped = "the backdoor is gone after unlearning" if rounds[-1].removed else stopped + "; unlearning did not remove it"
     last = rounds[-1]
-    q = last.quarantine
-    keep = np.setdiff1d(np.arange(len(ds.y)), q.indices)
-    labels = np.asarray(ds.classes, dtype=object if any(isinstance(c, str) for c in ds.classes) else None)[ds.y]
-    cleaned = outputs.add("cleaned-dataset.npz", cleaned_dataset_npz(ds.x, labels, keep), media_type="application/octet-stream",
-                          description=f"the dataset without the {len(q.indices)} quarantined samples (x, y, index)")
     last.model.save(outputs.reserve("retrained-model.keras"))
     saved = outputs.register("retrained-model.keras", media_type="application/octet-stream",
-                             description="the model retrained without the quarantined samples")
-    not_clustered = np.setdiff1d(q.indices, run.analysis.flagged)  # the rows the model layer's list does not hold
-    flagged_by = {name: set(rows.tolist()) for name, rows in q.methods.items()}
-    evidence = {"rounds": [r.evidence() for r in rounds],
-                "cleaned_dataset": cleaned, "retrained_model": saved, "backdoor_removed": last.removed,
-                "clean_accuracy": {"before": acc_before, "after": last.clean_accuracy_after, "on": held.source},
-                # removed for retraining without poisoning evidence of their own: remarks, not the quarantine
-                "review": [{"index": int(i), "reason": "removed for retraining in a backdoor target class",
-                             "method": "+".join(name for name, rows in flagged_by.items() if i in rows)}
-                            for i in not_clustered]}
-    text = " ".join(_round_text(r, acc_before, held.source) for r in rounds)
+                             description="the model retrained without the quarantined samples"
+                             + (" and fine-tuned to unlearn the trigger" if last.step == "unlearn" else ""))
+    kept_accuracy = last.clean_accuracy_after >= acc_before - ACCURACY_TOLERANCE
+    evidence = {"rounds": [r.evidence() for r in rounds], "retrained_model": saved, "backdoor_removed": last.removed,
+                "clean_accuracy": {"before": acc_before, "after": last.clean_accuracy_after, "on": held.source,
+                                   "within_tolerance": kept_accuracy, "tolerance": ACCURACY_TOLERANCE},
+                "goal_reached": bool(last.removed and kept_accuracy), "stopped_because": stopped,
+                "removed_samples": int(len(removed)),
+                # the cleaned dataset is the scan's: the dataset without the report's quarantine (cleaned-dataset.npz)
+                "flagged": found_later}
+    text = " ".join(_round_text(r, acc_before, held.source) for r in rounds) + f" Stopped because {stopped}."
     if not targets:  # remediate="always" on a model with no backdoor found: nothing to re-test
         return Finding("retrained without the quarantined samples (no backdoor target to re-test)", Severity.info, 0.0,
                        text, evidence=evidence)
     if last.removed:
-        return Finding("retraining without the quarantined samples removed the backdoor", Severity.info, 0.0, text,
+        return Finding("remediation removed the backdoor", Severity.info, 0.0,
+                       text + ("" if kept_accuracy else f" Clean accuracy dropped by more than {ACCURACY_TOLERANCE:.0%}: "
+                               "retrain longer on the cleaned dataset."),
                        remediation="Review the cleaned dataset, retrain your production model on it, and scan the result.",
                        evidence=evidence)
-    return Finding("retraining without the quarantined samples did not remove the backdoor", Severity.high,
-                   round(last.worst_after, 3), text,
+    return Finding("remediation did not remove the backdoor", Severity.high, round(last.worst_after, 3), text,
                    remediation="Obtain the training data from a trusted source, or inspect the classes named here by hand; "
                    "do not deploy a model trained on this data.", evidence=evidence)
 
 
-def _retrain_round(a: Assessment, anchored: np.ndarray, compile_config: dict | None, targets: list[int], mode: str,
-                   progress) -> RetrainRound:
+def _retrain_round(a: Assessment, removed: np.ndarray, added: np.ndarray, compile_config: dict | None,
+                   targets: list[int], number: int, progress) -> RetrainRound:
+    """Retrain from fresh weights without ``removed`` (and the held-out rows), then re-test."""
     from worker.keras_model import predictor
-    from worker.remediation import accuracy, choose_quarantine, retrain_clone
+    from worker.remediation import retrain_clone
 
     run, held, config, seed = a.run, a.held, a.config, a.seed
     ds = run.ds
-    quarantine = choose_quarantine(ds.y, run.analysis, a.strip.low, mode, targets, anchored=anchored)
-    keep = np.setdiff1d(np.arange(len(ds.y)), quarantine.indices)
+    keep = np.setdiff1d(np.arange(len(ds.y)), removed)
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
     epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
     if run.source["model"] == "uploaded":
@@ -489,43 +536,118 @@ def _retrain_round(a: Assessment, anchored: np.ndarray, compile_config: dict | N
 
         retrained, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
                                        budget_s=budget, progress=progress)
-    after = predictor(retrained)
+    rule = ("the quarantine" if number == 1 else
+            f"the quarantine and {len(added)} samples that earlier retrained models still represented like triggered inputs")
+    return _tested_round(a, "retrain", number, rule, removed, added, facts, retrained, targets, predictor(retrained))
+
+
+def _unlearn_round(a: Assessment, previous: RetrainRound, removed: np.ndarray, targets: list[int], progress) -> RetrainRound:
+    """Fine-tune the last retrained model on kept samples of which a share carry the known triggers of the targets
+    with their own labels (Wang et al., Neural Cleanse, S&P 2019: unlearning): the model learns that the trigger
+    means nothing, where removing samples could not find all the poison. Samples of a target class that the model
+    still represents like triggered inputs are left out of the fine-tuning (under the quarantine's threshold, they
+    stay in the cleaned dataset): they would teach the trigger again."""
+    import keras
+
+    from worker.keras_model import as_model_input, embed, predictor
+    from worker.proxy_network import fit_within_budget
+    from worker.remediation import targets_for
+
+    run, held, config, seed, spec = a.run, a.held, a.config, a.seed, a.probing.spec
+    ds, model = run.ds, previous.model
+    rng = np.random.default_rng(seed + 5)
+    keep = np.setdiff1d(np.arange(len(ds.y)), removed)
+    suspects = [_anchor(a, lambda v: embed(model, v), c, np.intersect1d(keep, np.flatnonzero(ds.y == c))) for c in targets]
+    keep = np.setdiff1d(keep, np.concatenate([np.empty(0, np.int64), *suspects]))
+    train = _cap(keep if held.rows is None else np.setdiff1d(keep, held.rows), int(config.get("unlearn_samples", 10_000)), rng)
+    x = as_model_input(ds.x[train], a.shape).copy()
+    triggers = [t for c in targets for t in _triggers_for(a, c)]
+    stamped = rng.random(len(train)) < UNLEARN_SHARE
+    which = rng.integers(len(triggers), size=len(train))
+    for i, t in enumerate(triggers):
+        rows = np.flatnonzero(stamped & (which == i))
+        x[rows] = t.stamp(x[rows], spec.lo, spec.hi)
+    keras.utils.set_random_seed(seed)
+    y = targets_for(model, ds.y[train], int(model.outputs[0].shape[-1]))
+    epochs, started = int(config.get("unlearn_epochs", 2)), time.perf_counter()
+    ran = fit_within_budget(lambda: model.fit(x, y, batch_size=int(config.get("retrain_batch", 128)), epochs=1, verbose=0,
+                                              shuffle=True), epochs, float(config.get("retrain_budget_s", 600)), progress)
+    facts = {"architecture": previous.retraining["architecture"], "epochs_run": ran, "epochs_planned": epochs,
+             "samples": int(len(train)), "stamped": int(stamped.sum()), "left_out_as_suspect": int(sum(map(len, suspects))), "triggers": [t.name for t in triggers],
+             "train_s": round(time.perf_counter() - started, 1), "seed": seed}
+    return _tested_round(a, "unlearn", previous.round + 1,
+                         f"fine-tuned on {len(train)} kept samples, {int(stamped.sum())} of them carrying a known trigger "
+                         "with their own label", removed, np.empty(0, np.int64), facts, model, targets, predictor(model))
+
+
+def _tested_round(a, step, number, rule, removed, added, facts, model, targets, after) -> RetrainRound:
+    from worker.remediation import accuracy
+
     retest = _retest(a, targets, after)
     deciding = [t for t in retest if t["decides"] and not np.isnan(t["after"])]
     worst = max((t["after"] for t in deciding), default=0.0)
-    return RetrainRound(mode=mode, rule=quarantine.rule, removed_samples=int(len(quarantine.indices)),
-                        by_method=quarantine.by_method, retraining=facts, attack_success=retest,
-                        clean_accuracy_after=round(accuracy(after, held.x, held.y), 4),
-                        worst_after=worst, removed=worst <= REMEDIATED_ASR, model=retrained, quarantine=quarantine)
+    return RetrainRound(round=number, step=step, rule=rule, removed_samples=int(len(removed)), added_samples=int(len(added)),
+                        retraining=facts, attack_success=retest, clean_accuracy_after=round(accuracy(after, a.held.x, a.held.y), 4),
+                        worst_after=worst, removed=worst <= REMEDIATED_ASR, model=model)
+
+
+def _still_poisoned(a: Assessment, last: RetrainRound, votes: dict[int, list[str]], removed: np.ndarray) -> list[dict]:
+    """Samples of each target class whose trigger still fires after ``last`` that the retrained model represents like
+    triggered inputs: the poison the quarantine missed, found by a model that learned the backdoor from fewer
+    samples. Only a confirmed target (two methods or more) adds to the quarantine."""
+    from worker.keras_model import embed
+
+    still = {t["class"] for t in last.attack_success if t["decides"] and not np.isnan(t["after"]) and t["after"] > REMEDIATED_ASR}
+    found = []
+    for c, methods in votes.items():
+        if len(methods) < 2 or _label(a.ds, c) not in still:
+            continue
+        candidates = np.setdiff1d(np.flatnonzero(a.ds.y == c), removed)
+        if a.held.rows is not None:
+            candidates = np.setdiff1d(candidates, a.held.rows)
+        rows = _anchor(a, lambda x: embed(last.model, x), c, candidates)
+        belief = (BELIEF_CONFIRMED if len(methods) >= 3 else BELIEF_TWO_METHODS) * ANCHORED_SHARE
+        found += [{"index": int(i), "reason": f"backdoor poison (round {last.round}'s retrained model still represents it "
+                   "like triggered inputs)", "method": f"retrained_anchor({'+'.join(methods)})", "attack": "backdoor",
+                   "confidence": round(belief, 4)} for i in rows]
+    return found
 
 
 def _round_text(r: RetrainRound, acc_before: float, source: str) -> str:
     asr = "; ".join(f"{t['trigger']} to class {t['class']}: {t['before']:.1%} -> {t['after']:.1%}" for t in r.attack_success)
     outcome = ("there was no trigger to re-test" if not r.attack_success
                else "the backdoor is gone" if r.removed else "the backdoor is still there")
-    return (f"Quarantine by {r.mode} removed {r.removed_samples} samples ({r.rule}); after retraining "
-            f"({r.retraining['architecture']}, {r.retraining['epochs_run']} epochs) {outcome}. Attack success "
-            f"{asr or 'not measured'}; clean accuracy {acc_before:.1%} -> {r.clean_accuracy_after:.1%} on {source}.")
+    what = (f"Round {r.round}: retrained ({r.retraining['architecture']}, {r.retraining['epochs_run']} epochs) without "
+            f"{r.removed_samples} samples ({r.rule})" if r.step == "retrain" else f"Round {r.round}: unlearning, {r.rule}")
+    return (f"{what}; {outcome}. Attack success {asr or 'not measured'}; clean accuracy {acc_before:.1%} -> "
+            f"{r.clean_accuracy_after:.1%} on {source}.")
 
 
 def _anchored_rows(a: Assessment, targets: list[int]) -> np.ndarray:
     """Trigger-anchored poison rows for each target class the activation analysis did not flag, with the best trigger
     known for it (the user's, the strongest library candidate, else the reconstructed one)."""
     from worker.keras_model import embed
+
+    covered = a.run.analysis.flagged_classes
+    for c in (c for c in targets if c not in covered and c not in a.anchored):  # each class once per scan
+        a.anchored[c] = _anchor(a, lambda x: embed(a.run.model, x), c, np.flatnonzero(a.ds.y == c))
+    return np.concatenate([np.empty(0, np.int64)] + [a.anchored[c] for c in targets if c in a.anchored])
+
+
+def _anchor(a: Assessment, represent, c: int, candidates: np.ndarray) -> np.ndarray:
+    """Which ``candidates`` (rows labelled ``c``) ``represent`` (a model's penultimate layer) places with held-out
+    inputs carrying the best trigger known for ``c`` (of its source classes, for a source-specific one) rather than
+    with the class's own held-out inputs."""
     from worker.remediation import trigger_anchored
 
-    run, held, ds, spec = a.run, a.held, a.ds, a.probing.spec
-    covered = run.analysis.flagged_classes
-    for c in (c for c in targets if c not in covered and c not in a.anchored):  # each class once per scan
-        a.anchored[c] = np.empty(0, np.int64)
-        trigger = _triggers_for(a, c)[0]
-        clean, others = held.x[held.y == c], held.x[held.y != c][:1000]
-        rows = np.flatnonzero(ds.y == c)
-        if len(clean) < 10 or not len(others):
-            continue
-        represent = lambda x: embed(run.model, x)  # noqa: E731  (penultimate layer, whole)
-        a.anchored[c] = rows[trigger_anchored(represent, ds.x[rows], trigger.stamp(others, spec.lo, spec.hi), clean)]
-    return np.concatenate([np.empty(0, np.int64)] + [a.anchored[c] for c in targets if c in a.anchored])
+    held, spec = a.held, a.probing.spec
+    trigger = _triggers_for(a, c)[0]
+    sources = _sources(a, trigger, c)
+    clean = held.x[held.y == c]
+    others = held.x[np.isin(held.y, sources) if sources else held.y != c][:1000]
+    if len(clean) < 10 or not len(others) or not len(candidates):
+        return np.empty(0, np.int64)
+    return candidates[trigger_anchored(represent, a.ds.x[candidates], trigger.stamp(others, spec.lo, spec.hi), clean)]
 
 
 def _triggers_for(a: Assessment, c: int) -> list:
@@ -536,14 +658,24 @@ def _triggers_for(a: Assessment, c: int) -> list:
     probing, result = a.probing, a.reconstruction.result
     user = probing.user
     known = [user.trigger] if user is not None and c in suspected(user, probing.rate_without) else []
-    if c in probing.strongest:
+    if c in probing.strongest and probing.strongest[c].trigger not in known:
         known.append(probing.strongest[c].trigger)
     return known + [Trigger(f"reconstructed trigger (class {_label(a.ds, c)})", "reconstructed", result.masks[c], result.patterns[c])]
 
 
+def _sources(a: Assessment, trigger, c: int) -> list[int] | None:
+    """The source classes of a trigger that fires toward ``c`` from some classes only (None: from every class)."""
+    from worker.triggers import SUSPECT_ASR
+
+    probed = [r for r in [a.probing.user, a.probing.strongest.get(c)] if r is not None and r.trigger is trigger]
+    if not probed or probed[0].asr[c] >= SUSPECT_ASR:
+        return None
+    return probed[0].sources(c) or None
+
+
 def _retest(a: Assessment, targets: list[int], after) -> list[dict]:
     """Attack success before (the analysed model) and ``after`` (a retrained model's predictor), for each target class
-    and each trigger known for it."""
+    and each trigger known for it (on its source classes, for a source-specific trigger)."""
     from worker.remediation import attack_success
 
     ds, held, spec, before = a.ds, a.held, a.probing.spec, a.predict
@@ -552,12 +684,14 @@ def _retest(a: Assessment, targets: list[int], after) -> list[dict]:
         triggers = _triggers_for(a, c)
         for t in triggers:
             stamp = lambda x, t=t: t.stamp(x, spec.lo, spec.hi)  # noqa: E731
+            sources = _sources(a, t, c)
             # a reconstructed trigger is partly an adversarial patch for the old model: it decides only when no real
             # trigger (the user's, or a library candidate that fired) is known for the class
             rows.append({"class": _label(ds, c), "trigger": t.name, "family": t.family,
+                         "sources": [_label(ds, s) for s in sources] if sources else "all other classes",
                          "decides": t.family != "reconstructed" or len(triggers) == 1,
-                         "before": round(attack_success(before, held.x, held.y, stamp, c), 4),
-                         "after": round(attack_success(after, held.x, held.y, stamp, c), 4)})
+                         "before": round(attack_success(before, held.x, held.y, stamp, c, sources), 4),
+                         "after": round(attack_success(after, held.x, held.y, stamp, c, sources), 4)})
     return rows
 
 

@@ -79,7 +79,7 @@ def label_findings(ds, probs: np.ndarray) -> list[Finding]:
     p_given = probs[np.arange(n), ds.y]
     calibrated, temperature = calibrate(probs, ds.y)
     excess = noise_excess(calibrated, ds.y)
-    pairs = targeted_pairs(probs, ds.y)
+    pairs = targeted_pairs(probs, ds.y, calibrated)
     # with label poisoning established for the dataset, an issue's confidence is the calibrated probability that its
     # label is wrong; without it, issues are noise to review (confidence 0)
     confidence = np.zeros(n)
@@ -170,11 +170,13 @@ def _targeted_finding(ds, p) -> Finding:
         explanation=f"{p.count} samples labelled {dst} look like class {src} to a model that never saw them, against "
         f"{p.reverse} labelled {src} that look like {dst}; natural confusion would give about {p.expected:.0f} "
         f"(binomial test, corrected p = {p.pvalue:.2g}; robust z {p.robust_z:.1f} against the other class pairs). "
-        f"Confusion that runs one way only is what relabelling one source class as one target (AML.T0020) leaves.",
+        f"{p.confident} of them get under {p.cutoff:g} probability for their label where the calibrated model expects "
+        f"{p.confident_expected:.0f}: they look plainly like {src}, not ambiguous. Confusion that runs one way only is what relabelling one source class as one target (AML.T0020) leaves.",
         remediation=f"Quarantine the samples labelled {dst} that look like {src}, find where they came from, "
         f"and test the trained model on class {src} inputs.",
         evidence={"source": src, "target": dst, "count": p.count, "reverse": p.reverse, "expected": p.expected,
                   "pvalue": float(f"{p.pvalue:.3g}"), "robust_z": p.robust_z, "confidence": p.confidence,
+                  "confident": p.confident, "confident_expected": p.confident_expected, "cutoff": p.cutoff,
                   "target_class_size": int((ds.y == p.target).sum())},
     )
 
