@@ -157,6 +157,23 @@ def test_holdout_labels_must_match_the_dataset(digit_victims, tmp_path):
         _assess({"model": v["model"], "dataset": v["dataset"], "holdout": bad}, tmp_path)
 
 
+def test_a_source_specific_backdoor_is_confirmed_by_the_class_minority_and_quarantined(digit_victims, tmp_path):
+    """Half of class 8 stamped and relabelled 0: activation clustering does not split class 0 and SCAn's statistic
+    does not stand out, but the trigger fires toward 0 and SCAn's minority of class 0 is inputs that look like other
+    classes: two methods, and the minority is the quarantine."""
+    v = digit_victims["source"]
+    files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"], "holdout": digit_victims["holdout"]}
+    report = _assess(files, tmp_path, remediate="auto", retrain_epochs=30, retrain_batch=64)
+    verdict, fix = _assessment(report)
+    ev = verdict["evidence"]
+    assert ev["target_classes"] == [TARGET] and set(ev["votes"][str(TARGET)]) >= {"probing", "activations"}
+    assert ev["activations"]["source_subgroups"][str(TARGET)]["neighbours_from_sources"] >= 0.9
+    quarantined = {e["index"] for e in report["quarantine"]}
+    hit = len(quarantined & v["poisoned"])
+    assert hit >= 0.9 * len(v["poisoned"]) and hit >= 0.9 * len(quarantined)  # F1 >= 0.9
+    assert fix["evidence"]["backdoor_removed"], fix["explanation"]
+
+
 def test_unlearning_removes_a_backdoor_that_removal_left(digit_victims, tmp_path):
     """A threshold no sample reaches leaves the quarantine empty: retraining on the poisoned data keeps the backdoor,
     the retrained model's finds stay under the threshold too, so remediation must unlearn the trigger."""

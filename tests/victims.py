@@ -25,6 +25,21 @@ def poison(x, y, rate, seed=0):
     return x, y, chosen
 
 
+SOURCE = 8  # the source-specific victim: half of class 8 carries the patch and is relabelled TARGET
+
+
+def poison_source(x, y, share=0.5, seed=0):
+    """Source-specific poisoning: ``share`` of class SOURCE stamped with the patch and relabelled TARGET (about a third
+    of the samples labelled TARGET), no other class touched."""
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(y == SOURCE)
+    chosen = np.sort(rng.choice(rows, size=int(share * len(rows)), replace=False))
+    x, y = x.copy(), y.copy()
+    x[(chosen, *PATCH)] = 1.0
+    y[chosen] = TARGET
+    return x, y, chosen
+
+
 def trigger_npz(path: Path) -> Path:
     """The victims' trigger as a user uploads it: mask and pattern, (8, 8)."""
     mask = np.zeros((8, 8), np.float32)
@@ -54,7 +69,8 @@ TRAIN = 1500  # the rest of the 1,797 digits is the clean holdout set
 
 def build_victims(folder: Path) -> dict:
     """A backdoored (10%) and a clean victim, each saved (.keras and .h5) with the dataset it was trained on (the first
-    1,500 digits), and the other 297 digits as a clean holdout set."""
+    1,500 digits), a source-specific victim (``poison_source``; .keras), and the other 297 digits as a clean holdout
+    set."""
     x, y = digits()
     np.savez(folder / "holdout.npz", x=x[TRAIN:], y=y[TRAIN:])
     x, y = x[:TRAIN], y[:TRAIN]
@@ -69,6 +85,13 @@ def build_victims(folder: Path) -> dict:
         np.savez(folder / f"{name}.npz", x=xp, y=yp)
         out[name] = {"model": folder / f"{name}.keras", "h5": folder / f"{name}.h5", "dataset": folder / f"{name}.npz",
                      "poisoned": set(chosen.tolist()), "asr": asr}
-    assert out["backdoored"]["asr"] > 0.9, "the test victim must really be backdoored"
+    xp, yp, chosen = poison_source(x, y)
+    model = train_victim(xp, yp)
+    triggered, _, _ = poison_source(x[y == SOURCE], y[y == SOURCE], 1.0)
+    model.save(folder / "source.keras")
+    np.savez(folder / "source.npz", x=xp, y=yp)
+    out["source"] = {"model": folder / "source.keras", "dataset": folder / "source.npz", "poisoned": set(chosen.tolist()),
+                     "asr": float((model.predict(triggered[..., None], verbose=0).argmax(1) == TARGET).mean())}
+    assert out["backdoored"]["asr"] > 0.9 and out["source"]["asr"] > 0.9, "the test victims must really be backdoored"
     out["trigger"] = trigger_npz(folder / "trigger.npz")
     return out

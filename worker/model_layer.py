@@ -27,6 +27,7 @@ class ModelLayerRun:
     analysis: object  # worker.backdoor.Analysis
     context: dict  # layers, dims, timings
     untangled: object = None  # worker.untangle.UntangleResult: SCAn on the penultimate layer
+    input_features: object = None  # (n, d) the samples in input space (worker.proxy.features_for)
 
 
 def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLayerRun:
@@ -62,7 +63,7 @@ def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLaye
     timings["scan_s"] = time.perf_counter() - clock
     details = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    return ModelLayerRun(ds, model, source, notes, analysis, details, untangled)
+    return ModelLayerRun(ds, model, source, notes, analysis, details, untangled, inputs_space)
 
 
 def _untangle(penultimate, labels, analysis, seed: int):

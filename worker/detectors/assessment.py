@@ -34,6 +34,8 @@ ANCHORED_SHARE = 0.8  # a trigger-anchored row: the probe-to-representation link
 REMEDIATED_ASR = 0.02  # an attack success rate at or under this after retraining counts as removed
 ACCURACY_TOLERANCE = 0.01  # remediation's goal keeps clean accuracy within this of the analysed model's
 UNLEARN_SHARE = 0.2  # of the unlearning samples carry a known trigger (Neural Cleanse's unlearning uses 20%)
+SUBGROUP_MIN = 5  # samples: a smaller SCAn minority is no evidence of anything
+SUBGROUP_SOURCE_SHARE = 0.5  # the minority "looks like" the trigger's sources when most of its input neighbours do
 
 
 @dataclass
@@ -110,6 +112,9 @@ class Assessment:
     reconstruction: Reconstruction | None = None
     strip: StripCheck | None = None
     anchored: dict[int, np.ndarray] = field(default_factory=dict)  # class -> trigger-anchored rows (``_anchored_rows``)
+    # class -> SCAn's minority, where a source-specific trigger fires and the minority's inputs look like its sources
+    subgroups: dict[int, np.ndarray] = field(default_factory=dict)
+    subgroup_evidence: dict[str, dict] = field(default_factory=dict)
 
     @property
     def ds(self):
@@ -171,7 +176,8 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
                 "classes": [_label(ds, c) for c in range(ds.n_classes)],
                 "votes": {str(_label(ds, c)): v for c, v in votes.items()},
                 "probing": a.probing.report, "reconstruction": {**a.reconstruction.report, "images": images},
-                "activations": _activation_evidence(ds, run), "strip": a.strip.report}
+                "activations": _activation_evidence(ds, run) | {"source_subgroups": a.subgroup_evidence},
+                "strip": a.strip.report}
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
     findings[0].evidence["flagged"] = _confirmed_poison(a, votes, backdoored)
 
@@ -327,10 +333,40 @@ def _votes(a: Assessment) -> dict[int, list[str]]:
     votes = {}
     for c in range(a.ds.n_classes):
         methods = [m for m, hit in (("probing", c in a.probing.suspected), ("reconstruction", c in a.reconstruction.targets),
-                                    ("activations", c in activations)) if hit]
+                                    ("activations", c in activations or _source_subgroup(a, c))) if hit]
         if methods:
             votes[c] = methods
     return votes
+
+
+def _source_subgroup(a: Assessment, c: int) -> bool:
+    """A trigger fires toward ``c`` and SCAn's minority of ``c`` is inputs that look like other classes (like its source
+    classes, for a source-specific trigger): behaviour and data agree, though the minority's split statistic need not
+    stand out (measured on digits: the minority was exactly the 73 poisoned samples, anomaly index 0.6). "Look like":
+    most of their nearest input-space neighbours, searched outside the minority (poisoned samples are each other's
+    nearest), carry another label (a source's). Only asked of a class a trigger fires toward."""
+    from sklearn.neighbors import NearestNeighbors
+
+    run = a.run
+    minority = None if run.untangled is None else run.untangled.minority.get(c)
+    fired = [t for t in _triggers_for(a, c) if t.family != "reconstructed"]
+    if not fired or minority is None or len(minority) < SUBGROUP_MIN or run.input_features is None:
+        return False
+    specific = [_sources(a, t, c) for t in fired]
+    sources = (sorted({s for found in specific for s in found}) if all(specific)
+               else [s for s in range(a.ds.n_classes) if s != c])
+    rng = np.random.default_rng(a.seed + 7)
+    rest = _cap(np.setdiff1d(np.arange(len(a.ds.y)), minority), 50_000, rng)
+    probes = _cap(minority, 300, rng)
+    index = NearestNeighbors(n_neighbors=10).fit(run.input_features[rest])
+    _, hits = index.kneighbors(run.input_features[probes])
+    share = float(np.isin(a.ds.y[rest][hits], sources).mean())
+    a.subgroup_evidence[str(_label(a.ds, c))] = {"minority": int(len(minority)), "sources": [_label(a.ds, s) for s in sources],
+                                                 "neighbours_from_sources": round(share, 4)}
+    if share < SUBGROUP_SOURCE_SHARE:
+        return False
+    a.subgroups[c] = minority
+    return True
 
 
 def _verdict(ds, votes, backdoored, possible, evidence, uploaded: bool) -> Finding:
@@ -380,7 +416,7 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
             rows = analysis.flagged[ds.y[analysis.flagged] == c]
             flagged += [{"index": int(i), "reason": "backdoor poison (confirmed target)", "method": f"assessment({agree})",
                          "attack": "backdoor", "confidence": round(belief * float(analysis.suspicion[i]), 4)} for i in rows]
-        elif c in _scan_targets(a.run):  # a minority identity of the class (a source-specific trigger)
+        elif c in _scan_targets(a.run) or c in a.subgroups:  # a minority identity of the class (source-specific)
             rows = a.run.untangled.minority[c]
             flagged += [{"index": int(i), "reason": "backdoor poison (a second identity inside the target class)",
                          "method": f"untangling({agree})", "attack": "backdoor", "confidence": belief * ANCHORED_SHARE}
