@@ -85,6 +85,16 @@ Goals checked at the end (PASS/FAIL; each over every domain and mode run):
       measurement (clean accuracy against the victim's), informational.
 Results: markdown on stdout, progress on stderr, bench/results/quarantine-<timestamp>.json (args, git commit and dirty
 paths, package versions, domain facts, per-case rows with the poisoned and quarantined indices, timings, goals).
+
+Rule changes made after runs of this benchmark (say so here; rerun what they affect):
+  2026-11-30 run quarantine-20261130-212132 (mnist, mnist-hard; clean, source-7to1-50%, blend-10%, badnets-5%; model
+  mode; n=5000) missed both source-specific cases (F1 0.00, only a "possible" target). After it, and after a digits
+  experiment outside this benchmark, a rule was added: a class a known trigger fires toward gets the activations vote
+  when SCAn's minority of the class has input neighbours (searched outside the minority) mostly of other classes
+  (worker/detectors/assessment.py, _source_subgroup). The source cases were rerun (quarantine-20261130-212433); the
+  other cases of the first run were not rerun, and the rule can change them only where a trigger fires toward a class
+  that activation clustering did not flag. Remediation also changed after the first run: it now removes the report's
+  whole quarantine (earlier detectors' label-flip evidence included), not only the assessment's own list.
 """
 
 from __future__ import annotations

@@ -20,18 +20,20 @@ from typing import TYPE_CHECKING
 from worker.findings import InputFile, ScanInputs
 
 if TYPE_CHECKING:
+    import numpy as np
     from worker.datasets import Dataset
     from worker.inspect.artifact import ArtifactInspection
     from worker.model_layer import ModelLayerRun
     from worker.outputs import OutputSink
 
-NEEDS = ("inspection", "dataset", "model", "model_layer", "outputs")
+NEEDS = ("inspection", "dataset", "model", "model_layer", "outputs", "quarantine")
 """What a detector may declare in ``uses``:
   inspection   ``context.inspection(file, settings)``: the sandboxed static inspection of an input file
   dataset      ``context.dataset(label_column)``: the uploaded dataset, loaded and validated
   model        ``context.model()``: the uploaded Keras model, loaded in safe mode after the static checks
   model_layer  ``context.model_layer(config, progress)``: the model layer's run (it loads the dataset and model itself)
   outputs      ``context.outputs``: the sink for the files a detector produces
+  quarantine   ``context.quarantine()``: the samples earlier detectors of the scan put in the quarantine
 """
 
 
@@ -146,6 +148,23 @@ class ScanContext:
         """Whether the model layer already ran in this scan (its findings are then another detector's to report)."""
         self._need("model_layer")
         return "model_layer" in self._memo
+
+    def record_findings(self, findings: list[dict]) -> None:
+        """The pipeline hands each detector's finding records over as they are made (for ``quarantine``)."""
+        best = self._memo.setdefault("poisoning_evidence", {})
+        for f in findings:
+            for item in f["evidence"].get("flagged", []):
+                i = int(item["index"])
+                best[i] = max(best.get(i, 0.0), float(item.get("confidence", 1.0)))
+
+    def quarantine(self) -> "np.ndarray":
+        """Rows the report's quarantine holds so far (earlier detectors' poisoning evidence at the scan's threshold,
+        as ``worker.pipeline.sample_lists`` decides): what remediation removes before it looks for more."""
+        import numpy as np
+
+        self._need("quarantine")
+        best = self._memo.get("poisoning_evidence", {})
+        return np.array(sorted(i for i, c in best.items() if c >= self.quarantine_min_confidence), dtype=np.int64)
 
     def request_cleaned_dataset(self) -> None:
         """Ask the scan to write ``cleaned-dataset.npz`` (the dataset without the report's quarantine) even when the

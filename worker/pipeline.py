@@ -66,6 +66,7 @@ def run_pipeline(
         if spec.takes_context:
             extras["context"] = context.for_detector(spec.name, spec.uses)
         results.append(_run_detector(spec, inputs, options.detector_config.get(spec.name, {}), extras))
+        context.record_findings(results[-1]["findings"])
         if stage_delay_s:
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)

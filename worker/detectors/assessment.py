@@ -126,7 +126,7 @@ class Assessment:
 
 
 @registry.register(name="backdoor_assessment", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu",
-                   uses=("model_layer", "outputs"))
+                   uses=("model_layer", "outputs", "quarantine"))
 def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Decides whether the model is backdoored and toward which class (trigger probing, Neural Cleanse reconstruction, the activation analysis; STRIP), then quarantines, retrains and re-tests.
 
@@ -185,8 +185,10 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
         clock = time.perf_counter()
         threshold = context.quarantine_min_confidence
         context.request_cleaned_dataset()
-        quarantined = [e["index"] for e in findings[0].evidence["flagged"] if e["confidence"] >= threshold]
-        findings.append(_remediate(a, votes, backdoored or possible, np.asarray(quarantined, dtype=np.int64), threshold,
+        # the report's quarantine: this verdict's confirmed poison and what earlier detectors quarantined (label flips)
+        own = [e["index"] for e in findings[0].evidence["flagged"] if e["confidence"] >= threshold]
+        quarantined = np.union1d(np.asarray(own, dtype=np.int64), context.quarantine())
+        findings.append(_remediate(a, votes, backdoored or possible, quarantined, threshold,
                                    lambda f: progress("remediation", at(0.45 + 0.55 * f))))
         timings["remediation_s"] = time.perf_counter() - clock
     findings[0].evidence["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
