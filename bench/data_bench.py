@@ -254,6 +254,18 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty_paths": git("status", "--porcelain").splitlines()}
 
 
+def write_result(args, benchmark: str, body: dict) -> Path:
+    """``<args.out>/<benchmark>-<UTC stamp>.json``: the run's arguments, command line and git state, then ``body``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = out / f"{benchmark}-{stamp}.json"
+    path.write_text(json.dumps({"benchmark": benchmark, "created": stamp, "args": vars(args), "argv": sys.argv,
+                                "git": git_commit(), **body}, indent=1, default=str))
+    print(f"wrote {path}")
+    return path
+
+
 def versions() -> dict:
     import cleanlab
     import sklearn
@@ -300,16 +312,9 @@ def main() -> None:
         print(f"- {'MET ' if g['met'] else 'MISSED'} {g['goal']}: {g['values']}")
     print(f"\ntotal wall time {total:.0f}s")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = out / f"data-{stamp}.json"
-    path.write_text(json.dumps({"benchmark": "data", "created": stamp, "args": vars(args), "argv": sys.argv,
-                                "git": git_commit(), "versions": versions(),
+    write_result(args, "data", {"versions": versions(),
                                 "mnist_sha256": hashlib.sha256(MNIST.read_bytes()).hexdigest() if "mnist" in args.datasets else None,
-                                "total_wall_s": total, "goals": checked, "results": results, "table_markdown": md},
-                               indent=1, default=str))
-    print(f"wrote {path}")
+                                "total_wall_s": total, "goals": checked, "results": results, "table_markdown": md})
 
 
 if __name__ == "__main__":

@@ -111,7 +111,6 @@ import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +120,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from backdoor_cases import MNIST, TRIGGERS, load_mnist, victim_model  # noqa: E402
-from data_bench import git_commit, random_flips, run_baseline, targeted_flips, versions  # noqa: E402
+from data_bench import random_flips, run_baseline, targeted_flips, versions, write_result  # noqa: E402
 from model_bench import prf  # noqa: E402
 
 ADULT = ROOT.parent / "shared" / "data" / "adult.npz"
@@ -680,15 +679,8 @@ def main() -> int:
         print(f"- {g['status']} {g['goal']}: {json.dumps(g['values'], default=str)}")
     print(f"\ntotal wall time {total:.0f} s")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = out / f"quarantine-{stamp}.json"
-    path.write_text(json.dumps({"benchmark": "quarantine", "created": stamp, "args": vars(args), "argv": sys.argv,
-                                "git": git_commit(), "versions": package_versions(), "domains": domains,
-                                "total_wall_s": round(total, 1), "goals": checked, "rows": rows, "table_markdown": md},
-                               indent=1, default=str))
-    print(f"wrote {path}")
+    write_result(args, "quarantine", {"versions": package_versions(), "domains": domains, "total_wall_s": round(total, 1),
+                                      "goals": checked, "rows": rows, "table_markdown": md})
     return 0
 
 

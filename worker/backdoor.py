@@ -151,6 +151,13 @@ class InputNeighbours:
         per_probe = self.per_sample(probes, label)
         return float(per_probe.mean()) if len(per_probe) else 0.0
 
+    def labelled_share(self, probes: np.ndarray, labels: list[int]) -> float:
+        """Share of the probes' nearest neighbours (themselves excluded, NEIGHBOURS each) labelled with one of ``labels``."""
+        _, hits = self.index.kneighbors(self._view(probes))
+        neighbour_rows = self.rows[hits]
+        nearest = np.array([r[r != p][:NEIGHBOURS] for r, p in zip(neighbour_rows, probes, strict=True)])
+        return float(np.isin(self.labels[nearest], labels).mean()) if len(probes) else 0.0
+
     def per_sample(self, probes: np.ndarray, label: int, block: int = 4096) -> np.ndarray:
         out = np.empty(len(probes), dtype=np.float32)
         for start in range(0, len(probes), block):  # bounded memory for the distance blocks

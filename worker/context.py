@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker.findings import InputFile, ScanInputs
+from worker.findings import InputFile, ScanInputs, evidence_confidence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,7 +155,7 @@ class ScanContext:
         for f in findings:
             for item in f["evidence"].get("flagged", []):
                 i = int(item["index"])
-                best[i] = max(best.get(i, 0.0), float(item.get("confidence", 1.0)))
+                best[i] = max(best.get(i, 0.0), evidence_confidence(item))
 
     def quarantine(self) -> "np.ndarray":
         """Rows the report's quarantine holds so far (earlier detectors' poisoning evidence at the scan's threshold,

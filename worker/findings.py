@@ -89,3 +89,9 @@ class ScanInputs:
     @property
     def roles(self) -> set[str]:
         return {f.role for f in self.files}
+
+
+def evidence_confidence(item: dict) -> float:
+    """The poisoning confidence of one ``evidence.flagged`` item; an item without one is certain evidence (1.0).
+    The quarantine (``worker.pipeline.sample_lists``) and remediation (``ScanContext.quarantine``) read it alike."""
+    return float(item.get("confidence", 1.0))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worker.catalog import default_registry
 from worker.context import ScanContext
-from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity
+from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity, evidence_confidence
 from worker.options import ScanOptions
 from worker.outputs import OutputSink
 from worker.policy import decide
@@ -207,7 +207,7 @@ def sample_lists(findings: list[dict], min_confidence: float) -> tuple[list[dict
     quarantine, review = [], []
     for i in sorted(set(evidence) | set(remarks)):
         reasons = evidence.get(i, [])
-        confidence = max((float(r.get("confidence", 1.0)) for r in reasons), default=0.0)
+        confidence = max((evidence_confidence(r) for r in reasons), default=0.0)
         if reasons and confidence >= min_confidence:
             quarantine.append({"index": i, "confidence": round(confidence, 4),
                                "attack": sorted({r.get("attack", "poisoning") for r in reasons}),

@@ -111,7 +111,6 @@ class Assessment:
     probing: Probing | None = None
     reconstruction: Reconstruction | None = None
     strip: StripCheck | None = None
-    anchored: dict[int, np.ndarray] = field(default_factory=dict)  # class -> trigger-anchored rows (``_anchored_rows``)
     # class -> SCAn's minority, where a source-specific trigger fires and the minority's inputs look like its sources
     subgroups: dict[int, np.ndarray] = field(default_factory=dict)
     subgroup_evidence: dict[str, dict] = field(default_factory=dict)
@@ -347,7 +346,7 @@ def _source_subgroup(a: Assessment, c: int) -> bool:
     stand out (measured on digits: the minority was exactly the 73 poisoned samples, anomaly index 0.6). "Look like":
     most of their nearest input-space neighbours, searched outside the minority (poisoned samples are each other's
     nearest), carry another label (a source's). Only asked of a class a trigger fires toward."""
-    from sklearn.neighbors import NearestNeighbors
+    from worker.backdoor import InputNeighbours
 
     run = a.run
     minority = None if run.untangled is None else run.untangled.minority.get(c)
@@ -360,9 +359,7 @@ def _source_subgroup(a: Assessment, c: int) -> bool:
     rng = np.random.default_rng(a.seed + 7)
     rest = _cap(np.setdiff1d(np.arange(len(a.ds.y)), minority), 50_000, rng)
     probes = _cap(minority, 300, rng)
-    index = NearestNeighbors(n_neighbors=10).fit(run.input_features[rest])
-    _, hits = index.kneighbors(run.input_features[probes])
-    share = float(np.isin(a.ds.y[rest][hits], sources).mean())
+    share = InputNeighbours(run.input_features, a.ds.y, a.seed, rows=rest).labelled_share(probes, sources)
     a.subgroup_evidence[str(_label(a.ds, c))] = {"minority": int(len(minority)), "sources": [_label(a.ds, s) for s in sources],
                                                  "neighbours_from_sources": round(share, 4)}
     if share < SUBGROUP_SOURCE_SHARE:
@@ -408,6 +405,8 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
     (its posterior times the confirmed belief), else, where it did not flag the class (a blended trigger, a
     source-specific one), SCAn's minority identity of the class where it split it, else the samples the model
     represents like triggered inputs."""
+    from worker.keras_model import embed
+
     analysis, ds = a.run.analysis, a.ds
     flagged = []
     covered = analysis.flagged_classes
@@ -424,7 +423,7 @@ def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: li
                          "method": f"untangling({agree})", "attack": "backdoor", "confidence": belief * ANCHORED_SHARE}
                         for i in rows]
         else:
-            rows = _anchored_rows(a, [c])
+            rows = _anchor(a, lambda x: embed(a.run.model, x), c, np.flatnonzero(ds.y == c))
             flagged += [{"index": int(i), "reason": "backdoor poison (represented like triggered inputs)",
                          "method": f"trigger_anchored({agree})", "attack": "backdoor", "confidence": belief * ANCHORED_SHARE}
                         for i in rows]
@@ -622,8 +621,7 @@ def _tested_round(a, step, number, rule, removed, added, facts, model, targets, 
     from worker.remediation import accuracy
 
     retest = _retest(a, targets, after)
-    deciding = [t for t in retest if t["decides"] and not np.isnan(t["after"])]
-    worst = max((t["after"] for t in deciding), default=0.0)
+    worst = max((t["after"] for t in _deciding(retest)), default=0.0)
     return RetrainRound(round=number, step=step, rule=rule, removed_samples=int(len(removed)), added_samples=int(len(added)),
                         retraining=facts, attack_success=retest, clean_accuracy_after=round(accuracy(after, a.held.x, a.held.y), 4),
                         worst_after=worst, removed=worst <= REMEDIATED_ASR, model=model)
@@ -635,7 +633,7 @@ def _still_poisoned(a: Assessment, last: RetrainRound, votes: dict[int, list[str
     samples. Only a confirmed target (two methods or more) adds to the quarantine."""
     from worker.keras_model import embed
 
-    still = {t["class"] for t in last.attack_success if t["decides"] and not np.isnan(t["after"]) and t["after"] > REMEDIATED_ASR}
+    still = {t["class"] for t in _deciding(last.attack_success) if t["after"] > REMEDIATED_ASR}
     found = []
     for c, methods in votes.items():
         if len(methods) < 2 or _label(a.ds, c) not in still:
@@ -651,6 +649,11 @@ def _still_poisoned(a: Assessment, last: RetrainRound, votes: dict[int, list[str
     return found
 
 
+def _deciding(retest: list[dict]) -> list[dict]:
+    """The re-test rows that decide whether the backdoor is gone, where attack success could be measured."""
+    return [t for t in retest if t["decides"] and not np.isnan(t["after"])]
+
+
 def _round_text(r: RetrainRound, acc_before: float, source: str) -> str:
     asr = "; ".join(f"{t['trigger']} to class {t['class']}: {t['before']:.1%} -> {t['after']:.1%}" for t in r.attack_success)
     outcome = ("there was no trigger to re-test" if not r.attack_success
@@ -659,17 +662,6 @@ def _round_text(r: RetrainRound, acc_before: float, source: str) -> str:
             f"{r.removed_samples} samples ({r.rule})" if r.step == "retrain" else f"Round {r.round}: unlearning, {r.rule}")
     return (f"{what}; {outcome}. Attack success {asr or 'not measured'}; clean accuracy {acc_before:.1%} -> "
             f"{r.clean_accuracy_after:.1%} on {source}.")
-
-
-def _anchored_rows(a: Assessment, targets: list[int]) -> np.ndarray:
-    """Trigger-anchored poison rows for each target class the activation analysis did not flag, with the best trigger
-    known for it (the user's, the strongest library candidate, else the reconstructed one)."""
-    from worker.keras_model import embed
-
-    covered = a.run.analysis.flagged_classes
-    for c in (c for c in targets if c not in covered and c not in a.anchored):  # each class once per scan
-        a.anchored[c] = _anchor(a, lambda x: embed(a.run.model, x), c, np.flatnonzero(a.ds.y == c))
-    return np.concatenate([np.empty(0, np.int64)] + [a.anchored[c] for c in targets if c in a.anchored])
 
 
 def _anchor(a: Assessment, represent, c: int, candidates: np.ndarray) -> np.ndarray:
