@@ -22,17 +22,18 @@ Results: markdown on stdout, bench/results/labels-<timestamp>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from data_bench import versions, write_result  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -122,6 +123,7 @@ def main() -> int:
     ap.add_argument("--domains", default="mnist,mnist-hard,digits,adult")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     rows = []
     print("| domain | case | quarantine P/R/F1 | clean q% | review | verdict | targeted | Cleanlab default P/R/F1 (flag%) | s |")
@@ -139,9 +141,7 @@ def main() -> int:
     clean = [r for r in rows if r["case"] == "clean"]
     print(f"\nclean controls: max {max(r['clean_quarantined_pct'] for r in clean):.2f}% quarantined; "
           f"verdicts {sorted({r['verdict'] for r in clean})}")
-    out = ROOT / "bench" / "results" / f"labels-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print(f"results: {out.relative_to(ROOT)}")
+    write_result(args, "labels", {"versions": versions(), "rows": rows})
     return 0
 
 

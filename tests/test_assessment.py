@@ -138,6 +138,22 @@ def test_remediation_removes_the_backdoor_and_produces_the_cleaned_data_and_mode
     assert retrained.count_params() == keras.saving.load_model(v["model"]).count_params()
 
 
+def test_without_a_holdout_set_clean_accuracy_is_compared_with_a_model_retrained_on_everything(digit_victims, tmp_path):
+    """The analysed model trained on the dataset rows held out here, so its accuracy on them is inflated: the accuracy
+    to keep is a model's retrained the same way with nothing removed; the analysed model's is reported beside it."""
+    v = digit_victims["backdoored"]
+    files = {"model": v["model"], "dataset": v["dataset"], "trigger": digit_victims["trigger"]}
+    report = _assess(files, tmp_path, remediate="auto", retrain_epochs=30, retrain_batch=64, remediation_rounds=1,
+                     unlearn=False)
+    _, fix = _assessment(report)
+    accuracy = fix["evidence"]["clean_accuracy"]
+    assert accuracy["before_is"].startswith("a model retrained the same way") and accuracy["on"].startswith("dataset rows")
+    assert accuracy["baseline_retraining"]["epochs_run"] == 30 and accuracy["baseline_retraining"]["samples"] < 1500
+    assert accuracy["analysed_model"] >= accuracy["before"] - 0.02  # it saw these rows; the baseline did not
+    assert fix["evidence"]["backdoor_removed"], fix["explanation"]
+    assert accuracy["within_tolerance"] == (accuracy["after"] >= accuracy["before"] - 0.01)
+
+
 def test_dataset_only_assessment_uses_the_proxy(digit_victims, tmp_path):
     v = digit_victims["backdoored"]
     report = _assess({"dataset": v["dataset"]}, tmp_path, detectors=("backdoor_assessment",), proxy_epochs=30,

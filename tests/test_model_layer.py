@@ -198,3 +198,22 @@ def test_wide_layers_are_projected_so_memory_stays_bounded():
     x = np.random.default_rng(0).random((50, 6, 6)).astype(np.float32)
     small, projected = embed_layers(functional, x, layers, max_dims=64, batch=16)
     assert small.shape == (50, 16) and projected.shape == (50, 64)
+
+
+def test_neighbour_shares_exclude_the_probe_and_stay_within_one_on_a_subsampled_reference():
+    from worker.backdoor import NEIGHBOURS, InputNeighbours
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 5)).astype(np.float32)
+    labels = np.repeat([0, 1], 200)
+    labels[:NEIGHBOURS * 2] = 1  # a few probes of class 1 whose neighbours are mostly class 0
+    reference = np.arange(0, 400, 2)  # a subsample: odd probes are not in it, even probes are
+    neighbours = InputNeighbours(features, labels, seed=0, rows=reference)
+    probes = np.arange(400)
+    shares = neighbours.per_sample(probes, label=1)
+    assert shares.max() <= 1.0 and shares.min() >= 0.0
+    nearest = neighbours._nearest(probes)
+    assert nearest.shape == (400, NEIGHBOURS)
+    assert not (nearest == probes[:, None]).any()  # never its own neighbour
+    assert np.isin(nearest, reference).all()
+    assert neighbours.labelled_share(probes[:1], [0, 1]) == 1.0

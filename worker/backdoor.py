@@ -151,21 +151,24 @@ class InputNeighbours:
         per_probe = self.per_sample(probes, label)
         return float(per_probe.mean()) if len(per_probe) else 0.0
 
-    def labelled_share(self, probes: np.ndarray, labels: list[int]) -> float:
-        """Share of the probes' nearest neighbours (themselves excluded, NEIGHBOURS each) labelled with one of ``labels``."""
+    def _nearest(self, probes: np.ndarray) -> np.ndarray:
+        """Rows of each probe's NEIGHBOURS nearest reference samples, the probe itself excluded (when the reference is
+        a subsample the probe may not be in it, and then its first NEIGHBOURS hits all count)."""
         _, hits = self.index.kneighbors(self._view(probes))
         neighbour_rows = self.rows[hits]
-        nearest = np.array([r[r != p][:NEIGHBOURS] for r, p in zip(neighbour_rows, probes, strict=True)])
-        return float(np.isin(self.labels[nearest], labels).mean()) if len(probes) else 0.0
+        others_first = np.argsort(neighbour_rows == probes[:, None], axis=1, kind="stable")
+        return np.take_along_axis(neighbour_rows, others_first, axis=1)[:, :NEIGHBOURS]
+
+    def labelled_share(self, probes: np.ndarray, labels: list[int]) -> float:
+        """Share of the probes' nearest neighbours (themselves excluded, NEIGHBOURS each) labelled with one of ``labels``."""
+        return float(np.isin(self.labels[self._nearest(probes)], labels).mean()) if len(probes) else 0.0
 
     def per_sample(self, probes: np.ndarray, label: int, block: int = 4096) -> np.ndarray:
+        """Per probe, the share of its nearest neighbours (itself excluded) whose label is not ``label``."""
         out = np.empty(len(probes), dtype=np.float32)
         for start in range(0, len(probes), block):  # bounded memory for the distance blocks
-            rows = probes[start:start + block]
-            _, hits = self.index.kneighbors(self._view(rows))
-            neighbour_rows = self.rows[hits]
-            other = (self.labels[neighbour_rows] != label) & (neighbour_rows != rows[:, None])  # never count itself
-            out[start:start + block] = other.sum(axis=1) / NEIGHBOURS
+            nearest = self._nearest(probes[start:start + block])
+            out[start:start + block] = (self.labels[nearest] != label).mean(axis=1)
         return out
 
 

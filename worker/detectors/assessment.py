@@ -32,7 +32,7 @@ BELIEF_TWO_METHODS = 0.9
 BELIEF_CONFIRMED = 0.97
 ANCHORED_SHARE = 0.8  # a trigger-anchored row: the probe-to-representation link is one more approximate step
 REMEDIATED_ASR = 0.02  # an attack success rate at or under this after retraining counts as removed
-ACCURACY_TOLERANCE = 0.01  # remediation's goal keeps clean accuracy within this of the analysed model's
+ACCURACY_TOLERANCE = 0.01  # remediation's goal keeps clean accuracy within this of the reference (_accuracy_before)
 UNLEARN_SHARE = 0.2  # of the unlearning samples carry a known trigger (Neural Cleanse's unlearning uses 20%)
 SUBGROUP_MIN = 5  # samples: a smaller SCAn minority is no evidence of anything
 SUBGROUP_SOURCE_SHARE = 0.5  # the minority "looks like" the trigger's sources when most of its input neighbours do
@@ -134,7 +134,8 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
     "always"; "never"), ``remediation_rounds`` (3: retrain, and look again with the retrained model), ``unlearn``
     (true: fine-tune away a trigger that removal left), ``unlearn_epochs`` (2), ``unlearn_samples`` (10000),
     ``remediation_budget_s`` (1800), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
-    and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
+    ``baseline_retrain`` (true: without an uploaded holdout set, the clean accuracy to keep is a model's retrained the
+    same way with nothing removed, since the analysed model trained on the held-out rows), and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
     """
     from worker.keras_model import predictor
 
@@ -496,20 +497,20 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
     (``unlearn``: Neural Cleanse's fine-tuning on kept samples that carry a known trigger and keep their own label).
     What is removed is always what the report quarantines: samples found later join it only at ``min_confidence``.
     Stops at attack success <= 2%, or at the rounds or ``remediation_budget_s``; every round is reported."""
-    from worker.remediation import accuracy
-
     run, held, config, outputs = a.run, a.held, a.config, a.outputs
-    acc_before = round(accuracy(a.predict, held.x, held.y), 4)
     compile_config = _compile_config(a.inputs.model.path) if run.source["model"] == "uploaded" else None
     max_rounds = max(1, int(config.get("remediation_rounds", 3)))
     budget, started = float(config.get("remediation_budget_s", 1800)), time.perf_counter()
-    steps = max_rounds + 1  # the retraining rounds and the unlearning, for progress
+    baseline = held.rows is not None and bool(config.get("baseline_retrain", True))
+    steps = max_rounds + 1 + baseline  # the baseline, the retraining rounds and the unlearning, for progress
+    accuracy_before = _accuracy_before(a, compile_config, progress if baseline else None, steps)
+    acc_before = accuracy_before["before"]
     removed, found_later, rounds = np.unique(np.asarray(quarantined, dtype=np.int64)), [], []
     stopped = "the rounds ran out"
     for k in range(max_rounds):
         added = np.setdiff1d(removed, quarantined) if k else np.empty(0, np.int64)
         rounds.append(_retrain_round(a, removed, added, compile_config, targets, k + 1,
-                                     lambda f, k=k: progress((k + f) / steps)))
+                                     lambda f, k=k: progress((baseline + k + f) / steps)))
         if rounds[-1].removed or not targets:
             stopped = "the backdoor is gone" if targets else "no backdoor target to re-test"
             break
@@ -523,7 +524,8 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
         found_later += more
         removed = np.union1d(removed, [m["index"] for m in more])
     if targets and not rounds[-1].removed and config.get("unlearn", True):
-        rounds.append(_unlearn_round(a, rounds[-1], removed, targets, lambda f: progress((max_rounds + f) / steps)))
+        rounds.append(_unlearn_round(a, rounds[-1], removed, targets,
+                                     lambda f: progress((baseline + max_rounds + f) / steps)))
         stopped = "the backdoor is gone after unlearning" if rounds[-1].removed else stopped + "; unlearning did not remove it"
     last = rounds[-1]
     last.model.save(outputs.reserve("retrained-model.keras"))
@@ -532,8 +534,8 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
                              + (" and fine-tuned to unlearn the trigger" if last.step == "unlearn" else ""))
     kept_accuracy = last.clean_accuracy_after >= acc_before - ACCURACY_TOLERANCE
     evidence = {"rounds": [r.evidence() for r in rounds], "retrained_model": saved, "backdoor_removed": last.removed,
-                "clean_accuracy": {"before": acc_before, "after": last.clean_accuracy_after, "on": held.source,
-                                   "within_tolerance": kept_accuracy, "tolerance": ACCURACY_TOLERANCE},
+                "clean_accuracy": accuracy_before | {"after": last.clean_accuracy_after, "on": held.source,
+                                                     "within_tolerance": kept_accuracy, "tolerance": ACCURACY_TOLERANCE},
                 "goal_reached": bool(last.removed and kept_accuracy), "stopped_because": stopped,
                 "removed_samples": int(len(removed)),
                 # the cleaned dataset is the scan's: the dataset without the report's quarantine (cleaned-dataset.npz)
@@ -553,10 +555,9 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
                    "do not deploy a model trained on this data.", evidence=evidence)
 
 
-def _retrain_round(a: Assessment, removed: np.ndarray, added: np.ndarray, compile_config: dict | None,
-                   targets: list[int], number: int, progress) -> RetrainRound:
-    """Retrain from fresh weights without ``removed`` (and the held-out rows), then re-test."""
-    from worker.keras_model import predictor
+def _retrain(a: Assessment, removed: np.ndarray, compile_config: dict | None, progress):
+    """A model of the analysed model's architecture (or the proxy's), trained from fresh weights on the dataset
+    without ``removed`` and the held-out rows; returns it and the training facts."""
     from worker.remediation import retrain_clone
 
     run, held, config, seed = a.run, a.held, a.config, a.seed
@@ -565,14 +566,40 @@ def _retrain_round(a: Assessment, removed: np.ndarray, added: np.ndarray, compil
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
     epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
     if run.source["model"] == "uploaded":
-        retrained, facts = retrain_clone(run.model, compile_config, ds.x[train], ds.y[train], epochs=epochs,
-                                         batch=int(config.get("retrain_batch", 128)), seed=seed, budget_s=budget,
-                                         progress=progress)
+        model, facts = retrain_clone(run.model, compile_config, ds.x[train], ds.y[train], epochs=epochs,
+                                     batch=int(config.get("retrain_batch", 128)), seed=seed, budget_s=budget,
+                                     progress=progress)
     else:
         from worker.proxy_network import train_proxy
 
-        retrained, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
-                                       budget_s=budget, progress=progress)
+        model, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
+                                   budget_s=budget, progress=progress)
+    return model, facts | {"samples": int(len(train))}
+
+
+def _accuracy_before(a: Assessment, compile_config: dict | None, progress, steps: int) -> dict:
+    """The clean accuracy that remediation must keep. The analysed model trained on the dataset's own held-out rows,
+    so its accuracy there is inflated; with ``progress`` (held-out rows from the dataset, ``baseline_retrain``), the
+    reference is a model retrained the same way on the same rows with nothing removed, and the analysed model's
+    figure is reported beside it."""
+    from worker.keras_model import predictor
+    from worker.remediation import accuracy
+
+    analysed = round(accuracy(a.predict, a.held.x, a.held.y), 4)
+    if progress is None:
+        return {"before": analysed, "before_is": "the analysed model's"}
+    model, facts = _retrain(a, np.empty(0, np.int64), compile_config, lambda f: progress(f / steps))
+    return {"before": round(accuracy(predictor(model), a.held.x, a.held.y), 4),
+            "before_is": "a model retrained the same way on the whole dataset (nothing removed)",
+            "analysed_model": analysed, "baseline_retraining": facts}
+
+
+def _retrain_round(a: Assessment, removed: np.ndarray, added: np.ndarray, compile_config: dict | None,
+                   targets: list[int], number: int, progress) -> RetrainRound:
+    """Retrain from fresh weights without ``removed`` (and the held-out rows), then re-test."""
+    from worker.keras_model import predictor
+
+    retrained, facts = _retrain(a, removed, compile_config, progress)
     rule = ("the quarantine" if number == 1 else
             f"the quarantine and {len(added)} samples that earlier retrained models still represented like triggered inputs")
     return _tested_round(a, "retrain", number, rule, removed, added, facts, retrained, targets, predictor(retrained))
