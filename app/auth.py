@@ -89,14 +89,52 @@ def _presented_key(request: Request) -> str | None:
     return key or None
 
 
+class FailureWindow:
+    """Failed authentications per client address over the last minute, in this process: past the limit a client
+    is answered 429 without a database lookup (guessing keys costs the guesser, not the database)."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self) -> None:
+        self._times: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        times = [t for t in self._times.get(client, ()) if t > now - self.WINDOW_S]
+        if times:
+            self._times[client] = times
+        else:
+            self._times.pop(client, None)
+        return times
+
+    def over(self, client: str, limit: int) -> float | None:
+        """Seconds until the client may try again, or None when it is under the limit."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(client, now)
+        return times[0] + self.WINDOW_S - now if len(times) >= limit else None
+
+    def add(self, client: str) -> None:
+        with self._lock:
+            if len(self._times) > 100_000:  # bounded memory under a distributed flood
+                self._times.clear()
+            self._times.setdefault(client, []).append(time.monotonic())
+
 def current_tenant(request: Request, session: DbSession, settings: Annotated[Settings, Depends(get_app_settings)]) -> str:
     key = _presented_key(request)
     if key is None:
         if settings.allow_anonymous:
             return ANONYMOUS_TENANT
         raise Problem(401, "API key required", f"Send your API key in the {KEY_HEADER} header (create one with `poisonscan keys create NAME`).")
-    tenant = tenant_for_key(session, key, settings.auth_cache_ttl_s)
+    client = request.client.host if request.client else "unknown"
+    cached = _tenant_cache.get(hash_key(key)) if settings.auth_cache_ttl_s else None
+    if cached is None and (wait := request.app.state.auth_failures.over(client, settings.auth_failures_per_minute)) is not None:
+        raise Problem(429, "Too many failed authentications", f"Over {settings.auth_failures_per_minute} requests "
+                      f"with a bad API key from this address in a minute; retry in {wait:.0f} s with a valid key.",
+                      headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    tenant = cached or tenant_for_key(session, key, settings.auth_cache_ttl_s)
     if tenant is None:
+        request.app.state.auth_failures.add(client)
         raise Problem(401, "Invalid API key", "The API key is unknown or revoked. Check it, or create a new one with `poisonscan keys create NAME`.")
     return tenant
 

@@ -8,21 +8,28 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.settings import get_settings
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """``pool_size``: the API serves sync endpoints from a 40-thread pool and asks for more; workers need few."""
+def make_engine(url: str, pool_size: int = 5, timeout_s: float = 30.0, statement_timeout_s: float | None = None) -> Engine:
+    """``pool_size``: the API serves sync endpoints from a 40-thread pool and asks for more; workers need few.
+    ``timeout_s`` bounds connecting, waiting for a pooled connection and (SQLite) waiting for a lock;
+    ``statement_timeout_s`` (PostgreSQL) bounds each statement: a request never waits on the database unbounded."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size, max_overflow=10)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s}, pool_size=pool_size,
+                               max_overflow=10, pool_timeout=timeout_s)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # API and worker write concurrently: WAL + busy wait.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+    connect_args = {"connect_timeout": max(1, int(timeout_s))}
+    if statement_timeout_s:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10, pool_timeout=timeout_s,
+                         connect_args=connect_args)
 
 
 @lru_cache

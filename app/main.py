@@ -1,16 +1,21 @@
 """The FastAPI application. No TensorFlow (or any detector) import happens here: start-up stays fast."""
 
+import asyncio
 import logging
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from app import problems
 from app.artifacts.endpoints import router as artifacts_router
 from app.artifacts.store import ArtifactStore
+from app.auth import FailureWindow
 from app.db import make_engine
 from app.scans.endpoints import router as scans_router
 from app.scans.schemas import ScanCreate
@@ -24,24 +29,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     app = FastAPI(
+        lifespan=_lifespan,
         title="poisonscan",
         version=VERSION,
         summary="Scans datasets and models for data poisoning, backdoors and supply-chain compromise.",
         description="Upload artifacts, start a scan, poll it, fetch its report. Authenticate with the `X-API-Key` header. "
         "Errors are RFC 9457 problem details (`application/problem+json`).",
     )
-    engine = make_engine(settings.sqlalchemy_url, pool_size=settings.api_db_pool_size)
+    engine = make_engine(settings.sqlalchemy_url, pool_size=settings.api_db_pool_size, timeout_s=settings.api_db_timeout_s,
+                         statement_timeout_s=settings.api_statement_timeout_s)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.celery = LazyCelery(settings)
+    app.state.auth_failures = FailureWindow()
     problems.install(app)
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     _health_routes(app)
     app.openapi = lambda: _openapi(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    reaper = None
+    if app.state.settings.reaper_in_api:
+        from worker.broker import enqueue_scan, queue_depth
+        from worker.reaper import Reaper
+
+        celery = app.state.celery
+        reaper = Reaper(app.state.sessionmaker, app.state.settings, lambda sid, q: enqueue_scan(celery, sid, q),
+                        lambda q: queue_depth(celery, q))
+        reaper.start()
+    yield
+    if reaper:
+        reaper.stop()
 
 
 class LazyCelery:
@@ -57,18 +81,48 @@ class LazyCelery:
 
 
 def _health_routes(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["health"], summary="The process is up")
-    def healthz() -> dict:
+    probes = {"database": SingleFlight(lambda: _database_ok(app)),
+              "broker": SingleFlight(lambda: broker_reachable(app.state.celery))}
+
+    # async: answered on the event loop, so a thread pool full of requests stuck on a dependency cannot block it
+    @app.get("/healthz", tags=["health"], summary="The process is up", openapi_extra={"security": []})
+    async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Database and broker reachable", responses=problems.problem_responses(503))
-    def readyz(request: Request):
-        checks = {"database": _database_ok(request.app), "broker": broker_reachable(request.app.state.celery)}
-        body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()}
-        if all(ok for ok, _ in checks.values()):
-            return {"status": "ready", "checks": body}
-        failing = ", ".join(f"{n} ({d})" for n, (ok, d) in checks.items() if not ok)
-        return problems.problem_response(request, 503, "Not ready", f"Unreachable: {failing}.", checks=body)
+    @app.get("/readyz", tags=["health"], summary="Database and broker reachable (up/down each; answers within seconds "
+             "whatever hangs behind it)", responses=problems.problem_responses(503), openapi_extra={"security": []})
+    async def readyz(request: Request):
+        timeout = request.app.state.settings.readiness_timeout_s
+        results = await asyncio.gather(*(probe(timeout) for probe in probes.values()))
+        # Anyone may ask: say up or down only; hosts, ports and error texts go to the log.
+        checks = {name: "up" if ok else "down" for name, ok in zip(probes, results, strict=True)}
+        if all(results):
+            return {"status": "ready", "checks": checks}
+        down = ", ".join(name for name, state in checks.items() if state == "down")
+        return problems.problem_response(request, 503, "Not ready", f"Unreachable: {down}.", checks=checks)
+
+
+class SingleFlight:
+    """Runs a blocking check in a thread of its own, at most one at a time: while a check hangs, callers wait on
+    the same one (up to their timeout) instead of each tying up another thread."""
+
+    _threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+
+    def __init__(self, check: Callable[[], tuple[bool, str]]) -> None:
+        self.check, self._running, self._lock = check, None, threading.Lock()
+
+    async def __call__(self, timeout_s: float) -> bool:
+        with self._lock:
+            if self._running is None or self._running.done():
+                self._running = self._threads.submit(self.check)
+            running = self._running
+        try:
+            ok, detail = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout_s)
+        except TimeoutError:
+            ok, detail = False, f"no answer within {timeout_s} s"
+        if not ok:
+            logging.getLogger("poisonscan.api").warning("readiness: %s", detail)
+        return ok
 
 
 def _database_ok(app: FastAPI) -> tuple[bool, str]:
@@ -77,8 +131,7 @@ def _database_ok(app: FastAPI) -> tuple[bool, str]:
             conn.execute(text("SELECT 1 FROM scans LIMIT 1"))  # also proves the migrations have run
         return True, "ok"
     except Exception as exc:
-        logging.getLogger("poisonscan.api").warning("readiness: database check failed: %s", exc)
-        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return False, f"database check failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 def _openapi(app: FastAPI) -> dict:

@@ -1,23 +1,38 @@
 """RFC 9457 problem details for every error the API returns."""
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, type_: str = "about:blank", **extra) -> None:
+    def __init__(self, status: int, title: str, detail: str, type_: str = "about:blank", headers: dict | None = None,
+                 **extra) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.type, self.extra = status, title, detail, type_, extra
+        self.headers = headers
 
 
-def problem_response(request: Request, status: int, title: str, detail: str, type_: str = "about:blank", **extra) -> JSONResponse:
+RETRY_AFTER_S = 5  # what a client waits after a 503 for a dependency that is down
+
+
+def problem_response(request: Request, status: int, title: str, detail: str, type_: str = "about:blank",
+                     headers: dict | None = None, **extra) -> JSONResponse:
     body = {"type": type_, "title": title, "status": status, "detail": detail, "instance": request.url.path, **extra}
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "ApiKey"
+    if status == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or None)
 
 
 # Shape of the error body, for the OpenAPI document.
@@ -38,7 +53,17 @@ def problem_responses(*codes: int) -> dict:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
-        return problem_response(request, exc.status, exc.title, exc.detail, exc.type, **exc.extra)
+        return problem_response(request, exc.status, exc.title, exc.detail, exc.type, exc.headers, **exc.extra)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyTimeout)
+    async def _database_down(request: Request, exc: Exception):
+        # A lost connection, a refused one, a statement or pool timeout: the database, not the request, is at fault.
+        logging.getLogger("poisonscan.api").warning("database unavailable on %s: %s", request.url.path,
+                                                    str(exc).splitlines()[0])
+        return problem_response(request, 503, "Database unavailable",
+                                f"The database did not answer; retry in {RETRY_AFTER_S} s. Nothing was changed.")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -49,11 +74,23 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         titles = {404: "Not found", 405: "Method not allowed"}
-        return problem_response(request, exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the first matching route's methods; the path may have more
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return problem_response(request, exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail),
+                                headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        import logging
-
         logging.getLogger("poisonscan.api").exception("unhandled error on %s", request.url.path)
         return problem_response(request, 500, "Internal error", "The server failed; the error is logged. Retry, and report it if it persists.")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers on this path (routers nest, so ask each as if the request used it)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed

@@ -28,7 +28,18 @@ class Settings(BaseSettings):
         default_factory=dict, description="Per-tenant defaults for detector_config, as JSON: {tenant: {detector: {setting: "
         "value}}}; a scan's own detector_config wins, and allow-lists (e.g. unsafe_serialization.allow_globals) are joined.")
 
+    max_active_scans_per_tenant: int = Field(default=100, ge=1, description="Queued plus running scans one tenant may "
+                                             "have; more get 429 with Retry-After.")
+    auth_failures_per_minute: int = Field(default=30, ge=1, description="Failed authentications one client address "
+                                          "may make per minute in one API process; more get 429 with Retry-After.")
     api_db_pool_size: int = Field(default=30, description="Database connections each API process keeps open.")
+    api_db_timeout_s: float = Field(default=5.0, gt=0, description="The API's bound on connecting to the database, "
+                                    "waiting for a pooled connection or a lock; past it a request gets 503 + Retry-After.")
+    api_statement_timeout_s: float = Field(default=15.0, gt=0, description="PostgreSQL statement_timeout of the API's connections.")
+    broker_timeout_s: float = Field(default=3.0, gt=0, description="The API's bound on publishing a scan to the broker; "
+                                    "past it the scan stays queued and the reaper sends it once the broker is back.")
+    readiness_timeout_s: float = Field(default=1.5, gt=0, le=10, description="/readyz reports a dependency down when "
+                                       "its check takes longer than this.")
 
     # Worker behaviour.
     task_soft_time_limit_s: int = 3600
@@ -42,6 +53,8 @@ class Settings(BaseSettings):
     running_timeout_s: int = 900
     max_attempts: int = 3
     reaper_interval_s: int = 30
+    reaper_in_api: bool = Field(default=True, description="Run the reaper in each API process (a thread on its own "
+                                "schedule); false where `poisonscan reap --every N` runs it instead.")
     # Seconds the pipeline sleeps after each stage; only for tests and demos that must catch a scan mid-flight.
     stage_delay_s: float = 0.0
 

@@ -209,12 +209,12 @@ def test_unlearning_removes_a_backdoor_that_removal_left(digit_victims, tmp_path
     assert fix["title"] == "remediation removed the backdoor" and "after unlearning" in ev["stopped_because"]
 
 
-@pytest.mark.parametrize(("option", "message"), [({"remediate": "sometimes"}, "remediate must be"),
-                                                ({"quarantine": "union"}, "no longer a setting")])
-def test_bad_options_are_rejected_before_any_work(digit_victims, tmp_path, option, message):
-    v = digit_victims["clean"]
-    with pytest.raises(InputRejected, match=message):
-        _assess({"model": v["model"], "dataset": v["dataset"]}, tmp_path, detectors=("backdoor_assessment",), **option)
+@pytest.mark.parametrize(("option", "message"), [
+    ({"remediate": "sometimes"}, r"backdoor_assessment\.remediate\n  Input should be 'auto', 'always' or 'never'"),
+    ({"quarantine": "union"}, "no longer a setting")])
+def test_bad_options_are_rejected_before_any_work(option, message):
+    with pytest.raises(ValueError, match=message):  # when the scan is created (worker.detector_config)
+        ScanOptions(detectors=["backdoor_assessment"], detector_config={"backdoor_assessment": FAST | option})
 
 
 # ------------------------------------------------------------------------------------------------ units

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 RUN_SCAN = "poisonscan.run_scan"
-REAP = "poisonscan.reap"
 QUEUES = ("cpu", "gpu")
 
 
@@ -31,10 +30,8 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> "Celery":
         task_ignore_result=True,  # results live in the database, not in a result backend
         task_default_queue="cpu",
         task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
-        task_routes={REAP: {"queue": "cpu"}},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={"reap-stuck-scans": {"task": REAP, "schedule": float(settings.reaper_interval_s)}},
     )
     if settings.uses_filesystem_broker:
         queue_dir, processed, control = (settings.broker_dir / d for d in ("queue", "processed", "control"))
@@ -49,7 +46,14 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> "Celery":
         app.conf.worker_enable_remote_control = False
     else:
         # Redis re-delivers unacked messages after this; it must exceed the hard limit or a slow scan runs twice.
-        app.conf.broker_transport_options = {"visibility_timeout": settings.task_hard_time_limit_s + 600}
+        # Socket timeouts: a frozen broker (SIGSTOP, a dead link) fails a publish instead of hanging it; a worker's
+        # blocking pop waits 1 s at a time, well inside them.
+        timeout = settings.broker_timeout_s if not with_tasks else max(settings.broker_timeout_s, 10.0)
+        app.conf.broker_transport_options = {"visibility_timeout": settings.task_hard_time_limit_s + 600,
+                                             "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    app.conf.broker_connection_timeout = settings.broker_timeout_s
+    # One quick retry: the caller (the API, the reaper) keeps the scan queued and the reaper sends it again later.
+    app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
     if with_tasks:
         app.conf.imports = ("worker.tasks",)
     return app
@@ -59,11 +63,20 @@ def enqueue_scan(app: "Celery", scan_id: str, queue: str) -> None:
     app.send_task(RUN_SCAN, args=[scan_id], queue=queue)
 
 
+def queue_depth(app: "Celery", queue: str) -> int | None:
+    """Messages waiting in ``queue`` (not those a worker holds), or None when the broker cannot say."""
+    try:
+        with app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception:  # noqa: BLE001  (the caller then assumes nothing about the queue)
+        return None
+
+
 def broker_reachable(app: "Celery") -> tuple[bool, str]:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
         return True, "ok"
     except Exception as exc:  # any transport error means "not ready"
-        return False, f"{type(exc).__name__}: {exc}"
+        return False, f"broker check failed: {type(exc).__name__}: {exc}"
 

@@ -22,6 +22,7 @@ from worker.findings import InputFile, ScanInputs, evidence_confidence
 if TYPE_CHECKING:
     import numpy as np
     from worker.datasets import Dataset
+    from worker.detector_config import ModelLayerConfig
     from worker.inspect.artifact import ArtifactInspection
     from worker.model_layer import ModelLayerRun
     from worker.outputs import OutputSink
@@ -31,7 +32,7 @@ NEEDS = ("inspection", "dataset", "model", "model_layer", "outputs", "quarantine
   inspection   ``context.inspection(file, settings)``: the sandboxed static inspection of an input file
   dataset      ``context.dataset(label_column)``: the uploaded dataset, loaded and validated
   model        ``context.model()``: the uploaded Keras model, loaded in safe mode after the static checks
-  model_layer  ``context.model_layer(config, progress)``: the model layer's run (it loads the dataset and model itself)
+  model_layer  ``context.model_layer(settings, progress)``: the model layer's run (it loads the dataset and model itself)
   outputs      ``context.outputs``: the sink for the files a detector produces
   quarantine   ``context.quarantine()``: the samples earlier detectors of the scan put in the quarantine
 """
@@ -85,7 +86,7 @@ class ScanContext:
 
     def inspection(self, f: InputFile, settings, *, any_settings: bool = False) -> "ArtifactInspection":
         """The static inspection of input ``f`` in a sandboxed child, once per file and settings.
-        ``settings``: ``worker.detectors.static_inspection.SerializationConfig`` (allowlist, allow_pickle, sandbox).
+        ``settings``: ``worker.detector_config.SerializationConfig`` (allowlist, allow_pickle, sandbox).
         ``any_settings``: an inspection of ``f`` this scan already made with other settings will do (the first one
         made); ``settings`` are used only when there is none yet."""
         self._need("inspection")
@@ -134,14 +135,14 @@ class ScanContext:
             raise rejected
         return model
 
-    def model_layer(self, config: dict, progress: Callable[[str, float], None]) -> "ModelLayerRun":
+    def model_layer(self, settings: "ModelLayerConfig", progress: Callable[[str, float], None]) -> "ModelLayerRun":
         """The model layer's run (``worker.model_layer.run_model_layer``), once per scan: the first detector to ask
-        computes it with its ``config`` and ``progress(stage, fraction)``; later ones reuse it as it is."""
+        computes it with its ``settings`` and ``progress(stage, fraction)``; later ones reuse it as it is."""
         self._need("model_layer")
         if "model_layer" not in self._memo:
             from worker.model_layer import run_model_layer
 
-            self._memo["model_layer"] = run_model_layer(self._whole(), config, progress)
+            self._memo["model_layer"] = run_model_layer(self._whole(), settings, progress)
         return self._memo["model_layer"]
 
     def has_model_layer(self) -> bool:

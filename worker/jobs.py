@@ -4,23 +4,20 @@ The Celery task is a thin wrapper around ``execute_scan``; tests call it directl
 """
 
 import logging
-import os
 import shutil
 import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts.store import ArtifactStore
-from app.models import Artifact, Finding, Report, Scan, ScanStatus, utcnow
-from app.scans.state import transition
+from app.models import Scan
+from app.scans import repository
 from app.settings import Settings
 from worker.findings import InputFile, InputRejected, ScanInputs
 from worker.hashing import forget_hashes
-from worker.inspect.formats import sniff
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 
@@ -47,30 +44,34 @@ class ProgressWriter:
         if stage == self._last_stage and now - self._last_write < self.min_interval_s:
             return
         with self.sessions() as session:
-            stmt = (
-                update(Scan)
-                .where(Scan.id == self.scan_id, Scan.status == ScanStatus.running)
-                .values(stage=stage[:64], percent=min(max(percent, 0.0), 100.0), heartbeat_at=utcnow())
-            )
-            moved = session.execute(stmt).rowcount
+            moved = repository.record_progress(session, self.scan_id, stage, percent)
             session.commit()
         if not moved:
             raise ScanStopped(f"scan {self.scan_id} is no longer running")
         self._last_stage, self._last_write = stage, now
 
 
+class ClaimFailed(Exception):
+    """The database did not take the claim: the message must be delivered again, not acknowledged."""
+
+
+def claim(scan_id: uuid.UUID, sessions: sessionmaker[Session]) -> Scan | None:
+    try:
+        with sessions() as session:
+            scan = repository.claim(session, scan_id)
+            session.commit()
+            return scan
+    except SQLAlchemyError as exc:
+        raise ClaimFailed(f"could not claim scan {scan_id}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
 def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: Settings) -> str:
-    """Returns what happened: 'succeeded', 'failed', 'stopped' or 'skipped' (not claimable)."""
-    with sessions() as session:
-        claimed = transition(
-            session, scan_id, ScanStatus.running, only_from={ScanStatus.queued},
-            started_at=utcnow(), stage="starting", percent=0.0, attempts=Scan.attempts + 1,
-        )
-        session.commit()
-        if not claimed:  # duplicate delivery, canceled, or already done: nothing to do
-            log.info("scan %s not claimable; skipping", scan_id)
-            return "skipped"
-        scan = session.get(Scan, scan_id)
+    """Returns what happened: 'succeeded', 'failed', 'stopped' or 'skipped' (not claimable). Raises ClaimFailed
+    when the claim could not be written (the task re-delivers the message)."""
+    scan = claim(scan_id, sessions)
+    if scan is None:  # duplicate delivery, canceled, or already done: nothing to do
+        log.info("scan %s not claimable; skipping", scan_id)
+        return "skipped"
     forget_hashes()
     output_dir = settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-{scan.attempts}"  # same disk as the store
     try:
@@ -111,7 +112,7 @@ def load_inputs(inputs: dict, artifacts_dir: Path) -> ScanInputs:
 
 def fail_scan(sessions: sessionmaker[Session], scan_id: uuid.UUID, reason: str) -> str:
     with sessions() as session:
-        moved = transition(session, scan_id, ScanStatus.failed, only_from={ScanStatus.running}, error=reason, stage="failed")
+        moved = repository.fail_running(session, scan_id, reason)
         session.commit()
     return "failed" if moved else "stopped"
 
@@ -119,42 +120,10 @@ def fail_scan(sessions: sessionmaker[Session], scan_id: uuid.UUID, reason: str) 
 def store_result(sessions: sessionmaker[Session], scan_id: uuid.UUID, report: dict, *, tenant: str | None = None,
                  store: ArtifactStore | None = None) -> str:
     """Findings, report, the files the scan produced (as the tenant's artifacts) and the final status in one
-    transaction: all of it lands, or none. (A file moved into the content-addressed store without its row is
-    invisible, and the next store of the same bytes reuses it.)"""
+    transaction: all of it lands, or none."""
     with sessions() as session:
-        if not transition(session, scan_id, ScanStatus.succeeded, only_from={ScanStatus.running}, verdict=report["verdict"], stage="done", percent=100.0):
+        if not repository.store_result(session, scan_id, report, REPORT_SCHEMA_VERSION, tenant, store):
             session.rollback()  # canceled or re-queued while we ran: keep nothing
             return "stopped"
-        if report.get("outputs") and store is not None:
-            publish_outputs(session, store, tenant, report["outputs"])
-        session.add(Report(scan_id=scan_id, schema_version=REPORT_SCHEMA_VERSION, body=report))
-        session.add_all(
-            Finding(
-                scan_id=scan_id, detector=f["detector"], layer=f["layer"], technique=f["technique"], severity=f["severity"],
-                score=float(f["score"]), title=f["title"][:300], explanation=f["explanation"], evidence=f["evidence"],
-            )
-            for d in report["detectors"] for f in d["findings"]
-        )
         session.commit()
     return "succeeded"
-
-
-def publish_outputs(session: Session, store: ArtifactStore, tenant: str, outputs: list[dict]) -> None:
-    """Move each produced file into the artifact store and register it for the tenant; the report entry gets the
-    artifact id and its download link in place of the worker's local path."""
-    for entry in outputs:
-        path = Path(entry.pop("path"))
-        sha = entry["sha256"]
-        target = store.path_for(sha)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            path.unlink(missing_ok=True)
-        else:
-            os.replace(path, target)
-        if session.get(Artifact, (tenant, sha)) is None:
-            try:
-                with session.begin_nested():  # a savepoint: a concurrent scan may register the same bytes first
-                    session.add(Artifact(tenant=tenant, sha256=sha, size=entry["size"], filename=entry["name"], kind=sniff(target, entry["name"])))
-            except IntegrityError:
-                pass  # the row exists now, which is all we need
-        entry |= {"artifact": sha, "href": f"/v1/artifacts/{sha}/content"}

@@ -14,6 +14,7 @@ from worker.findings import Finding, InputRejected, Severity
 
 if TYPE_CHECKING:
     from worker.context import ScanContext
+    from worker.detector_config import ModelLayerConfig
 
 
 @dataclass
@@ -30,26 +31,27 @@ class ModelLayerRun:
     input_features: object = None  # (n, d) the samples in input space (worker.proxy.features_for)
 
 
-def run_model_layer(context: "ScanContext", config: dict, progress) -> ModelLayerRun:
+def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progress) -> ModelLayerRun:
     """The context's dataset and model (or a proxy trained on the data), embedded and analysed class by class.
 
-    Called by ``ScanContext.model_layer`` (once per scan); ``progress(stage, fraction)``."""
+    Called by ``ScanContext.model_layer`` (once per scan) with the asking detector's settings (``ModelLayerConfig``
+    or a subclass); ``progress(stage, fraction)``."""
     from worker.backdoor import analyze
     from worker.keras_model import embed_layers, representation_layers
     from worker.proxy import features_for
 
-    seed = int(config.get("seed", 0))
+    seed = settings.seed
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     progress("load", 0.0)
-    ds = context.dataset(config.get("label_column", "label"))
-    model, source, notes = _model_for(context, ds, config, seed, progress)
+    ds = context.dataset(settings.label_column)
+    model, source, notes = _model_for(context, ds, settings, progress)
     timings["load_and_model_s"] = time.perf_counter() - clock
     base = 0.55 if source["model"] == "proxy" else 0.05
     _check_output(model, ds)
-    layers = representation_layers(model, config.get("layers"))
+    layers = representation_layers(model, settings.layers)
     clock = time.perf_counter()
-    reps = embed_layers(model, ds.x, layers, batch=int(config.get("batch", 1024)), seed=seed,
+    reps = embed_layers(model, ds.x, layers, batch=settings.batch, seed=seed,
                         progress=lambda f: progress("activations", base + (0.85 - base) * f))
     timings["activations_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -77,7 +79,7 @@ def _untangle(penultimate, labels, analysis, seed: int):
     return untangle(penultimate, labels, reference=reference, seed=seed)
 
 
-def _model_for(context: "ScanContext", ds, config: dict, seed: int, progress) -> tuple[object, dict, list[Finding]]:
+def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progress) -> tuple[object, dict, list[Finding]]:
     """The uploaded Keras model, loaded safely (the context's); else (none uploaded, or not one we load) a proxy
     trained on the data."""
     from worker.keras_model import ModelRejected
@@ -99,8 +101,8 @@ def _model_for(context: "ScanContext", ds, config: dict, seed: int, progress) ->
     from worker.proxy_network import train_proxy
 
     progress("proxy", 0.02)
-    model, trained = train_proxy(ds.x, ds.y, ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
-                                 budget_s=float(config.get("proxy_budget_s", 300)),
+    model, trained = train_proxy(ds.x, ds.y, ds.kind, seed=settings.seed, epochs=settings.proxy_epochs,
+                                 budget_s=settings.proxy_budget_s,
                                  progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
     return model, {"model": "proxy", "proxy": trained}, notes
 

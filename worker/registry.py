@@ -4,7 +4,10 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from worker.context import NEEDS
+from worker.detector_config import NoSettings
 from worker.findings import Finding, ScanInputs
 
 LAYERS = ("supply_chain", "data", "model")
@@ -22,7 +25,7 @@ class DetectorSpec:
     summary: str
     reports_progress: bool = False  # detect(inputs, config, progress=fn(stage, fraction)) for long work
     gpu_with: frozenset[str] = frozenset()  # roles that move a "cpu" detector to the gpu queue (it then runs the model)
-    config_model: type | None = None  # a pydantic model (extra="forbid", bounded fields) its config is validated with
+    config_model: type[BaseModel] = NoSettings  # its settings (worker.detector_config): extra="forbid", bounded fields
     uses: frozenset[str] = frozenset()  # what it takes from the scan context (worker.context.NEEDS); detect(..., context=)
     takes_context: bool = False  # detect has a ``context`` parameter: the pipeline passes the scan context's view for it
 
@@ -39,9 +42,10 @@ class Registry:
         self._specs: dict[str, DetectorSpec] = {}
 
     def register(self, *, name: str, layer: str, technique: str, needs: tuple[str, ...] = (), queue: str = "cpu",
-                 gpu_with: tuple[str, ...] = (), config: type | None = None, uses: tuple[str, ...] = ()):
+                 gpu_with: tuple[str, ...] = (), config: type[BaseModel] = NoSettings, uses: tuple[str, ...] = ()):
         """``uses``: what the detector takes from the scan context (``worker.context.NEEDS``: "inspection", "dataset",
-        "model", "model_layer", "outputs"); it then has a ``context`` parameter, and the context refuses anything else."""
+        "model", "model_layer", "outputs"); it then has a ``context`` parameter, and the context refuses anything else.
+        ``config``: the detector's settings model (``worker.detector_config``; also a field of ``DetectorConfig``)."""
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
         if unknown := set(uses) - set(NEEDS):

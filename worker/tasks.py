@@ -5,20 +5,21 @@ import uuid
 
 from app.db import get_sessionmaker
 from app.settings import get_settings
-from worker.broker import REAP, RUN_SCAN, enqueue_scan
+from worker.broker import RUN_SCAN
 from worker.celery_app import celery_app
-from worker.jobs import execute_scan
-from worker.reaper import reap_stuck_scans
+from worker.jobs import ClaimFailed, execute_scan
 
 log = logging.getLogger(__name__)
+CLAIM_RETRY_S = (2, 5, 10, 20, 30)  # backoff while the database is away; then the reaper's timeout takes over
 
 
-@celery_app.task(name=RUN_SCAN)
-def run_scan(scan_id: str) -> str:
-    return execute_scan(uuid.UUID(scan_id), get_sessionmaker(), get_settings())
-
-
-@celery_app.task(name=REAP)
-def reap() -> dict:
-    with get_sessionmaker()() as session:
-        return reap_stuck_scans(session, get_settings(), lambda sid, q: enqueue_scan(celery_app, sid, q))
+@celery_app.task(name=RUN_SCAN, bind=True, max_retries=len(CLAIM_RETRY_S))
+def run_scan(self, scan_id: str) -> str:
+    try:
+        return execute_scan(uuid.UUID(scan_id), get_sessionmaker(), get_settings())
+    except ClaimFailed as exc:
+        # The claim did not commit: send the message again (retry publishes a copy before this one is acknowledged),
+        # so a database blip never drops a scan.
+        delay = CLAIM_RETRY_S[min(self.request.retries, len(CLAIM_RETRY_S) - 1)]
+        log.warning("%s; delivering it again in %s s", exc, delay)
+        raise self.retry(exc=exc, countdown=delay) from exc

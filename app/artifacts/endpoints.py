@@ -7,6 +7,7 @@ from fastapi.responses import FileResponse
 from fastapi.concurrency import run_in_threadpool
 
 from app.artifacts import service
+from app.artifacts.names import checked_filename
 from app.artifacts.schemas import ArtifactOut
 from app.artifacts.store import UploadError
 from app.artifacts.streaming import stream_multipart, stream_raw
@@ -38,7 +39,8 @@ def as_problem(exc: UploadError) -> Problem:
     description="Send the file as the raw request body (`application/octet-stream`, name in `?filename=`), "
     "or as multipart/form-data in a field named `file`. The SHA-256 is computed while streaming; the response's "
     "`sha256` is the artifact id. Same bytes twice give the same artifact (200 the second time).",
-    responses=problem_responses(400, 401, 413, 422),
+    responses={200: {"model": ArtifactOut, "description": "These bytes were uploaded before: the existing artifact"}}
+    | problem_responses(400, 401, 413, 422, 503),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
@@ -51,6 +53,7 @@ async def upload_artifact(
     check_declared_length(request, settings.max_upload_bytes)
     content_type = request.headers.get("content-type", "application/octet-stream")
     try:
+        filename = checked_filename(filename)  # before any byte is stored
         if content_type.startswith("multipart/form-data"):
             parts = await stream_multipart(request.stream(), content_type, store, settings.max_upload_bytes, {"file"})
             if "file" not in parts.files:
@@ -88,7 +91,9 @@ MEDIA_TYPES = {"png": "image/png", "json": "application/json", "text": "text/pla
 @router.get("/{sha256}/content", summary="Download an artifact's bytes", response_class=FileResponse,
             description="The stored bytes: an upload, or a file a scan produced (a reconstructed trigger image, the "
             "cleaned dataset, a retrained model), as linked from the report's `outputs`.",
-            responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}} | problem_responses(401, 404, 422))
+            responses={200: {"content": {media: {"schema": {"type": "string", "format": "binary"}}
+                                         for media in ("application/octet-stream", *MEDIA_TYPES.values())}}}
+            | problem_responses(401, 404, 422))
 def download_artifact(sha256: Annotated[str, Path(pattern=SHA256_RE)], tenant: Tenant, session: DbSession, store: Store) -> FileResponse:
     row = service.get(session, tenant, sha256)
     path = store.path_for(row.sha256) if row is not None else None

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.artifacts.names import checked_filename
 from app.artifacts.schemas import ArtifactOut
 from app.models import Artifact
 from worker.inspect.formats import sniff
@@ -16,7 +17,7 @@ def register(session: Session, tenant: str, sha256: str, size: int, path: Path, 
     existing = get(session, tenant, sha256)
     if existing is not None:
         return existing, False
-    row = Artifact(tenant=tenant, sha256=sha256, size=size, filename=_clean_name(filename), kind=sniff(path, filename))
+    row = Artifact(tenant=tenant, sha256=sha256, size=size, filename=checked_filename(filename), kind=sniff(path, filename))
     session.add(row)
     try:
         session.commit()
@@ -28,12 +29,6 @@ def register(session: Session, tenant: str, sha256: str, size: int, path: Path, 
 
 def get(session: Session, tenant: str, sha256: str) -> Artifact | None:
     return session.scalar(select(Artifact).where(Artifact.tenant == tenant, Artifact.sha256 == sha256.lower()))
-
-
-def _clean_name(filename: str | None) -> str | None:
-    if not filename:
-        return None
-    return filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or None
 
 
 def to_out(row: Artifact) -> ArtifactOut:

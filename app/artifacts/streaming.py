@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.artifacts.names import checked_filename, decode_header_param
 from app.artifacts.store import ArtifactStore, StoreWriter, UploadError
 
 BATCH = 1 << 20  # hop to a thread once per MiB: file writes and hashing stay off the event loop
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 32  # text fields per body (every endpoint takes a handful): bounds what one request keeps in memory
+MAX_PARTS = 64  # parts of any kind, files included
+MAX_HEADER_BYTES = 16 * 1024  # per part
 
 
 async def batched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -56,6 +60,7 @@ class _Collector:
         self._headers: dict[str, str] = {}
         self._target: FilePart | bytearray | None = None
         self._name = ""
+        self._parts = 0
 
     def callbacks(self) -> dict:
         return {
@@ -70,23 +75,33 @@ class _Collector:
 
     def _part_begin(self) -> None:
         self._headers, self._target = {}, None
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise UploadError(f"the multipart body has more than {MAX_PARTS} parts")
 
     def _header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("utf-8", "replace")
+        if len(self._header_field) + len(self._header_value) > MAX_HEADER_BYTES:
+            raise UploadError(f"a multipart part header is over {MAX_HEADER_BYTES} bytes")
+        # Latin-1 maps bytes to characters one to one: the filename's raw bytes survive to be decoded as UTF-8 below.
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
         self._header_field.clear()
         self._header_value.clear()
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get("content-disposition", ""))
-        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        self._name = decode_header_param(params.get(b"name", b""))
         filename = params.get(b"filename")
         if self._name in self.file_fields:
             if self._name in self.result.files:
                 raise UploadError(f"multipart field '{self._name}' appears twice")
-            part = FilePart(self._name, filename.decode("utf-8", "replace") if filename else None, self.store.writer(self.max_bytes))
+            name = checked_filename(decode_header_param(filename)) if filename else None
+            part = FilePart(self._name, name, self.store.writer(self.max_bytes))
             self.result.files[self._name] = part
             self._target = part
         else:
+            if self._name in self.result.fields or len(self.result.fields) >= MAX_FIELDS:
+                raise UploadError(f"multipart field '{self._name}' appears twice" if self._name in self.result.fields
+                                  else f"the multipart body has more than {MAX_FIELDS} text fields")
             self._target = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

@@ -1,5 +1,6 @@
 """POST/GET /v1/scans, cancel and report."""
 
+import asyncio
 import json
 import logging
 import uuid
@@ -35,7 +36,7 @@ SHA_FIELDS = {f"{role}_sha256" for role in ROLES}
     "`dataset` (and optionally `signature`, `public_key`, `certificate_chain`, `holdout`, `trigger`), optional `<field>_sha256` expected hashes "
     "and `options` (JSON). Answers at once with "
     "202, the scan resource and a `Location` header; poll it for status and progress.",
-    responses=problem_responses(400, 401, 413, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 429, 503),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/ScanCreate"}},
         "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -55,11 +56,17 @@ async def create_scan(request: Request, response: Response, tenant: Tenant, sess
         raise Problem(415, "Unsupported media type", f"Send application/json or multipart/form-data, not {content_type!r}.")
     found = await run_in_threadpool(service.resolve_inputs, session, tenant, body.refs())
     options = service.with_tenant_defaults(body.options, settings.tenant_detector_config.get(tenant, {}))
-    scan = await run_in_threadpool(service.create_scan, session, tenant, found, options)
-    try:
-        enqueue_scan(request.app.state.celery, str(scan.id), scan.queue)
-    except Exception:  # the row is committed: the reaper re-enqueues it once the broker is back
-        log.exception("could not enqueue scan %s; the reaper will retry", scan.id)
+    scan = await run_in_threadpool(service.create_scan, session, tenant, found, options, settings.max_active_scans_per_tenant)
+    try:  # off the event loop and bounded: a frozen broker must not freeze the API
+        await asyncio.wait_for(run_in_threadpool(enqueue_scan, request.app.state.celery, str(scan.id), scan.queue),
+                               settings.broker_timeout_s)
+    except Exception as exc:  # the row is committed: the reaper's next pass sends it once the broker is back
+        log.warning("could not enqueue scan %s (%s); it stays queued and the reaper will send it",
+                    scan.id, type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+        try:
+            await run_in_threadpool(service.mark_unsent, session, scan.id, settings.queued_timeout_s)
+        except Exception:  # noqa: BLE001  (then the reaper sends it one queued timeout later)
+            log.warning("could not mark scan %s for the reaper's next pass", scan.id)
     response.headers["Location"] = f"/v1/scans/{scan.id}"
     return service.to_out(scan)
 
@@ -124,9 +131,20 @@ def list_scans(
     return ScanPage(items=[service.to_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{scan_id}", response_model=ScanOut, summary="Scan status, progress, timings and verdict", responses=problem_responses(401, 404, 422))
-def get_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanOut:
-    return service.to_out(service.get_scan(session, tenant, scan_id))
+@router.get("/{scan_id}", response_model=ScanOut, summary="Scan status, progress, timings and verdict",
+            description="Answers with a weak `ETag`; send it back in `If-None-Match` and an unchanged scan is a "
+            "bodyless 304 (cheap polling for dashboards that watch many scans).",
+            responses={304: {"description": "The scan has not changed since the ETag given in If-None-Match"}}
+            | problem_responses(401, 404, 422, 503))
+def get_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, request: Request, response: Response):
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match:  # the lean path: a few columns, no JSON, no body
+        etag = service.scan_etag(session, tenant, scan_id)
+        if etag is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+            return Response(status_code=304, headers={"ETag": etag})
+    scan = service.get_scan(session, tenant, scan_id)
+    response.headers["ETag"] = service.etag_of(scan)
+    return service.to_out(scan)
 
 
 @router.post("/{scan_id}/cancel", response_model=ScanOut, summary="Cancel a queued or running scan", responses=problem_responses(401, 404, 409, 422))

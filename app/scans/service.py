@@ -2,17 +2,19 @@
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.artifacts import service as artifacts
 from app.models import Artifact, Report, Scan, ScanStatus, utcnow
 from app.problems import Problem
+from app.scans import repository
 from app.scans.schemas import ScanOut, Timings
 from app.scans.state import TERMINAL, transition
 from worker.inspect.formats import wrong_kind_for_role
@@ -55,7 +57,10 @@ def with_tenant_defaults(options: ScanOptions, tenant_config: dict[str, dict]) -
         raise Problem(422, "Invalid detector settings", f"With this tenant's defaults the detector settings are invalid: {exc}") from exc
 
 
-def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions) -> Scan:
+def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions,
+                max_active: int | None = None) -> Scan:
+    if max_active is not None:
+        _check_active_limit(session, tenant, max_active)
     inputs = {role: {"sha256": a.sha256, "filename": a.filename, "kind": a.kind, "size": a.size} for role, a in found.items()}
     queue = default_registry().queue_for(set(found), options.detectors)  # roles present decide the detectors
     scan = Scan(
@@ -67,11 +72,45 @@ def create_scan(session: Session, tenant: str, found: dict[str, Artifact], optio
     return scan
 
 
+def _check_active_limit(session: Session, tenant: str, max_active: int) -> None:
+    """One tenant's backlog must not starve the others: refuse a new scan while it has ``max_active`` queued or
+    running. (Two requests racing may both pass; the limit is a bound on a flood, not an exact quota.)"""
+    active = session.scalar(select(func.count()).select_from(Scan).where(
+        Scan.tenant == tenant, Scan.status.in_([ScanStatus.queued, ScanStatus.running])))
+    if active >= max_active:
+        raise Problem(429, "Too many active scans", f"This tenant has {active} scans queued or running (the limit is "
+                      f"{max_active}); wait for some to finish, or cancel some.", headers={"Retry-After": "30"})
+
+
+def mark_unsent(session: Session, scan_id: uuid.UUID, queued_timeout_s: float) -> None:
+    repository.mark_unsent(session, scan_id, queued_timeout_s)
+    session.commit()
+
+
 def get_scan(session: Session, tenant: str, scan_id: uuid.UUID) -> Scan:
     scan = session.scalar(select(Scan).where(Scan.id == scan_id, Scan.tenant == tenant))
     if scan is None:
         raise Problem(404, "Scan not found", f"No scan {scan_id} for this API key's tenant.")
     return scan
+
+
+_VERSION_COLUMNS = (Scan.status, Scan.stage, Scan.percent, Scan.attempts, Scan.verdict, Scan.heartbeat_at, Scan.finished_at)
+
+
+def scan_etag(session: Session, tenant: str, scan_id: uuid.UUID) -> str | None:
+    """A weak ETag of what a poller sees change (status, stage, percent, verdict, ...), read without the row's JSON
+    columns; None when there is no such scan. Every change of a scan moves its heartbeat, so this covers them all."""
+    row = session.execute(select(*_VERSION_COLUMNS).where(Scan.id == scan_id, Scan.tenant == tenant)).first()
+    return None if row is None else _etag(tuple(row))
+
+
+def etag_of(scan: Scan) -> str:
+    return _etag(tuple(getattr(scan, c.key) for c in _VERSION_COLUMNS))
+
+
+def _etag(values: tuple) -> str:
+    raw = "|".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in values)
+    return f'W/"{hashlib.sha256(raw.encode()).hexdigest()[:20]}"'
 
 
 def list_scans(session: Session, tenant: str, status: str | None, verdict: str | None, limit: int, cursor: str | None) -> tuple[list[Scan], str | None]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from worker.context import ScanContext
+from worker.detector_config import AssessmentConfig
 from worker.detectors.data import _label
 from worker.findings import Finding, InputRejected, ScanInputs, Severity
 from worker.model_layer import ModelLayerRun
@@ -103,7 +104,7 @@ class Assessment:
     inputs: ScanInputs
     run: ModelLayerRun
     held: HeldOut
-    config: dict
+    config: AssessmentConfig
     seed: int
     shape: tuple  # the model's input shape, without the batch axis
     predict: Callable[[np.ndarray], np.ndarray]  # the analysed model's predictor
@@ -125,31 +126,26 @@ class Assessment:
 
 
 @registry.register(name="backdoor_assessment", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu",
-                   uses=("model_layer", "outputs", "quarantine"))
+                   uses=("model_layer", "outputs", "quarantine"), config=AssessmentConfig)
 def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Decides whether the model is backdoored and toward which class (trigger probing, Neural Cleanse reconstruction, the activation analysis; STRIP), then quarantines, retrains and re-tests.
 
-    config: ``seed`` (0), ``holdout_max`` (10000 rows used), ``probe_samples`` (1000), ``nc_steps`` (1000),
-    ``nc_budget_s`` (90), ``nc_samples`` (1000), ``strip_copies`` (16), ``remediate`` ("auto": when a backdoor is found;
-    "always"; "never"), ``remediation_rounds`` (3: retrain, and look again with the retrained model), ``unlearn``
-    (true: fine-tune away a trigger that removal left), ``unlearn_epochs`` (2), ``unlearn_samples`` (10000),
-    ``remediation_budget_s`` (1800), ``retrain_epochs`` (5), ``retrain_batch`` (128), ``retrain_budget_s`` (600),
-    ``baseline_retrain`` (true: without an uploaded holdout set, the clean accuracy to keep is a model's retrained the
-    same way with nothing removed, since the analysed model trained on the held-out rows), and the model layer's keys when it has not run in this scan (``label_column``, ``layers``, ``proxy_epochs``, ...).
+    config: ``AssessmentConfig``: probing, Neural Cleanse, STRIP and remediation settings, and the model layer's
+    (``ModelLayerConfig``: ``label_column``, ``layers``, ``proxy_epochs``, ...) used when it has not run in this scan.
     """
     from worker.keras_model import predictor
 
-    seed = int(config.get("seed", 0))
-    mode = _check_config(config)
+    settings = AssessmentConfig.model_validate(config)
+    seed = settings.seed
     base = 0.0  # progress already spent before the assessment's own stages
     if not context.has_model_layer():  # run alone: the model layer's work first (its findings are that detector's to report)
         base = 0.3
-    run = context.model_layer(config, lambda stage, f: progress(stage, base * f))
+    run = context.model_layer(settings, lambda stage, f: progress(stage, base * f))
     at = lambda f: base + (1 - base) * f  # noqa: E731  (the assessment's share of the detector's progress)
     ds = run.ds
     uploaded = run.source["model"] == "uploaded"
     shape = tuple(int(d) for d in run.model.inputs[0].shape[1:])
-    a = Assessment(inputs, run, held_out(inputs, run, config, shape, seed), config, seed, shape, predictor(run.model),
+    a = Assessment(inputs, run, held_out(inputs, run, settings, shape, seed), settings, seed, shape, predictor(run.model),
                    context.outputs)
     timings: dict[str, float] = {}
 
@@ -181,7 +177,7 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
     findings = [_verdict(ds, votes, backdoored, possible, evidence, uploaded)]
     findings[0].evidence["flagged"] = _confirmed_poison(a, votes, backdoored)
 
-    if mode == "always" or (mode == "auto" and backdoored):
+    if settings.remediate == "always" or (settings.remediate == "auto" and backdoored):
         clock = time.perf_counter()
         threshold = context.quarantine_min_confidence
         context.request_cleaned_dataset()
@@ -195,22 +191,9 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
     return findings
 
 
-def _check_config(config: dict) -> str:
-    """Refuse bad choices before the expensive work; returns the remediation mode."""
-    mode = config.get("remediate", "auto")
-    if mode not in ("auto", "always", "never"):
-        raise InputRejected(f"backdoor_assessment: remediate must be 'auto', 'always' or 'never', not {mode!r}")
-    for key in ("quarantine", "escalate"):  # settings of the earlier intersection/union remediation
-        if key in config:
-            raise InputRejected(f"backdoor_assessment: {key!r} is no longer a setting: remediation removes the report's "
-                                "quarantine, then what retrained models still point at (remediation_rounds), then "
-                                "unlearns (unlearn)")
-    return mode
-
-
 # ------------------------------------------------------------------------------------------------ held-out inputs
 
-def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> HeldOut:
+def held_out(inputs: ScanInputs, run, config: AssessmentConfig, shape: tuple, seed: int) -> HeldOut:
     """The uploaded holdout set (labels mapped onto the dataset's), else a seeded sample of the dataset's rows that the
     model layer did not flag, kept out of retraining."""
     from worker.datasets import load_dataset
@@ -218,7 +201,7 @@ def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> 
 
     ds = run.ds
     if inputs.holdout is not None:
-        hold = load_dataset(inputs.holdout.path, inputs.holdout.kind, label_column=config.get("label_column", "label"))
+        hold = load_dataset(inputs.holdout.path, inputs.holdout.kind, label_column=config.label_column)
         index = {v: i for i, v in enumerate(ds.classes)}
         unknown = sorted({str(v) for v in hold.classes if v not in index})
         if unknown:
@@ -226,13 +209,12 @@ def held_out(inputs: ScanInputs, run, config: dict, shape: tuple, seed: int) -> 
                                 "labelled like the dataset")
         y = np.array([index[v] for v in hold.classes])[hold.y]
         rows = np.arange(len(y))
-        cap = int(config.get("holdout_max", 10_000))  # enough for rates to 1%; bounded memory for a huge holdout
-        if len(rows) > cap:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, size=cap, replace=False))
+        if len(rows) > config.holdout_max:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=config.holdout_max, replace=False))
         return HeldOut(as_model_input(hold.x[rows], shape), y[rows], None, "uploaded holdout set")
     rng = np.random.default_rng(seed)
     clean = np.setdiff1d(np.arange(len(ds.y)), run.analysis.flagged)
-    size = min(len(clean) // 5, max(int(config.get("probe_samples", 1000)), len(ds.y) // 10))
+    size = min(len(clean) // 5, max(config.probe_samples, len(ds.y) // 10))
     rows = np.sort(rng.choice(clean, size=size, replace=False))
     return HeldOut(as_model_input(ds.x[rows], shape), ds.y[rows], rows,
                    "dataset rows the model layer did not flag (seen in training; kept out of retraining)")
@@ -249,7 +231,7 @@ def _probe(a: Assessment, progress) -> Probing:
     if a.inputs.trigger is not None:
         triggers.append(load_user_trigger(a.inputs.trigger.path, spec))
     rng = np.random.default_rng(seed)
-    n = min(len(held.y), int(config.get("probe_samples", 1000)))
+    n = min(len(held.y), config.probe_samples)
     pick = np.sort(rng.choice(len(held.y), size=n, replace=False))
     rate_without, results = probe(lambda x: predict(x).argmax(1), held.x[pick], held.y[pick], triggers, spec,
                                   ds.n_classes, progress=progress)
@@ -279,10 +261,10 @@ def _reconstruct(a: Assessment, progress) -> Reconstruction:
 
     model, ds, held, spec, config, seed = a.model, a.ds, a.held, a.probing.spec, a.config, a.seed
     rng = np.random.default_rng(seed + 1)
-    n = min(len(held.y), int(config.get("nc_samples", 1000)))
+    n = min(len(held.y), config.nc_samples)
     x = held.x[np.sort(rng.choice(len(held.y), size=n, replace=False))]
     result = reconstruct(model, x, int(model.outputs[0].shape[-1]), spec.lo, spec.hi,
-                         steps=int(config.get("nc_steps", 1000)), budget_s=float(config.get("nc_budget_s", 90)),
+                         steps=config.nc_steps, budget_s=config.nc_budget_s,
                          seed=seed, progress=progress)
     targets = [c for c in result.targets() if c < ds.n_classes]
     report = {"method": "Neural Cleanse (own TF2 implementation: all classes in one compiled step)", "inputs": n,
@@ -458,7 +440,7 @@ def _strip(a: Assessment, target_classes: list[int]) -> StripCheck:
 
     predict, ds, analysis, held, spec, config, seed = a.predict, a.ds, a.run.analysis, a.held, a.probing.spec, a.config, a.seed
     rng = np.random.default_rng(seed + 2)
-    copies = int(config.get("strip_copies", 16))
+    copies = config.strip_copies
     flagged_classes = analysis.flagged_classes
     rows = np.asarray(analysis.flagged, dtype=np.int64)
     extra = np.flatnonzero(np.isin(ds.y, [c for c in target_classes if c not in flagged_classes]))
@@ -499,9 +481,9 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
     Stops at attack success <= 2%, or at the rounds or ``remediation_budget_s``; every round is reported."""
     run, held, config, outputs = a.run, a.held, a.config, a.outputs
     compile_config = _compile_config(a.inputs.model.path) if run.source["model"] == "uploaded" else None
-    max_rounds = max(1, int(config.get("remediation_rounds", 3)))
-    budget, started = float(config.get("remediation_budget_s", 1800)), time.perf_counter()
-    baseline = held.rows is not None and bool(config.get("baseline_retrain", True))
+    max_rounds = config.remediation_rounds
+    budget, started = config.remediation_budget_s, time.perf_counter()
+    baseline = held.rows is not None and config.baseline_retrain
     steps = max_rounds + 1 + baseline  # the baseline, the retraining rounds and the unlearning, for progress
     accuracy_before = _accuracy_before(a, compile_config, progress if baseline else None, steps)
     acc_before = accuracy_before["before"]
@@ -523,7 +505,7 @@ def _remediate(a: Assessment, votes: dict[int, list[str]], targets: list[int], q
             break
         found_later += more
         removed = np.union1d(removed, [m["index"] for m in more])
-    if targets and not rounds[-1].removed and config.get("unlearn", True):
+    if targets and not rounds[-1].removed and config.unlearn:
         rounds.append(_unlearn_round(a, rounds[-1], removed, targets,
                                      lambda f: progress((baseline + max_rounds + f) / steps)))
         stopped = "the backdoor is gone after unlearning" if rounds[-1].removed else stopped + "; unlearning did not remove it"
@@ -564,15 +546,15 @@ def _retrain(a: Assessment, removed: np.ndarray, compile_config: dict | None, pr
     ds = run.ds
     keep = np.setdiff1d(np.arange(len(ds.y)), removed)
     train = keep if held.rows is None else np.setdiff1d(keep, held.rows)
-    epochs, budget = int(config.get("retrain_epochs", 5)), float(config.get("retrain_budget_s", 600))
+    epochs, budget = config.retrain_epochs, config.retrain_budget_s
     if run.source["model"] == "uploaded":
         model, facts = retrain_clone(run.model, compile_config, ds.x[train], ds.y[train], epochs=epochs,
-                                     batch=int(config.get("retrain_batch", 128)), seed=seed, budget_s=budget,
+                                     batch=config.retrain_batch, seed=seed, budget_s=budget,
                                      progress=progress)
     else:
         from worker.proxy_network import train_proxy
 
-        model, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=int(config.get("proxy_epochs", 8)),
+        model, facts = train_proxy(ds.x[train], ds.y[train], ds.kind, seed=seed, epochs=config.proxy_epochs,
                                    budget_s=budget, progress=progress)
     return model, facts | {"samples": int(len(train))}
 
@@ -623,7 +605,7 @@ def _unlearn_round(a: Assessment, previous: RetrainRound, removed: np.ndarray, t
     keep = np.setdiff1d(np.arange(len(ds.y)), removed)
     suspects = [_anchor(a, lambda v: embed(model, v), c, np.intersect1d(keep, np.flatnonzero(ds.y == c))) for c in targets]
     keep = np.setdiff1d(keep, np.concatenate([np.empty(0, np.int64), *suspects]))
-    train = _cap(keep if held.rows is None else np.setdiff1d(keep, held.rows), int(config.get("unlearn_samples", 10_000)), rng)
+    train = _cap(keep if held.rows is None else np.setdiff1d(keep, held.rows), config.unlearn_samples, rng)
     x = as_model_input(ds.x[train], a.shape).copy()
     triggers = [t for c in targets for t in _triggers_for(a, c)]
     stamped = rng.random(len(train)) < UNLEARN_SHARE
@@ -633,9 +615,9 @@ def _unlearn_round(a: Assessment, previous: RetrainRound, removed: np.ndarray, t
         x[rows] = t.stamp(x[rows], spec.lo, spec.hi)
     keras.utils.set_random_seed(seed)
     y = targets_for(model, ds.y[train], int(model.outputs[0].shape[-1]))
-    epochs, started = int(config.get("unlearn_epochs", 2)), time.perf_counter()
-    ran = fit_within_budget(lambda: model.fit(x, y, batch_size=int(config.get("retrain_batch", 128)), epochs=1, verbose=0,
-                                              shuffle=True), epochs, float(config.get("retrain_budget_s", 600)), progress)
+    epochs, started = config.unlearn_epochs, time.perf_counter()
+    ran = fit_within_budget(lambda: model.fit(x, y, batch_size=config.retrain_batch, epochs=1, verbose=0,
+                                              shuffle=True), epochs, config.retrain_budget_s, progress)
     facts = {"architecture": previous.retraining["architecture"], "epochs_run": ran, "epochs_planned": epochs,
              "samples": int(len(train)), "stamped": int(stamped.sum()), "left_out_as_suspect": int(sum(map(len, suspects))), "triggers": [t.name for t in triggers],
              "train_s": round(time.perf_counter() - started, 1), "seed": seed}

@@ -7,51 +7,51 @@ from collections import defaultdict
 import numpy as np
 
 from worker.context import ScanContext
+from worker.detector_config import DataPoisoningConfig
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
 DATALAB_WORKING_MEMORY_MB = 128
-DATALAB_MAX_ROWS = 50_000  # Datalab's kNN search grows faster than linearly: above this, search a random sample
 
 
 # With a model uploaded, its embeddings are the features: TensorFlow work, so the scan goes to the gpu queue.
 @registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), gpu_with=("model",),
-                   uses=("dataset", "model"))
+                   uses=("dataset", "model"), config=DataPoisoningConfig)
 def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
-    config: ``label_column`` (CSV/Parquet, default "label"), ``folds`` (default 5), ``model`` ("auto", "logistic", "mlp"),
-    ``seed`` (default 0), ``features`` ("auto": the uploaded Keras model's embeddings when there is one, else "proxy"),
-    ``layer`` (representation layer name; default the penultimate).
+    config: ``DataPoisoningConfig`` (``label_column``, ``folds``, ``model``, ``seed``, ``features``, ``layer``,
+    ``datalab_max_rows``).
     """
     from worker.proxy import cross_val_probs, features_for
 
+    settings = DataPoisoningConfig.model_validate(config)
     progress("load", 0.0)
-    ds = context.dataset(config.get("label_column", "label"))
+    ds = context.dataset(settings.label_column)
     progress("features", 0.05)
-    features, notes = model_features(context, ds, config, progress)
+    features, notes = model_features(context, ds, settings, progress)
     if features is None:
-        features = features_for(ds.x, ds.kind, seed=config.get("seed", 0))
+        features = features_for(ds.x, ds.kind, seed=settings.seed)
     progress("folds", 0.15)
-    probs = cross_val_probs(features, ds.y, folds=config.get("folds", 5), model=config.get("model", "auto"), seed=config.get("seed", 0),
+    probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
                             progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
     progress("cleanlab", 0.75)
     findings = notes + label_findings(ds, probs)
     progress("datalab", 0.85)
-    findings += datalab_findings(ds, features, probs, max_rows=config.get("datalab_max_rows", DATALAB_MAX_ROWS), seed=config.get("seed", 0))
+    findings += datalab_findings(ds, features, probs, max_rows=settings.datalab_max_rows, seed=settings.seed)
     findings += conflicting_duplicates(ds)
     return findings
 
 
-def model_features(context: ScanContext, ds, config: dict, progress) -> tuple[np.ndarray | None, list[Finding]]:
+def model_features(context: ScanContext, ds, settings: DataPoisoningConfig, progress) -> tuple[np.ndarray | None, list[Finding]]:
     """The uploaded model's own representation of each sample, when it can be loaded safely (the context's model)."""
-    if context.inputs.model is None or config.get("features", "auto") == "proxy":
+    if context.inputs.model is None or settings.features == "proxy":
         return None, []
     from worker.keras_model import embed, representation_layer
 
     try:
         model = context.model()
-        layer = representation_layer(model, config.get("layer")).name
+        layer = representation_layer(model, settings.layer).name
         features = embed(model, ds.x, layer=layer, progress=lambda f: progress("embeddings", 0.05 + 0.1 * f))
     except Exception as exc:  # a model we cannot or will not use still leaves the proxy features
         return None, [Finding("model not used for features", Severity.info, 0.0,
@@ -181,7 +181,7 @@ def _targeted_finding(ds, p) -> Finding:
     )
 
 
-def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int = DATALAB_MAX_ROWS, seed: int = 0) -> list[Finding]:
+def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int, seed: int) -> list[Finding]:
     from cleanlab import Datalab
 
     rows = np.arange(len(ds.y))

@@ -7,11 +7,11 @@ import os
 import tarfile
 import zipfile
 
+from worker.detector_config import IntegrityConfig
 from worker.findings import Finding, ScanInputs, Severity
 from worker.hashing import folder_manifest, sha256_file
 from worker.registry import registry
 
-MANIFEST_MAX_BYTES = 256 * 1024**2  # larger archives get a manifest only when one is expected
 MAX_RATIO = 200.0
 
 
@@ -41,9 +41,9 @@ def archive_manifest(path, max_members: int = 100_000) -> dict[str, str] | None:
         return None
 
 
-def manifest_findings(f, config: dict) -> list[Finding]:
-    expected = (config.get("expected_manifest") or {}).get(f.role)
-    if not expected and f.path.stat().st_size > config.get("manifest_max_bytes", MANIFEST_MAX_BYTES):
+def manifest_findings(f, settings: IntegrityConfig) -> list[Finding]:
+    expected = settings.expected_manifest.get(f.role)
+    if not expected and f.path.stat().st_size > settings.manifest_max_bytes:
         return []
     try:
         manifest = archive_manifest(f.path)
@@ -70,16 +70,16 @@ def manifest_findings(f, config: dict) -> list[Finding]:
     )]
 
 
-@registry.register(name="artifact_integrity", layer="supply_chain", technique="AML.T0010")
+@registry.register(name="artifact_integrity", layer="supply_chain", technique="AML.T0010", config=IntegrityConfig)
 def artifact_integrity(inputs: ScanInputs, config: dict) -> list[Finding]:
     """Recomputes each input's SHA-256 from the stored bytes and compares it with the expected one; manifests archives.
 
-    config: ``expected_manifest`` ({role: {member: sha256}}), ``manifest_max_bytes`` (archives above it are
-    manifested only when a manifest is expected; default 256 MiB).
+    config: ``IntegrityConfig`` (``expected_manifest``, ``manifest_max_bytes``).
     """
+    settings = IntegrityConfig.model_validate(config)
     findings = []
     for f in inputs.files:
-        findings += manifest_findings(f, config)
+        findings += manifest_findings(f, settings)
         actual = sha256_file(f.path)
         expected = f.expected_sha256 or f.sha256
         evidence = {"role": f.role, "filename": f.filename, "actual_sha256": actual, "stored_as": f.sha256, "expected_sha256": f.expected_sha256}

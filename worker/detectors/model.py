@@ -8,6 +8,7 @@ With a dataset alone, a small proxy network is trained on it first, seeded and t
 import numpy as np
 
 from worker.context import ScanContext
+from worker.detector_config import ModelLayerConfig
 from worker.detectors.data import _label
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
@@ -22,15 +23,13 @@ BELIEF_LIKE_OTHERS = 0.25
 
 
 @registry.register(name="backdoor_activations", layer="model", technique="AML.T0018", needs=("dataset",), queue="gpu",
-                   uses=("model_layer",))
+                   uses=("model_layer",), config=ModelLayerConfig)
 def backdoor_activations(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Finds backdoor target classes and their poisoned training samples in the model's activations (ART activation clustering + spectral signatures).
 
-    config: ``label_column`` (CSV/Parquet, default "label"), ``layers`` (representation layer names; default the
-    penultimate and the layer before it), ``seed`` (default 0), ``proxy_epochs`` (default 8), ``proxy_budget_s``
-    (default 300), ``batch`` (default 1024).
+    config: ``ModelLayerConfig`` (``label_column``, ``layers``, ``seed``, ``proxy_epochs``, ``proxy_budget_s``, ``batch``).
     """
-    run = context.model_layer(config, progress)  # worker.model_layer.run_model_layer, kept for backdoor_assessment
+    run = context.model_layer(ModelLayerConfig.model_validate(config), progress)  # worker.model_layer.run_model_layer, kept for backdoor_assessment
     return run.notes + report_findings(run.ds, run.analysis, run.context, uploaded=run.source["model"] == "uploaded")
 
 

@@ -6,7 +6,8 @@ which the critical findings say. The work is ``worker.inspect``'s; this adapter 
 """
 
 from worker.context import ScanContext
-from worker.detectors.static_inspection import SerializationConfig, tagged
+from worker.detector_config import SerializationConfig
+from worker.detectors.static_inspection import tagged
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 

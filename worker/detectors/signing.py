@@ -22,6 +22,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from worker.detector_config import SignatureConfig
 from worker.findings import Finding, InputFile, ScanInputs, Severity
 from worker.registry import registry
 
@@ -532,12 +533,14 @@ def _hashing_config(hashing, bundle: dict, model_path: Path, signature_path: Pat
         return None, []
 
 
-@registry.register(name="signature_verification", layer="supply_chain", technique="AML.T0010", needs=("model",))
+@registry.register(name="signature_verification", layer="supply_chain", technique="AML.T0010", needs=("model",),
+                   config=SignatureConfig)
 def signature_verification(inputs: ScanInputs, config: dict) -> list[Finding]:
     """Verifies an OpenSSF model-signing signature over the model, offline (key- or certificate-based).
 
-    config: ``require_signature`` (bool, default false): an unsigned model is high instead of low.
+    config: ``SignatureConfig`` (``require_signature``: an unsigned model is high instead of low).
     """
+    settings = SignatureConfig.model_validate(config)
     attach = {role: getattr(inputs, role) for role in ("signature", "public_key", "certificate_chain")}
     with _as_named_file(inputs.model) as model_path:
         findings = verify_model_signature(
@@ -548,7 +551,7 @@ def signature_verification(inputs: ScanInputs, config: dict) -> list[Finding]:
         )
     if attach["signature"] is None:  # most models are unsigned today: say so, and fail only where policy asks
         for f in findings:
-            f.severity = Severity.high if config.get("require_signature") else Severity.low
+            f.severity = Severity.high if settings.require_signature else Severity.low
     return findings
 
 

@@ -6,7 +6,8 @@ The per-format work lives in ``worker.inspect``; this adapter only reads the sca
 (``worker.context``: done once per file and settings)."""
 
 from worker.context import ScanContext
-from worker.detectors.static_inspection import SerializationConfig, tagged
+from worker.detector_config import SerializationConfig
+from worker.detectors.static_inspection import tagged
 from worker.findings import Finding, ScanInputs, Severity
 from worker.registry import registry
 
