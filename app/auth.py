@@ -7,10 +7,11 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deps import DbSession, get_app_settings
+from app.deps import get_app_settings
 from app.models import ApiKey, utcnow
 from app.problems import Problem
 from app.settings import Settings
@@ -120,7 +121,10 @@ class FailureWindow:
                 self._times.clear()
             self._times.setdefault(client, []).append(time.monotonic())
 
-def current_tenant(request: Request, session: DbSession, settings: Annotated[Settings, Depends(get_app_settings)]) -> str:
+
+
+async def current_tenant(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> str:
+    """async, and the database only on a cache miss (one thread hop): a poller's requests cost no thread for auth."""
     key = _presented_key(request)
     if key is None:
         if settings.allow_anonymous:
@@ -132,11 +136,16 @@ def current_tenant(request: Request, session: DbSession, settings: Annotated[Set
         raise Problem(429, "Too many failed authentications", f"Over {settings.auth_failures_per_minute} requests "
                       f"with a bad API key from this address in a minute; retry in {wait:.0f} s with a valid key.",
                       headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-    tenant = cached or tenant_for_key(session, key, settings.auth_cache_ttl_s)
+    tenant = cached or await run_in_threadpool(_lookup, request.app.state.sessionmaker, key, settings.auth_cache_ttl_s)
     if tenant is None:
         request.app.state.auth_failures.add(client)
         raise Problem(401, "Invalid API key", "The API key is unknown or revoked. Check it, or create a new one with `poisonscan keys create NAME`.")
     return tenant
+
+
+def _lookup(sessions, key: str, cache_ttl_s: float) -> str | None:
+    with sessions() as session:
+        return tenant_for_key(session, key, cache_ttl_s)
 
 
 Tenant = Annotated[str, Depends(current_tenant)]

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -18,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("POISONSCAN_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: `submit` would print them into its progress bar
+    for name in ("alembic.runtime.plugins", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -53,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="run a Celery worker")
     s.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu, gpu (default both)")
     s.add_argument("--concurrency", type=int, default=1)
-    s.add_argument("--beat", action="store_true", help="also run the periodic reaper (one per deployment)")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     s.set_defaults(func=cmd_migrate)
 
-    s = sub.add_parser("reap", help="re-enqueue or fail scans stuck in queued/running (what the periodic reaper does)")
+    s = sub.add_parser("reap", help="re-enqueue or fail scans stuck in queued/running (what the reaper in each API "
+                       "process does every POISONSCAN_REAPER_INTERVAL_S)")
+    s.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                   help="keep running, one pass every SECONDS (for deployments with POISONSCAN_REAPER_IN_API=false)")
     s.set_defaults(func=cmd_reap)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
@@ -112,6 +118,9 @@ def cmd_migrate(args) -> int:
     from app.migrate import upgrade
 
     settings = _settings()
+    sqlite_file = _sqlite_file(settings.sqlalchemy_url)
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
     upgrade(settings.sqlalchemy_url)
     print(f"database at head: {_redact(settings.sqlalchemy_url)}")
     return 0
@@ -121,6 +130,38 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+@contextmanager
+def _existing_database():
+    """A session on the migrated database. Commands that only use it never create one: SQLite would make an
+    empty file wherever they happen to run, and the schema comes only from `poisonscan migrate`."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from app.db import get_sessionmaker
+
+    settings = _settings()
+    url, sqlite_file = settings.sqlalchemy_url, _sqlite_file(settings.sqlalchemy_url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        raise CliError(f"no poisonscan database at {sqlite_file}: run `poisonscan migrate` to create it, "
+                       "or set POISONSCAN_DATA_DIR to the data folder `poisonscan serve` uses")
+    try:
+        with get_sessionmaker()() as session:
+            yield session
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).strip().partition("\n")[0]
+        raise CliError(f"cannot use the database {_redact(url)} ({reason}): run `poisonscan migrate` if it is new, or set "
+                       "POISONSCAN_DATA_DIR (or POISONSCAN_DATABASE_URL) to the one `poisonscan serve` uses") from exc
 
 
 def cmd_serve(args) -> int:
@@ -141,29 +182,30 @@ def cmd_api(args) -> int:
 def cmd_worker(args) -> int:
     from app.embedded import worker_argv
 
-    argv = worker_argv(_settings(), args.queues, args.concurrency, beat=args.beat)
+    argv = worker_argv(_settings(), args.queues, args.concurrency)
     os.execv(argv[0], argv)  # become the Celery worker: signals reach it directly
 
 
 def cmd_reap(args) -> int:
-    from app.db import get_sessionmaker
-    from worker.broker import enqueue_scan, make_celery
+    from worker.broker import enqueue_scan, make_celery, queue_depth
     from worker.reaper import reap_stuck_scans
 
     settings = _settings()
     celery = make_celery(settings)
-    with get_sessionmaker()() as session:
-        counts = reap_stuck_scans(session, settings, lambda sid, q: enqueue_scan(celery, sid, q))
-    print(json.dumps(counts))
-    return 0
+    while True:
+        with _existing_database() as session:
+            counts = reap_stuck_scans(session, settings, lambda sid, q: enqueue_scan(celery, sid, q),
+                                      queue_depth=lambda q: queue_depth(celery, q))
+        print(json.dumps(counts), flush=True)
+        if args.every is None:
+            return 0
+        time.sleep(args.every)
 
 
 def cmd_keys_create(args) -> int:
     from app.auth import create_key
-    from app.db import get_sessionmaker
 
-    _settings()
-    with get_sessionmaker()() as session:
+    with _existing_database() as session:
         row, plaintext = create_key(session, args.name, args.tenant)
     print(f"created key '{row.name}' for tenant '{row.tenant}' (prefix {row.prefix}). It is shown only now:\n{plaintext}")
     return 0
@@ -172,11 +214,9 @@ def cmd_keys_create(args) -> int:
 def cmd_keys_list(args) -> int:
     from sqlalchemy import select
 
-    from app.db import get_sessionmaker
     from app.models import ApiKey
 
-    _settings()
-    with get_sessionmaker()() as session:
+    with _existing_database() as session:
         for k in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
             print(f"{k.prefix}  {k.name:20} tenant={k.tenant:20} created {k.created_at:%Y-%m-%d %H:%M}  {state}")
@@ -185,10 +225,8 @@ def cmd_keys_list(args) -> int:
 
 def cmd_keys_revoke(args) -> int:
     from app.auth import revoke_key
-    from app.db import get_sessionmaker
 
-    _settings()
-    with get_sessionmaker()() as session:
+    with _existing_database() as session:
         if not revoke_key(session, args.prefix):
             raise CliError(f"no active key with prefix {args.prefix!r} (see `poisonscan keys list`)")
     print(f"revoked {args.prefix}")

@@ -1,14 +1,17 @@
 """The FastAPI application. No TensorFlow (or any detector) import happens here: start-up stays fast."""
 
 import asyncio
+import copy
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
@@ -17,7 +20,9 @@ from app.artifacts.endpoints import router as artifacts_router
 from app.artifacts.store import ArtifactStore
 from app.auth import FailureWindow
 from app.db import make_engine
+from app.docs import install_docs
 from app.scans.endpoints import router as scans_router
+from app.scans.poll_cache import PollCache
 from app.scans.schemas import ScanCreate
 from app.settings import Settings, get_settings
 from worker.broker import broker_reachable, make_celery
@@ -30,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     app = FastAPI(
         lifespan=_lifespan,
+        docs_url=None,  # app.docs serves Swagger UI from the package's own files: the page works offline
+        redoc_url=None,
         title="poisonscan",
         version=VERSION,
         summary="Scans datasets and models for data poisoning, backdoors and supply-chain compromise.",
@@ -44,10 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.celery = LazyCelery(settings)
     app.state.auth_failures = FailureWindow()
+    app.state.poll_cache = PollCache(settings.poll_cache_ttl_s)
     problems.install(app)
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     _health_routes(app)
+    install_docs(app)
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -80,17 +89,27 @@ class LazyCelery:
         return getattr(self._app, name)
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[Literal["database", "broker"], Literal["up", "down"]]
+
+
 def _health_routes(app: FastAPI) -> None:
     probes = {"database": SingleFlight(lambda: _database_ok(app)),
               "broker": SingleFlight(lambda: broker_reachable(app.state.celery))}
 
     # async: answered on the event loop, so a thread pool full of requests stuck on a dependency cannot block it
     @app.get("/healthz", tags=["health"], summary="The process is up", openapi_extra={"security": []})
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> Health:
+        return Health(status="ok")
 
     @app.get("/readyz", tags=["health"], summary="Database and broker reachable (up/down each; answers within seconds "
-             "whatever hangs behind it)", responses=problems.problem_responses(503), openapi_extra={"security": []})
+             "whatever hangs behind it)", response_model=Readiness, responses=problems.problem_responses(503),
+             openapi_extra={"security": []})
     async def readyz(request: Request):
         timeout = request.app.state.settings.readiness_timeout_s
         results = await asyncio.gather(*(probe(timeout) for probe in probes.values()))
@@ -137,23 +156,46 @@ def _database_ok(app: FastAPI) -> tuple[bool, str]:
 def _openapi(app: FastAPI) -> dict:
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes)
+    # a copy: the document shares dicts with the routes' openapi_extra, and each app fills in its own settings
+    schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, summary=app.summary,
+                                       description=app.description, routes=app.routes))
     # POST /v1/scans reads its body itself (JSON or multipart), so publish ScanCreate by hand.
     create = ScanCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(create.pop("$defs", {}))
     components["ScanCreate"] = create
-    # Validation errors are answered as problem details too (app.problems), so say so.
+    components["Problem"] = problems.PROBLEM_COMPONENT
     for item in schema["paths"].values():
         for op in item.values():
-            if "422" in op.get("responses", {}):
-                op["responses"]["422"] = problems.PROBLEM_SCHEMA
+            _limit_uploads(op, app.state.settings.max_upload_bytes)
+            responses = op.setdefault("responses", {})
+            # Validation errors are answered as problem details too (app.problems), so say so.
+            if "422" in responses:
+                responses["422"] = problems.problem_schema(422)
+            # Every operation behind a key can answer 401, 429 and 503 (app.auth) whether or not it lists them.
+            if op.get("security") != []:
+                for code in problems.AUTH_PROBLEMS:
+                    responses.setdefault(str(code), problems.problem_schema(code))
+            op["responses"] = dict(sorted(responses.items()))
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
-    schema.setdefault("components", {})["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-    schema["security"] = [{"ApiKey": []}]
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        "Bearer": {"type": "http", "scheme": "bearer", "description": "The same API key, as `Authorization: Bearer <key>` "
+                   "(read when there is no X-API-Key header)."},
+    }
+    schema["security"] = [{"ApiKey": []}, {"Bearer": []}]
     app.openapi_schema = schema
     return schema
+
+
+def _limit_uploads(op: dict, max_bytes: int) -> None:
+    """Each uploaded file (a binary body, or a binary multipart part) is at most max_upload_bytes: say so."""
+    for media in op.get("requestBody", {}).get("content", {}).values():
+        body = media.get("schema", {})
+        for part in [body, *body.get("properties", {}).values()]:
+            if part.get("format") == "binary":
+                part["maxLength"] = max_bytes
 
 
 def factory() -> FastAPI:

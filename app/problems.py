@@ -35,19 +35,49 @@ def problem_response(request: Request, status: int, title: str, detail: str, typ
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or None)
 
 
-# Shape of the error body, for the OpenAPI document.
+# Shape of the error body, for the OpenAPI document (components/schemas/Problem, added by app.main).
+PROBLEM_COMPONENT = {
+    "type": "object",
+    "description": "RFC 9457 problem details; some problems add members of their own (`errors` for an invalid request).",
+    "properties": {k: {"type": "string"} for k in ("type", "title", "detail", "instance")} | {
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "loc": {"type": "array", "items": {"type": ["string", "integer"]}}, "msg": {"type": "string"}, "type": {"type": "string"}}}},
+    },
+    "required": ["type", "title", "status", "detail", "instance"],
+}
 PROBLEM_SCHEMA = {
     "description": "Problem details (RFC 9457)",
-    "content": {PROBLEM_JSON: {"schema": {
-        "type": "object",
-        "properties": {k: {"type": "string"} for k in ("type", "title", "detail", "instance")} | {"status": {"type": "integer"}},
-        "required": ["type", "title", "status", "detail"],
-    }}},
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
 
 
+# Headers that problem_response adds, or that the handler sets, for a status: documented with it.
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "The scheme to authenticate with: `ApiKey` (send the key in `X-API-Key`).",
+                               "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string", "pattern": r"^\d+$"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string", "pattern": r"^\d+$"}}},
+}
+_PROBLEM_HEADERS_REQUIRED = {401, 429, 503}  # problem_response always sends these headers for these statuses
+
+
+def problem_schema(status: int) -> dict:
+    """The documented response for one problem status, with the headers it always carries."""
+    headers = _PROBLEM_HEADERS.get(status)
+    if not headers:
+        return PROBLEM_SCHEMA
+    required = status in _PROBLEM_HEADERS_REQUIRED
+    return PROBLEM_SCHEMA | {"headers": {name: header | {"required": required} for name, header in headers.items()}}
+
+
 def problem_responses(*codes: int) -> dict:
-    return {code: PROBLEM_SCHEMA for code in codes}
+    return {code: problem_schema(code) for code in codes}
+
+
+# What every operation behind an API key can answer besides its own statuses: no key or a bad one (401), too many
+# bad keys from this address (429), the database unreachable while checking the key (503).
+AUTH_PROBLEMS = (401, 429, 503)
 
 
 def install(app: FastAPI) -> None:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
                                              "have; more get 429 with Retry-After.")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="Failed authentications one client address "
                                           "may make per minute in one API process; more get 429 with Retry-After.")
+    poll_cache_ttl_s: float = Field(default=1.0, ge=0, le=30, description="How long an API process answers polls of one "
+                                    "scan from memory (a running scan's progress is at most this old; 0 turns it off).")
     api_db_pool_size: int = Field(default=30, description="Database connections each API process keeps open.")
     api_db_timeout_s: float = Field(default=5.0, gt=0, description="The API's bound on connecting to the database, "
                                     "waiting for a pooled connection or a lock; past it a request gets 503 + Retry-After.")

@@ -1,6 +1,7 @@
-"""API benchmark: status-poll latency under load, 1 GiB upload vs sha256sum, API start-up time.
+"""API benchmark: status-poll throughput and latency under load (poll memo off and on, plain and conditional GETs),
+1 GiB upload vs sha256sum, API start-up time.
 
-    .venv/bin/python bench/api_bench.py [--clients 50] [--requests 2000] [--upload-gib 1]
+    .venv/bin/python bench/api_bench.py [--clients 50] [--seconds 15] [--upload-gib 1] [--configs embedded,postgres]
 
 Runs the embedded configuration (SQLite + filesystem broker) and the production one
 (PostgreSQL + Redis, needs scripts/ensure-services.sh) side by side in one run and writes
@@ -9,7 +10,6 @@ server, so latencies include its share of the CPU: compare ratios, not absolute 
 """
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -52,10 +52,12 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def wrk_load(base_url: str, key: str, scan_id: str, clients: int, seconds: int) -> dict:
-    """wrk (C, Debian package) as the load generator: it leaves more of the 2 cores to the server than Python would."""
-    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", "-H", f"X-API-Key: {key}", f"{base_url}/v1/scans/{scan_id}"],
-                         capture_output=True, text=True, check=True).stdout
+def wrk_load(base_url: str, key: str, scan_id: str, clients: int, seconds: int, etag: str | None = None) -> dict:
+    """wrk (C, Debian package) as the load generator: it leaves more of the 2 cores to the server than Python would.
+    With ``etag``: conditional GETs (If-None-Match), answered 304 while the scan does not change."""
+    conditional = ["-H", f"If-None-Match: {etag}"] if etag else []
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", "-H", f"X-API-Key: {key}", *conditional,
+                          f"{base_url}/v1/scans/{scan_id}"], capture_output=True, text=True, check=True).stdout
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
     def latency(pct: str) -> float:
@@ -66,25 +68,6 @@ def wrk_load(base_url: str, key: str, scan_id: str, clients: int, seconds: int) 
     assert not errors, out
     return {"generator": "wrk", "clients": clients, "seconds": seconds, "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "p50_ms": latency(50), "p99_ms": latency(99), "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
-
-
-async def poll_load(base_url: str, key: str, scan_id: str, clients: int, total: int) -> dict:
-    latencies: list[float] = []
-    per_client = total // clients
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": key}, limits=limits, timeout=30) as client:
-        async def one_client():
-            for _ in range(per_client):
-                t = time.perf_counter()
-                resp = await client.get(f"/v1/scans/{scan_id}")
-                latencies.append(time.perf_counter() - t)
-                assert resp.status_code == 200, resp.text
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.perf_counter() - started
-    return {"generator": "httpx", "requests": len(latencies), "clients": clients, "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * percentile(latencies, 99), "throughput_rps": len(latencies) / wall}
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -140,38 +123,44 @@ def startup_time(env: dict, repeats: int = 5) -> dict:
 
 
 def run_config(config: str, args, workdir: Path, big_file: Path | None) -> dict:
-    pg_url, drop = temp_pg_database() if config == "postgres" else (None, None)
-    stack = Stack(config, workdir / config, pg_url, REDIS_URL, max_upload_bytes=4 * 1024**3)
-    (workdir / config).mkdir()
-    try:
-        stack.start()
-        api_pid = stack.procs[0].pid
-        with stack.client() as client:
-            ds = client.post("/v1/artifacts", params={"filename": "d.csv"}, content=b"a,b,label\n1,2,0\n3,4,1\n").json()["sha256"]
-            scan = client.post("/v1/scans", json={"dataset": ds}).json()
-        if shutil.which("wrk"):
-            poll = wrk_load(stack.base_url, stack.api_key, scan["id"], args.clients, args.seconds)
-        else:  # apt-get install wrk for the better generator
-            poll = asyncio.run(poll_load(stack.base_url, stack.api_key, scan["id"], args.clients, args.requests))
-        result = {"poll": poll}
-        if big_file:
-            result["upload"] = upload_vs_sha256sum(stack, api_pid, big_file)
-        result["startup"] = startup_time(stack.env)
-        return result
-    finally:
-        stack.stop()
-        if drop:
-            drop()
+    """Polling with the API's poll memo off (POISONSCAN_POLL_CACHE_TTL_S=0: every poll reads the database, as before
+    the memo existed) and on (the default), plain and conditional; then the upload and start-up on the default."""
+    result = {"poll": {}}
+    for variant, ttl in (("no memo", 0), ("memo (default)", None)):
+        pg_url, drop = temp_pg_database() if config == "postgres" else (None, None)
+        run_dir = workdir / f"{config}-{len(result['poll'])}"
+        run_dir.mkdir()
+        env = {"max_upload_bytes": 4 * 1024**3} | ({"poll_cache_ttl_s": ttl} if ttl is not None else {})
+        stack = Stack(config, run_dir, pg_url, REDIS_URL, **env)
+        try:
+            stack.start(with_worker=False)  # the scan stays queued: every poll answers the same
+            with stack.client() as client:
+                ds = client.post("/v1/artifacts", params={"filename": "d.csv"}, content=b"a,b,label\n1,2,0\n3,4,1\n").json()["sha256"]
+                scan = client.post("/v1/scans", json={"dataset": ds}).json()
+                etag = client.get(f"/v1/scans/{scan['id']}").headers["etag"]
+            result["poll"][variant] = {
+                "plain": wrk_load(stack.base_url, stack.api_key, scan["id"], args.clients, args.seconds),
+                "conditional (304)": wrk_load(stack.base_url, stack.api_key, scan["id"], args.clients, args.seconds, etag)}
+            if ttl is None:
+                if big_file:
+                    result["upload"] = upload_vs_sha256sum(stack, stack.procs[0].pid, big_file)
+                result["startup"] = startup_time(stack.env)
+        finally:
+            stack.stop()
+            if drop:
+                drop()
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=15, help="load duration with wrk")
-    parser.add_argument("--requests", type=int, default=2000, help="request count with the Python fallback generator")
     parser.add_argument("--upload-gib", type=float, default=1.0, help="0 skips the upload measurement")
     parser.add_argument("--configs", default="embedded,postgres")
     args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("bench/api_bench.py needs wrk as its load generator: apt-get install wrk")
     results = {"machine": {"cpus": os.cpu_count()}, "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="poisonscan-bench-") as tmp:
         workdir = Path(tmp)
@@ -192,15 +181,19 @@ def main() -> None:
 
 
 def render(r: dict) -> str:
-    rows = ["| configuration | GET /v1/scans/{id} p50 ms | p99 ms | req/s | upload MB/s | sha256sum MB/s | upload/sha256sum | API peak RSS MB | start-up s (spawn to /healthz) | floor s (import fastapi+sqlalchemy+uvicorn) | TF imported |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| configuration | poll memo | request | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    for config in ("embedded", "postgres"):
+        for variant, kinds in r.get(config, {}).get("poll", {}).items():
+            for kind, p in kinds.items():
+                rows.append(f"| {config} | {variant} | {kind} | {p['throughput_rps']:.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} |")
+    rows += ["", "| configuration | upload MB/s | sha256sum MB/s | upload/sha256sum | API peak RSS MB | start-up s (spawn to /healthz) | "
+             "floor s (import fastapi+sqlalchemy+uvicorn) | TF imported |", "|---|---|---|---|---|---|---|---|"]
     for config in ("embedded", "postgres"):
         if config not in r:
             continue
-        c = r[config]
-        p, u, s = c["poll"], c.get("upload", {}), c["startup"]
+        u, s = r[config].get("upload", {}), r[config]["startup"]
         up = (f"{u['upload_mb_s']:.0f} | {u['sha256sum_mb_s']:.0f} | {u['ratio_to_sha256sum']:.2f} | {u['api_peak_rss_mb']:.0f}" if u else "- | - | - | -")
-        rows.append(f"| {config} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['throughput_rps']:.0f} | {up} | {s['spawn_to_healthz_s_median']:.2f} | {s['framework_import_floor_s_median']:.2f} | {s['tensorflow_imported']} |")
+        rows.append(f"| {config} | {up} | {s['spawn_to_healthz_s_median']:.2f} | {s['framework_import_floor_s_median']:.2f} | {s['tensorflow_imported']} |")
     return "\n".join(rows)
 
 

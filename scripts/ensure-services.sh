@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the tests use are up: PostgreSQL (127.0.0.1:5432, trust auth, database
-# `test`), Redis (127.0.0.1:6379) and Debian's docker-compose (to validate docker-compose.yml offline).
+# `test`), Redis (127.0.0.1:6379, for the benchmarks; the tests start a redis-server of their own) and
+# Debian's docker-compose (to validate docker-compose.yml offline).
 # Starts them when they are down; installs them from Debian's packages when they are missing.
 set -euo pipefail
 
@@ -42,8 +43,10 @@ ensure_postgres() {
 }
 
 ensure_redis() {
-    redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return 0
+    # the tests start a redis-server of their own (tests/conftest.py), so the binary must be here even when
+    # another Redis answers on 6379
     command -v redis-server >/dev/null || { echo "ensure-services: installing Redis" >&2; apt_install redis-server; }
+    redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return 0
     echo "ensure-services: starting Redis" >&2
     mkdir -p /var/lib/redis /var/log/redis
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.processes import descendants, stop_groups
+
 BIN = str(Path(sys.executable).with_name("poisonscan"))
 
 
@@ -20,6 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(base_url: str, timeout_s: float, alive=lambda: True) -> bool:
+    """Whether ``base_url``/readyz answered 200 within ``timeout_s`` (giving up early once ``alive()`` is false)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class Stack:
     def __init__(self, config: str, tmp_path: Path, pg_url: str | None = None, redis_url: str | None = None, **env) -> None:
         self.config, self.dir = config, tmp_path
@@ -27,7 +42,10 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "POISONSCAN_DATA_DIR": str(tmp_path / "data"), "POISONSCAN_LOG_LEVEL": "INFO"}
         if config == "postgres":
-            self.env |= {"POISONSCAN_DATABASE_URL": pg_url, "POISONSCAN_BROKER_URL": redis_url}
+            # The run's PostgreSQL database is shared by every test: a reaper in this stack's API would re-send other
+            # tests' leftover rows to this stack's workers. Tests that want one pass reaper_in_api=True.
+            self.env |= {"POISONSCAN_DATABASE_URL": pg_url, "POISONSCAN_BROKER_URL": redis_url,
+                         "POISONSCAN_REAPER_IN_API": "false"}
         self.env |= {f"POISONSCAN_{k.upper()}": str(v) for k, v in env.items()}
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
@@ -76,15 +94,8 @@ class Stack:
         raise AssertionError(f"serve printed no first API key:\n{self.logs()}")
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.config} stack not ready:\n{self.logs()}")
+        if not wait_until_ready(self.base_url, timeout):
+            raise AssertionError(f"{self.config} stack not ready:\n{self.logs()}")
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": self.api_key}, timeout=30)
@@ -92,19 +103,14 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.dir.glob("*.log")))
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop every process the stack started together with all they started: serve's worker child leads a
+        group of its own, and a worker's pool or sandbox process may outlive the worker."""
+        leaders = {proc.pid for proc in self.procs}  # each leads its group (start_new_session)
+        groups = {pgid for proc in self.procs for pgid in descendants(proc.pid).values()}
+        stop_groups(leaders, groups, timeout_s)
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
 
 
 def wait_for_scan(client: httpx.Client, scan_id: str, until=("succeeded", "failed", "canceled"), timeout: float = 90) -> dict:

@@ -211,22 +211,24 @@ def _queued(sessions, queue="cpu", silent_s=0.0, **values) -> uuid.UUID:
 
 def test_the_reaper_resends_only_what_the_queue_is_short_of(sessions, settings):
     silent = settings.queued_timeout_s + 60
-    ids = [_queued(sessions, silent_s=silent + i) for i in range(4)]  # ids[3] is the oldest
+    # a queue of its own: the PostgreSQL database is shared with the other tests of this run
+    ids = [_queued(sessions, queue="reaper-test", silent_s=silent + i) for i in range(4)]  # ids[3] is the oldest
     sent = []
-    with sessions() as session:  # a backlog: every queued scan has its message waiting
-        counts = reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), queue_depth=lambda q: 4)
-    assert counts["requeued"] == 0 and sent == []
-    with sessions() as session:  # the broker lost one message: the oldest silent scan is re-sent, once
-        reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), queue_depth=lambda q: 3)
+
+    def reap(depth):
+        with sessions() as session:
+            reap_stuck_scans(session, settings, lambda sid, q: q == "reaper-test" and sent.append(sid),
+                             queue_depth=lambda q: depth if q == "reaper-test" else None)
+
+    reap(4)  # a backlog: every queued scan has its message waiting
+    assert sent == []
+    reap(3)  # the broker lost one message: the oldest silent scan is re-sent
     assert sent == [str(ids[3])]
-    with sessions() as session:  # its message waits now: nothing more to send
-        reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), queue_depth=lambda q: 4)
+    reap(4)  # its message waits now: nothing more to send
     assert sent == [str(ids[3])]
-    with sessions() as session:  # a broker that cannot count: every silent scan is re-sent, but not one sent within
-        reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid))  # the timeout
+    reap(None)  # a broker that cannot count: every silent scan is re-sent, but not one sent within the timeout
     assert sorted(sent) == sorted(str(i) for i in ids)
-    with sessions() as session:  # and a second reaper right after sends none again
-        assert reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid))["requeued"] == 0
+    reap(None)  # and a second reaper right after sends none of them again
     assert len(sent) == 4
 
 
@@ -245,3 +247,19 @@ def test_the_reaper_runs_in_the_api_on_its_own_schedule(tmp_path, request):
         assert queue_depth(celery, "cpu") == 1
         with api.app.state.sessionmaker() as session:
             assert session.get(Scan, scan_id).heartbeat_at > utcnow() - timedelta(seconds=10)
+
+
+def test_a_change_made_elsewhere_reaches_pollers_within_the_poll_memo(tmp_path, request):
+    from app.models import ScanStatus
+    from app.scans.state import transition
+
+    with _client(tmp_path, request, poll_cache_ttl_s=0.5) as api:
+        key = _key(api)
+        ds = upload(api, key, npz_bytes(tmp_path), "d.npz").json()["sha256"]
+        scan_id = api.post("/v1/scans", json={"dataset": ds}, headers=hdr(key)).json()["id"]
+        assert api.get(f"/v1/scans/{scan_id}", headers=hdr(key)).json()["status"] == "queued"
+        with api.app.state.sessionmaker() as session:  # a worker claims it, in another process as far as the API knows
+            assert transition(session, uuid.UUID(scan_id), ScanStatus.running, stage="starting")
+            session.commit()
+        time.sleep(0.6)
+        assert api.get(f"/v1/scans/{scan_id}", headers=hdr(key)).json()["status"] == "running"

@@ -29,8 +29,9 @@ def dataset(settings, tmp_path):
 
 def new_scan(sessions, inputs, **values) -> uuid.UUID:
     with sessions() as session:
-        defaults = {"tenant": f"jobs-{uuid.uuid4().hex[:6]}", "options": {}, "status": "queued", "stage": "queued", "attempts": 0}
-        scan = Scan(queue="cpu", percent=0, inputs=inputs, **(defaults | values))
+        defaults = {"tenant": f"jobs-{uuid.uuid4().hex[:6]}", "options": {}, "status": "queued", "stage": "queued",
+                    "attempts": 0, "queue": "cpu"}
+        scan = Scan(percent=0, inputs=inputs, **(defaults | values))
         session.add(scan)
         session.commit()
         return scan.id
@@ -114,21 +115,23 @@ def test_reaper(sessions, settings):
     sent = []
     now = utcnow()
     old = now - timedelta(seconds=settings.running_timeout_s + 60)
-    dead_worker = new_scan(sessions, {}, status="running", attempts=1, heartbeat_at=old)
-    out_of_attempts = new_scan(sessions, {}, status="running", attempts=settings.max_attempts, heartbeat_at=old)
-    alive = new_scan(sessions, {}, status="running", attempts=1, heartbeat_at=now)
-    lost_message = new_scan(sessions, {}, heartbeat_at=now - timedelta(seconds=settings.queued_timeout_s + 60))
-    no_worker = new_scan(sessions, {}, created_at=now - timedelta(days=2), heartbeat_at=now - timedelta(days=1))
+    queue = f"reaper-{uuid.uuid4().hex[:6]}"  # of its own: other tests' scans share the PostgreSQL database
+    ours = lambda sid, q: q == queue and sent.append(sid)  # noqa: E731
+    dead_worker = new_scan(sessions, {}, queue=queue, status="running", attempts=1, heartbeat_at=old)
+    out_of_attempts = new_scan(sessions, {}, queue=queue, status="running", attempts=settings.max_attempts, heartbeat_at=old)
+    alive = new_scan(sessions, {}, queue=queue, status="running", attempts=1, heartbeat_at=now)
+    lost_message = new_scan(sessions, {}, queue=queue, heartbeat_at=now - timedelta(seconds=settings.queued_timeout_s + 60))
+    no_worker = new_scan(sessions, {}, queue=queue, created_at=now - timedelta(days=2), heartbeat_at=now - timedelta(days=1))
     with sessions() as session:
-        counts = reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), now=now)
-    assert counts == {"requeued": 2, "failed": 2}
+        reap_stuck_scans(session, settings, ours, now=now)
     assert sorted(sent) == sorted([str(dead_worker), str(lost_message)])
     assert load(sessions, dead_worker).status == "queued" and load(sessions, dead_worker).stage == "requeued"
     assert load(sessions, out_of_attempts).status == "failed" and "Gave up" in load(sessions, out_of_attempts).error
-    assert load(sessions, no_worker).status == "failed" and "'cpu' queue" in load(sessions, no_worker).error
+    assert load(sessions, no_worker).status == "failed" and f"'{queue}' queue" in load(sessions, no_worker).error
     assert load(sessions, alive).status == "running" and load(sessions, lost_message).status == "queued"
     with sessions() as session:  # a second pass right away finds nothing new
-        assert reap_stuck_scans(session, settings, lambda sid, q: sent.append(sid), now=now) == {"requeued": 0, "failed": 0}
+        reap_stuck_scans(session, settings, ours, now=now)
+    assert len(sent) == 2
 
 
 def test_an_unusable_dataset_fails_the_scan_with_the_reason(sessions, settings, tmp_path):
@@ -143,3 +146,51 @@ def test_an_unusable_dataset_fails_the_scan_with_the_reason(sessions, settings, 
     assert execute_scan(scan_id, sessions, settings) == "failed"
     scan = load(sessions, scan_id)
     assert scan.status == "failed" and "NaN" in scan.error and "row 3" in scan.error
+
+
+def test_a_database_error_mid_scan_never_fails_the_scan(tmp_path, request):
+    """The database refuses the worker's writes for a moment (SQLite locked by another connection, the worker waiting
+    0.2 s): the scan is interrupted, not failed, and runs to the end once the database answers again."""
+    import sqlite3
+    import threading
+    import time
+
+    from app.db import make_engine
+    from sqlalchemy.orm import sessionmaker
+    from tests.conftest import make_settings
+    from worker.jobs import ScanInterrupted
+
+    settings = make_settings("embedded", tmp_path, request, stage_delay_s=0.3)
+    writer = ArtifactStore(settings.artifacts_dir).writer(10**6)
+    x, y = blobs()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    writer.write((tmp_path / "d.npz").read_bytes())
+    sha, size, _ = writer.commit()
+    impatient = sessionmaker(make_engine(settings.sqlalchemy_url, timeout_s=0.2), expire_on_commit=False)
+    scan_id = new_scan(impatient, {"dataset": {"sha256": sha, "filename": "d.npz", "kind": "npz", "size": size}})
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = execute_scan(scan_id, impatient, settings)
+        except ScanInterrupted as exc:
+            outcome["interrupted"] = str(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while load(impatient, scan_id).status != "running":
+        time.sleep(0.05)
+    lock = sqlite3.connect(settings.resolved_data_dir / "poisonscan.db", timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")  # every other write now waits, and the worker gives up after 0.2 s
+    worker.join(timeout=30)
+    lock.rollback()
+    lock.close()
+    assert "interrupted" in outcome, outcome
+    scan = load(impatient, scan_id)
+    assert scan.status in ("queued", "running") and scan.error is None  # never failed for the database's fault
+    if scan.status == "running":  # its re-queue was refused too: the reaper's running timeout brings it back
+        with impatient() as session:
+            later = utcnow() + timedelta(seconds=settings.running_timeout_s + 1)
+            assert reap_stuck_scans(session, settings, lambda sid, q: None, now=later)["requeued"] == 1
+    assert execute_scan(scan_id, impatient, settings) == "succeeded"
+    assert load(impatient, scan_id).attempts == 2

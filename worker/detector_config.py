@@ -50,6 +50,7 @@ class SerializationConfig(SettingsModel):
     allow_pickle: bool = Field(default=False, description="a clean pickle-based file is info instead of medium")
     allow_globals: list[str] = Field(
         default_factory=list, max_length=1000,
+        json_schema_extra={"items": {"type": "string", "maxLength": 300, "pattern": GLOBAL_PATTERN}},  # as checked below
         description="pickle globals you accept beyond the built-in allowlist: 'module.name', or 'module.*' for a whole "
         "module (a wildcard never admits a global on the danger list); the report says which entry allowed what")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="limits of the child that inspects the files")
@@ -57,7 +58,7 @@ class SerializationConfig(SettingsModel):
     @field_validator("allow_globals")
     @classmethod
     def _globals_look_like_globals(cls, value: list[str]) -> list[str]:
-        bad = [g for g in value if len(g) > 300 or not re.match(GLOBAL_PATTERN, g)]
+        bad = [g for g in value if len(g) > 300 or not re.fullmatch(GLOBAL_PATTERN, g)]
         if bad:
             raise ValueError(f"allow_globals entries must look like 'module.name' or 'module.*'; not: {bad[:5]}")
         return value

@@ -28,6 +28,15 @@ class ScanStopped(PipelineStopped):
     """The scan left ``running`` under us (canceled, or re-queued by the reaper): stop quietly."""
 
 
+class DatabaseLost(PipelineStopped):
+    """A write of the scan's state failed (the database went away mid-scan): the scan is not at fault and must run
+    again, not fail. A PipelineStopped, so that no detector records it as its own error."""
+
+
+class ScanInterrupted(Exception):
+    """The scan went back to queued after a database error: the task delivers its message again."""
+
+
 class InputMissing(Exception):
     pass
 
@@ -43,9 +52,12 @@ class ProgressWriter:
         now = time.monotonic()
         if stage == self._last_stage and now - self._last_write < self.min_interval_s:
             return
-        with self.sessions() as session:
-            moved = repository.record_progress(session, self.scan_id, stage, percent)
-            session.commit()
+        try:
+            with self.sessions() as session:
+                moved = repository.record_progress(session, self.scan_id, stage, percent)
+                session.commit()
+        except SQLAlchemyError as exc:
+            raise DatabaseLost(f"progress of scan {self.scan_id} could not be written: {type(exc).__name__}") from exc
         if not moved:
             raise ScanStopped(f"scan {self.scan_id} is no longer running")
         self._last_stage, self._last_write = stage, now
@@ -67,7 +79,8 @@ def claim(scan_id: uuid.UUID, sessions: sessionmaker[Session]) -> Scan | None:
 
 def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: Settings) -> str:
     """Returns what happened: 'succeeded', 'failed', 'stopped' or 'skipped' (not claimable). Raises ClaimFailed
-    when the claim could not be written (the task re-delivers the message)."""
+    when the claim could not be written, ScanInterrupted when a later write failed (the task re-delivers the
+    message either way: a database blip never fails or loses a scan)."""
     scan = claim(scan_id, sessions)
     if scan is None:  # duplicate delivery, canceled, or already done: nothing to do
         log.info("scan %s not claimable; skipping", scan_id)
@@ -83,11 +96,26 @@ def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: 
     except ScanStopped:
         log.info("scan %s stopped (canceled or re-queued)", scan_id)
         return "stopped"
+    except (DatabaseLost, SQLAlchemyError) as exc:
+        raise _interrupted(sessions, scan_id, exc) from exc
     except Exception as exc:  # anything else fails the scan with a reason instead of leaving it running
         log.exception("scan %s failed", scan_id)
         return fail_scan(sessions, scan_id, reason_for(exc))
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _interrupted(sessions: sessionmaker[Session], scan_id: uuid.UUID, exc: Exception) -> ScanInterrupted:
+    """Put the scan back in the queue (if the database takes it; else the reaper does, after its running timeout)."""
+    log.warning("scan %s interrupted by a database error (%s); it runs again", scan_id, type(exc).__name__)
+    try:
+        with sessions() as session:
+            requeued = repository.requeue_interrupted(session, scan_id)
+            session.commit()
+    except SQLAlchemyError:
+        requeued = False
+    return ScanInterrupted(f"scan {scan_id} interrupted by a database error ({type(exc).__name__}); "
+                           + ("re-queued" if requeued else "left to the reaper"))
 
 
 def reason_for(exc: BaseException) -> str:
@@ -97,7 +125,8 @@ def reason_for(exc: BaseException) -> str:
         return "The scan exceeded its time limit (POISONSCAN_TASK_SOFT_TIME_LIMIT_S); scan smaller inputs or raise the limit."
     if isinstance(exc, InputMissing | InputRejected):
         return str(exc)
-    return f"Internal error while scanning: {type(exc).__name__}: {exc}. The worker log has the traceback."
+    # the type only: a message may hold internals (paths, SQL) the client has no business seeing; the log has them
+    return f"Internal error while scanning ({type(exc).__name__}). The worker log has the details; retry the scan."
 
 
 def load_inputs(inputs: dict, artifacts_dir: Path) -> ScanInputs:

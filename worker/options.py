@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
 from worker.catalog import default_registry
 from worker.detector_config import DetectorConfig
@@ -12,12 +12,14 @@ from worker.policy import Policy
 # the user set, {detector: {key: value}}: a scan row stays small, the tenant merge and the pipeline read it as a dict,
 # and each detector fills in its own defaults when it runs. The serializer hands the dict on as it is.
 DetectorSettings = Annotated[DetectorConfig, AfterValidator(DetectorConfig.as_set), PlainSerializer(lambda settings: settings)]
+# A detector's name, documented as the registry's names (DetectorConfig has one field per detector); checked below.
+DetectorName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(DetectorConfig.model_fields)})]
 
 
 class ScanOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detectors: list[str] | None = Field(default=None, description="Detector names to run; default: every detector that applies to the inputs.")
+    detectors: list[DetectorName] | None = Field(default=None, description="Detector names to run; default: every detector that applies to the inputs.")
     policy: Policy = Field(default_factory=Policy)
     detector_config: DetectorSettings = Field(default_factory=dict, description="Per-detector settings, keyed by detector name.")
     stop_at_critical: bool = Field(

@@ -11,20 +11,21 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from app.artifacts import service as artifacts
-from app.artifacts.endpoints import as_problem, check_declared_length
+from app.artifacts.endpoints import SHA256_RE, as_problem, check_declared_length
 from app.artifacts.store import UploadError
 from app.artifacts.streaming import stream_multipart
 from app.auth import Tenant
 from app.deps import AppSettings, DbSession, Store
 from app.problems import Problem, problem_responses
 from app.scans import service
-from app.scans.schemas import ROLES, ScanCreate, ScanOut, ScanPage
+from app.scans.schemas import ROLES, QuarantineOut, ReportOut, ReviewOut, ScanCreate, ScanOut, ScanPage
 from worker.broker import enqueue_scan
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 log = logging.getLogger(__name__)
 MAX_JSON_BODY = 256 * 1024
 SHA_FIELDS = {f"{role}_sha256" for role in ROLES}
+ETAG = {"description": "Weak validator of the scan's state", "required": True, "schema": {"type": "string"}}
 
 
 @router.post(
@@ -36,14 +37,25 @@ SHA_FIELDS = {f"{role}_sha256" for role in ROLES}
     "`dataset` (and optionally `signature`, `public_key`, `certificate_chain`, `holdout`, `trigger`), optional `<field>_sha256` expected hashes "
     "and `options` (JSON). Answers at once with "
     "202, the scan resource and a `Location` header; poll it for status and progress.",
-    responses=problem_responses(400, 401, 413, 415, 422, 429, 503),
+    responses={202: {"description": "Queued", "headers": {
+        "Location": {"description": "The scan's URL: poll it", "required": True, "schema": {"type": "string"}}}}}
+    | problem_responses(400, 401, 413, 415, 422, 429, 503),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/ScanCreate"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            **{role: {"type": "string", "format": "binary"} for role in ROLES},
-            **{f"{role}_sha256": {"type": "string", "description": f"expected SHA-256 of {role}"} for role in ROLES},
-            "options": {"type": "string", "description": "ScanOptions as JSON"},
-        }}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    **{role: {"type": "string", "format": "binary", "minLength": 1} for role in ROLES},
+                    **{f"{role}_sha256": {"type": "string", "pattern": SHA256_RE, "description": f"expected SHA-256 of {role}"}
+                       for role in ROLES},
+                    "options": {"$ref": "#/components/schemas/ScanOptions"},
+                },
+                "additionalProperties": False,  # anything else is a 422 (unknown form fields)
+                "anyOf": [{"required": ["model"]}, {"required": ["dataset"]}],
+            },
+            "encoding": {"options": {"contentType": "application/json"}},
+        },
     }}},
 )
 async def create_scan(request: Request, response: Response, tenant: Tenant, session: DbSession, store: Store, settings: AppSettings) -> ScanOut:
@@ -134,28 +146,43 @@ def list_scans(
 @router.get("/{scan_id}", response_model=ScanOut, summary="Scan status, progress, timings and verdict",
             description="Answers with a weak `ETag`; send it back in `If-None-Match` and an unchanged scan is a "
             "bodyless 304 (cheap polling for dashboards that watch many scans).",
-            responses={304: {"description": "The scan has not changed since the ETag given in If-None-Match"}}
-            | problem_responses(401, 404, 422, 503))
-def get_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, request: Request, response: Response):
+            responses={200: {"headers": {"ETag": ETAG}},
+                       304: {"description": "The scan has not changed since the ETag given in If-None-Match",
+                             "headers": {"ETag": ETAG}}}
+            | problem_responses(401, 404, 422, 503),
+            openapi_extra={"parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                                           "description": "ETags from earlier answers: 304 when the scan still has one",
+                                           "schema": {"type": "string"}}]})
+async def get_scan(scan_id: uuid.UUID, tenant: Tenant, request: Request) -> Response:
+    # The polling hot path: a memo of the last answer (app.scans.poll_cache), else one thread hop for the database
+    # and the body serialised once (no response_model re-validation); with If-None-Match, no body when unchanged.
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match:  # the lean path: a few columns, no JSON, no body
-        etag = service.scan_etag(session, tenant, scan_id)
-        if etag is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-            return Response(status_code=304, headers={"ETag": etag})
-    scan = service.get_scan(session, tenant, scan_id)
-    response.headers["ETag"] = service.etag_of(scan)
-    return service.to_out(scan)
+    wanted = service.etags(if_none_match) if if_none_match else set()
+    cache = request.app.state.poll_cache
+    hit = cache.get(tenant, scan_id)
+    if hit is None or (hit[1] is None and hit[0] not in wanted):  # unknown, or known by its ETag only
+        etag, body, finished = await run_in_threadpool(service.poll_scan, request.app.state.sessionmaker, tenant,
+                                                       scan_id, if_none_match)
+        cache.put(tenant, scan_id, etag, body, finished)
+    else:
+        etag, body = hit
+    if etag in wanted:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 @router.post("/{scan_id}/cancel", response_model=ScanOut, summary="Cancel a queued or running scan", responses=problem_responses(401, 404, 409, 422))
-def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> ScanOut:
-    return service.to_out(service.cancel_scan(session, tenant, scan_id))
+def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, request: Request) -> ScanOut:
+    scan = service.cancel_scan(session, tenant, scan_id)
+    request.app.state.poll_cache.forget(tenant, scan_id)
+    return service.to_out(scan)
 
 
 @router.get(
     "/{scan_id}/quarantine",
     summary="Samples with poisoning evidence to remove: index, confidence, attack, the methods that agree and every reason (409 until succeeded)",
-    responses={200: {"description": "Quarantine list", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+    responses={200: {"description": "Quarantine list", "model": QuarantineOut}} | problem_responses(401, 404, 409, 422),
+    response_model=None,  # the stored body as it is; documented by the model above
 )
 def get_quarantine(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
     return service.get_quarantine(session, tenant, scan_id)
@@ -165,7 +192,8 @@ def get_quarantine(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> di
     "/{scan_id}/review",
     summary="Data-quality remarks (outliers, duplicates, label noise) and poisoning candidates under the quarantine's "
     "confidence threshold: for a person to look at, not evidence of an attack (409 until succeeded)",
-    responses={200: {"description": "Review list", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+    responses={200: {"description": "Review list", "model": ReviewOut}} | problem_responses(401, 404, 409, 422),
+    response_model=None,  # the stored body as it is; documented by the model above
 )
 def get_review(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
     return service.get_review(session, tenant, scan_id)
@@ -174,7 +202,8 @@ def get_review(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
 @router.get(
     "/{scan_id}/report",
     summary="The scan's JSON report (409 until the scan has succeeded)",
-    responses={200: {"description": "Report (schema_version 1.0)", "content": {"application/json": {"schema": {"type": "object"}}}}} | problem_responses(401, 404, 409, 422),
+    responses={200: {"description": "Report (schema_version 1.0)", "model": ReportOut}} | problem_responses(401, 404, 409, 422),
+    response_model=None,  # the stored body as it is; documented by the model above
 )
 def get_report(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
     return service.get_report(session, tenant, scan_id)

@@ -35,6 +35,11 @@ def record_progress(session: Session, scan_id: uuid.UUID, stage: str, percent: f
     return session.execute(stmt).rowcount == 1
 
 
+def requeue_interrupted(session: Session, scan_id: uuid.UUID) -> bool:
+    """A running scan whose worker lost the database mid-scan goes back to queued, to run again."""
+    return transition(session, scan_id, ScanStatus.queued, only_from={ScanStatus.running}, stage="requeued", percent=0.0)
+
+
 def fail_running(session: Session, scan_id: uuid.UUID, reason: str) -> bool:
     return transition(session, scan_id, ScanStatus.failed, only_from={ScanStatus.running}, error=reason, stage="failed")
 

@@ -1,5 +1,6 @@
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,7 +13,9 @@ SHA256 = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
 class ScanCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A scan needs a model or a dataset (app.scans.service.resolve_inputs refuses neither with 422): documented.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": [role], "properties": {role: {"type": "string"}}} for role in ("model", "dataset")]})
 
     model: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id (SHA-256) of the model.")
     dataset: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="Artifact id (SHA-256) of the dataset.")
@@ -54,3 +57,58 @@ class ScanOut(BaseModel):
 class ScanPage(BaseModel):
     items: list[ScanOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page; null on the last page.")
+
+
+# The stored report's parts, as GET /report, /quarantine and /review answer them: documented (OpenAPI), not re-validated
+# (a report is returned as the worker stored it). Reports keep their schema_version's shape: only what every report
+# has is required, and more keys may come.
+class QuarantineItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int = Field(ge=0, description="The sample's row in the dataset.")
+    confidence: float = Field(ge=0, le=1, description="The strongest agreeing method's confidence that it is poisoned.")
+    attack: list[str] = Field(default_factory=list, description="What the evidence points to: label_flip, backdoor, ...")
+    methods: list[str] = Field(default_factory=list, description="The detection methods that agree.")
+    reasons: list[dict] = Field(default_factory=list, description="Every method's evidence, with its detector.")
+    corroborated_by: list[dict] = Field(default_factory=list, description="Data-quality remarks on the same sample.")
+
+
+class ReviewItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int = Field(ge=0, description="The sample's row in the dataset.")
+    reasons: list[dict] = Field(default_factory=list, description="Data-quality remarks and weak poisoning evidence.")
+    poisoning_confidence: float | None = Field(default=None, ge=0, le=1, description="Set when a poisoning method "
+                                               "flagged the sample under the quarantine's threshold.")
+
+
+class QuarantineOut(BaseModel):
+    scan_id: uuid.UUID
+    count: int = Field(ge=0)
+    min_confidence: float | None = Field(ge=0, le=1, description="The scan's quarantine_min_confidence.")
+    items: list[QuarantineItem]
+
+
+class ReviewOut(BaseModel):
+    scan_id: uuid.UUID
+    count: int = Field(ge=0)
+    items: list[ReviewItem]
+
+
+class ReportOut(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"description": "The scan's report (see the README)."})
+
+    schema_version: str
+    verdict: Literal["pass", "warn", "fail"]
+    scan_id: str | None = None
+    generated_at: datetime | None = None
+    verdict_reason: str | None = None
+    inputs: list[dict] = Field(default_factory=list)
+    policy: dict = Field(default_factory=dict)
+    summary: dict = Field(default_factory=dict)
+    quarantine: list[QuarantineItem] = Field(default_factory=list)
+    quarantine_min_confidence: float | None = None
+    review: list[ReviewItem] = Field(default_factory=list)
+    outputs: list[dict] = Field(default_factory=list, description="Files the scan produced, each downloadable at its "
+                                "artifact's /content.")
+    detectors: list[dict] = Field(default_factory=list)

@@ -97,11 +97,19 @@ def get_scan(session: Session, tenant: str, scan_id: uuid.UUID) -> Scan:
 _VERSION_COLUMNS = (Scan.status, Scan.stage, Scan.percent, Scan.attempts, Scan.verdict, Scan.heartbeat_at, Scan.finished_at)
 
 
-def scan_etag(session: Session, tenant: str, scan_id: uuid.UUID) -> str | None:
-    """A weak ETag of what a poller sees change (status, stage, percent, verdict, ...), read without the row's JSON
-    columns; None when there is no such scan. Every change of a scan moves its heartbeat, so this covers them all."""
-    row = session.execute(select(*_VERSION_COLUMNS).where(Scan.id == scan_id, Scan.tenant == tenant)).first()
-    return None if row is None else _etag(tuple(row))
+def poll_scan(sessions, tenant: str, scan_id: uuid.UUID, if_none_match: str | None) -> tuple[str, bytes | None, bool]:
+    """(ETag, the scan as JSON, finished), or (ETag, None, finished) when ``if_none_match`` names the current ETag."""
+    with sessions() as session:
+        if if_none_match:
+            row = session.execute(select(*_VERSION_COLUMNS).where(Scan.id == scan_id, Scan.tenant == tenant)).first()
+            if row is not None and (etag := _etag(tuple(row))) in etags(if_none_match):
+                return etag, None, row.status in TERMINAL
+        scan = get_scan(session, tenant, scan_id)
+        return etag_of(scan), to_out(scan).model_dump_json().encode(), scan.status in TERMINAL
+
+
+def etags(if_none_match: str) -> set[str]:
+    return {t.strip() for t in if_none_match.split(",")}
 
 
 def etag_of(scan: Scan) -> str:
