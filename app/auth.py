@@ -1,5 +1,6 @@
 """API keys: generated once, shown once, stored only as a SHA-256 hash; each key belongs to a tenant."""
 
+import asyncio
 import hashlib
 import secrets
 import threading
@@ -136,11 +137,22 @@ async def current_tenant(request: Request, settings: Annotated[Settings, Depends
         raise Problem(429, "Too many failed authentications", f"Over {settings.auth_failures_per_minute} requests "
                       f"with a bad API key from this address in a minute; retry in {wait:.0f} s with a valid key.",
                       headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-    tenant = cached or await run_in_threadpool(_lookup, request.app.state.sessionmaker, key, settings.auth_cache_ttl_s)
+    tenant = cached or await _shared_lookup(request.app.state, key, settings.auth_cache_ttl_s)
     if tenant is None:
         request.app.state.auth_failures.add(client)
         raise Problem(401, "Invalid API key", "The API key is unknown or revoked. Check it, or create a new one with `poisonscan keys create NAME`.")
     return tenant
+
+
+async def _shared_lookup(state, key: str, cache_ttl_s: float) -> str | None:
+    """One database lookup per key at a time: when a key's cache entry expires under 50 polling connections, they
+    wait for one query instead of sending 50 (the event loop is the only user of ``state.key_lookups``)."""
+    digest = hash_key(key)
+    lookups = state.key_lookups
+    if digest not in lookups:
+        lookups[digest] = asyncio.ensure_future(run_in_threadpool(_lookup, state.sessionmaker, key, cache_ttl_s))
+        lookups[digest].add_done_callback(lambda _: lookups.pop(digest, None))
+    return await asyncio.shield(lookups[digest])
 
 
 def _lookup(sessions, key: str, cache_ttl_s: float) -> str | None:

@@ -10,7 +10,8 @@ from app.artifacts.store import ArtifactStore
 from app.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+# async: FastAPI runs a plain function dependency in the thread pool, a hop per request on the polling hot path
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -19,7 +20,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 

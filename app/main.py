@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.celery = LazyCelery(settings)
     app.state.auth_failures = FailureWindow()
+    app.state.key_lookups = {}  # key hash -> the database lookup in flight (app.auth._shared_lookup)
     app.state.poll_cache = PollCache(settings.poll_cache_ttl_s)
     problems.install(app)
     app.include_router(artifacts_router)
@@ -63,6 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
+    # The modules and objects built at start-up live as long as the process: out of the collector's sight, a full
+    # collection no longer walks them, which cut the polling p99 from ~130 to ~30 ms (bench/api_bench.py).
+    gc.collect()
+    gc.freeze()
     reaper = None
     if app.state.settings.reaper_in_api:
         from worker.broker import enqueue_scan, queue_depth

@@ -154,27 +154,20 @@ def list_scans(
                                            "description": "ETags from earlier answers: 304 when the scan still has one",
                                            "schema": {"type": "string"}}]})
 async def get_scan(scan_id: uuid.UUID, tenant: Tenant, request: Request) -> Response:
-    # The polling hot path: a memo of the last answer (app.scans.poll_cache), else one thread hop for the database
-    # and the body serialised once (no response_model re-validation); with If-None-Match, no body when unchanged.
+    # The polling hot path: the poll memo (app.scans.poll_cache) on the event loop, else one thread hop for the
+    # database, shared by the polls that arrive meanwhile; the body serialised once (no response_model re-validation).
+    etag, body = await request.app.state.poll_cache.answer(
+        tenant, scan_id, lambda: service.poll_scan(request.app.state.sessionmaker, tenant, scan_id))
     if_none_match = request.headers.get("if-none-match")
-    wanted = service.etags(if_none_match) if if_none_match else set()
-    cache = request.app.state.poll_cache
-    hit = cache.get(tenant, scan_id)
-    if hit is None or (hit[1] is None and hit[0] not in wanted):  # unknown, or known by its ETag only
-        etag, body, finished = await run_in_threadpool(service.poll_scan, request.app.state.sessionmaker, tenant,
-                                                       scan_id, if_none_match)
-        cache.put(tenant, scan_id, etag, body, finished)
-    else:
-        etag, body = hit
-    if etag in wanted:
+    if if_none_match and etag in service.etags(if_none_match):
         return Response(status_code=304, headers={"ETag": etag})
     return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 @router.post("/{scan_id}/cancel", response_model=ScanOut, summary="Cancel a queued or running scan", responses=problem_responses(401, 404, 409, 422))
-def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, request: Request) -> ScanOut:
-    scan = service.cancel_scan(session, tenant, scan_id)
-    request.app.state.poll_cache.forget(tenant, scan_id)
+async def cancel_scan(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, request: Request) -> ScanOut:
+    scan = await run_in_threadpool(service.cancel_scan, session, tenant, scan_id)
+    request.app.state.poll_cache.forget(tenant, scan_id)  # on the event loop, where the memo lives
     return service.to_out(scan)
 
 
