@@ -95,6 +95,11 @@ Rule changes made after runs of this benchmark (say so here; rerun what they aff
   other cases of the first run were not rerun, and the rule can change them only where a trigger fires toward a class
   that activation clustering did not flag. Remediation also changed after the first run: it now removes the report's
   whole quarantine (earlier detectors' label-flip evidence included), not only the assessment's own list.
+  2026-11-30 (session 4): remediation's "clean accuracy before" was the analysed model's accuracy on held-out dataset
+  rows it had trained on (inflated). It is now a baseline model retrained the same way with nothing removed
+  (backdoor_assessment baseline_retrain); the analysed model's figure is reported beside it. The runs above report
+  the old reference; quarantine-20261130-224326 (digits: clean, badnets-10%, source-7to1-50%, blend-10%, model mode)
+  is the first with the new one. Quarantines and verdicts are not affected by this change.
 """
 
 from __future__ import annotations
