@@ -171,11 +171,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_api(args) -> int:
-    import uvicorn
-
     from app.main import create_app
+    from app.serving import run_api
 
-    uvicorn.run(create_app(_settings()), host=args.host, port=args.port, proxy_headers=True)
+    run_api(create_app(_settings()), args.host, args.port, proxy_headers=True)
     return 0
 
 

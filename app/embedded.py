@@ -95,7 +95,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def serve(settings: Settings, host: str, port: int, start_worker: bool = True) -> int:
-    import uvicorn
+    from app.serving import run_api
 
     from app.main import create_app
     from app.migrate import upgrade
@@ -114,7 +114,7 @@ def serve(settings: Settings, host: str, port: int, start_worker: bool = True) -
         if worker:
             worker.start()
         print(f"poisonscan serving on http://{host}:{port} (data in {settings.resolved_data_dir})", flush=True)
-        uvicorn.run(create_app(settings), host=host, port=port)
+        run_api(create_app(settings), host, port)
     finally:
         if worker:
             _stop_uninterrupted(worker)
