@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, help="folder for the files the scan produces (trigger images, cleaned dataset, retrained model)")
         s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
         s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
-        s.add_argument("--format", choices=("text", "json"), default="text")
+        s.add_argument("--format", choices=("text", "json", "sarif", "cyclonedx"), default="text",
+                       help="sarif: SARIF 2.1.0 log; cyclonedx: CycloneDX 1.6 ML-BOM of the scanned artifacts")
         s.add_argument("--fail-on-warn", action="store_true", help="exit 1 on a warn verdict too")
         s.add_argument("--full-scan", action="store_true",
                        help="keep running the data and model layers after a critical supply-chain finding (forensics)")

@@ -43,9 +43,17 @@ class ProgressBar:
 
 
 def render(report: dict, fmt: str) -> str:
-    """JSON stays exact (json.dumps escapes controls itself); text escapes every line, since lines carry artifact strings."""
+    """JSON, SARIF and CycloneDX stay exact (JSON escapes controls itself); text escapes every line, since lines carry artifact strings."""
     if fmt == "json":
         return json.dumps(report, indent=2)
+    if fmt == "sarif":
+        from worker.report_formats.sarif import to_sarif
+
+        return json.dumps(to_sarif(report), indent=2)
+    if fmt == "cyclonedx":
+        from worker.report_formats.cyclonedx import to_cyclonedx_json
+
+        return to_cyclonedx_json(report)
     return "\n".join(escape_text(line) for line in _text_lines(report))
 
 

@@ -200,3 +200,41 @@ def get_review(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
 )
 def get_report(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> dict:
     return service.get_report(session, tenant, scan_id)
+
+
+SARIF_MEDIA_TYPE = "application/sarif+json"
+CYCLONEDX_MEDIA_TYPE = "application/vnd.cyclonedx+json"
+
+
+def _export_responses(description: str, media_type: str) -> dict:
+    """The export's own media type only: schemathesis checks the documented content type against the answer's."""
+    return {200: {"description": description, "content": {media_type: {"schema": {"type": "object"}}}}} \
+        | problem_responses(401, 404, 409, 422)
+
+
+@router.get(
+    "/{scan_id}/report.sarif",
+    summary="The scan's findings as a SARIF 2.1.0 log (409 until the scan has succeeded)",
+    description="One result per finding, rules `<detector>/<kind>` with the MITRE ATLAS technique and CWE in their "
+    "properties; the verdict is in `runs[0].properties`.",
+    responses=_export_responses("SARIF 2.1.0 log", SARIF_MEDIA_TYPE),
+    response_class=Response,
+)
+def get_report_sarif(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> Response:
+    from worker.report_formats.sarif import to_sarif
+
+    body = json.dumps(to_sarif(service.get_report(session, tenant, scan_id)))
+    return Response(body, media_type=SARIF_MEDIA_TYPE)
+
+
+@router.get(
+    "/{scan_id}/bom.json",
+    summary="A CycloneDX 1.6 ML-BOM of the scanned artifacts, findings as vulnerabilities (409 until succeeded)",
+    responses=_export_responses("CycloneDX 1.6 JSON BOM", CYCLONEDX_MEDIA_TYPE),
+    response_class=Response,
+)
+def get_bom(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> Response:
+    from worker.report_formats.cyclonedx import to_cyclonedx_json
+
+    body = to_cyclonedx_json(service.get_report(session, tenant, scan_id))
+    return Response(body, media_type=f"{CYCLONEDX_MEDIA_TYPE}; version=1.6")
