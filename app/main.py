@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CollectorRegistry
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -22,13 +24,17 @@ from app.artifacts.store import ArtifactStore
 from app.auth import FailureWindow
 from app.db import make_engine
 from app.docs import install_docs
+from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from app.metrics import RequestMetrics, ScanCollector
+from app.metrics import render as render_metrics
 from app.scans.endpoints import router as scans_router
 from app.scans.poll_cache import PollCache
 from app.scans.schemas import ScanCreate
 from app.settings import Settings, get_settings
-from worker.broker import broker_reachable, make_celery
+from worker.broker import QUEUES, broker_reachable, make_celery, queue_depth
 
 VERSION = "0.1.0"
+METRICS_TIMEOUT_S = 10.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     _health_routes(app)
+    _metrics_route(app)
     install_docs(app)
     app.openapi = lambda: _openapi(app)
     return app
@@ -148,6 +155,26 @@ class SingleFlight:
         if not ok:
             logging.getLogger("poisonscan.api").warning("readiness: %s", detail)
         return ok
+
+
+def _metrics_route(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    app.add_middleware(RequestMetrics, registry=registry)
+    celery = app.state.celery
+    registry.register(ScanCollector(app.state.sessionmaker, lambda q: queue_depth(celery, q), QUEUES))
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics: API requests, scans by status and verdict, "
+             "queued scans and the oldest one's age per queue, broker queue depth",
+             response_class=Response, openapi_extra={"security": []},
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+             | problems.problem_responses(503))
+    async def metrics(request: Request) -> Response:
+        try:  # a frozen database or broker must not hang the scraper
+            body = await asyncio.wait_for(run_in_threadpool(render_metrics, registry), METRICS_TIMEOUT_S)
+        except TimeoutError:
+            return problems.problem_response(request, 503, "Metrics unavailable",
+                                             f"The database or broker did not answer within {METRICS_TIMEOUT_S} s.")
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 def _database_ok(app: FastAPI) -> tuple[bool, str]:
