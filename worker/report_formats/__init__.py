@@ -16,10 +16,12 @@ Shared vocabulary (documented once, used by both):
 import re
 from importlib import metadata
 
+from worker.findings import ATTACHMENT_ROLES, SCANNED_ROLES
+
 TOOL_NAME = "poisonscan"
 ATLAS_URI = "https://atlas.mitre.org/techniques/{}"
 
-_ROLES = ("model", "dataset", "signature", "public_key", "certificate_chain", "holdout", "trigger")
+_ROLES = SCANNED_ROLES + ATTACHMENT_ROLES
 _WORD = re.compile(r"[a-z][a-z0-9-]*")
 # evidence keys whose values the artifact chose (member paths, imported globals): cut out of the title's kind
 _NAMED_BY_ARTIFACT = ("file", "filename", "global", "location", "model_path", "signature_path", "name")
