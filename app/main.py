@@ -13,6 +13,7 @@ from typing import Literal
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -31,6 +32,7 @@ from app.scans.endpoints import router as scans_router
 from app.scans.poll_cache import PollCache
 from app.scans.schemas import ScanCreate
 from app.settings import Settings, get_settings
+from app.webhooks.endpoints import router as webhooks_router
 from worker.broker import QUEUES, broker_reachable, make_celery, queue_depth
 
 VERSION = "0.1.0"
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(artifacts_router)
     app.include_router(scans_router)
+    app.include_router(webhooks_router)
     _health_routes(app)
     _metrics_route(app)
     install_docs(app)
@@ -162,9 +165,14 @@ def _metrics_route(app: FastAPI) -> None:
     app.add_middleware(RequestMetrics, registry=registry)
     celery = app.state.celery
     registry.register(ScanCollector(app.state.sessionmaker, lambda q: queue_depth(celery, q), QUEUES))
+    # The workers' scan and detector durations, where they write their metric files beside us (worker.metrics).
+    metrics_dir = app.state.settings.resolved_metrics_dir
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    MultiProcessCollector(registry, path=str(metrics_dir))
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics: API requests, scans by status and verdict, "
-             "queued scans and the oldest one's age per queue, broker queue depth",
+             "queued scans and the oldest one's age per queue, broker queue depth, and the scan and detector "
+             "durations of the workers that share the metrics folder",
              response_class=Response, openapi_extra={"security": []},
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
              | problems.problem_responses(503))

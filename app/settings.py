@@ -57,12 +57,38 @@ class Settings(BaseSettings):
     reaper_interval_s: int = 30
     reaper_in_api: bool = Field(default=True, description="Run the reaper in each API process (a thread on its own "
                                 "schedule); false where `poisonscan reap --every N` runs it instead.")
+    # Webhooks (app/webhooks): sent by a dispatcher thread in each worker process, never by the scan itself.
+    public_url: str | None = Field(default=None, description="The API's external base URL (e.g. https://scan.example.com):"
+                                   " links in webhook events are absolute when it is set, else relative paths.")
+    webhooks_in_worker: bool = Field(default=True, description="Run the webhook dispatcher in each worker process; false "
+                                     "where `poisonscan webhooks dispatch` runs it instead.")
+    webhook_allow_private: bool = Field(default=False, description="Allow webhook URLs that resolve to loopback, "
+                                        "private, link-local or other non-public addresses (refused by default: SSRF).")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Bound on one delivery attempt (connect, "
+                                     "send and the receiver's answer).")
+    webhook_retry_window_s: int = Field(default=86400, ge=1, description="A delivery is retried for this long after its "
+                                        "event, then marked failed.")
+    webhook_backoff_base_s: float = Field(default=5.0, gt=0, description="Wait before the first retry; each later "
+                                          "wait doubles, up to webhook_backoff_max_s (with ±20% jitter).")
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="Longest wait between two attempts.")
+    webhook_poll_s: float = Field(default=0.25, gt=0, le=60, description="How often the dispatcher looks for due deliveries.")
+    max_webhooks_per_tenant: int = Field(default=20, ge=1)
+    # Worker metrics (prometheus_client's multiprocess mode: one file per worker process, summed when read).
+    metrics_dir: Path | None = Field(default=None, description="Folder of the worker processes' metric files; default "
+                                     "<data_dir>/metrics. The API's /metrics includes them when it shares the folder "
+                                     "(the embedded default); each worker can also serve them on worker_metrics_port.")
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve this worker's metrics "
+                                            "(scan and detector durations) at http://<host>:<port>/metrics.")
     # Seconds the pipeline sleeps after each stage; only for tests and demos that must catch a scan mid-flight.
     stage_delay_s: float = 0.0
 
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return (self.metrics_dir or self.resolved_data_dir / "metrics").expanduser().resolve()
 
     @property
     def artifacts_dir(self) -> Path:

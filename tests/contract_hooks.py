@@ -20,6 +20,9 @@ SEMANTIC_REFUSALS = {
     ("POST", "/v1/scans"): {422: [r"SHA-256 mismatch:", r"Unknown artifact:", r"Wrong kind of \w+:"],
                             413: [r"Upload too large:", r"Request too large:"], 400: [FIELD_TOO_LONG]},
     ("GET", "/v1/scans"): {400: [r"Invalid cursor:"]},
+    # a URL the schema allows may not resolve, or resolve to a non-public address (SSRF refusal)
+    ("POST", "/v1/webhooks"): {422: [r"Webhook URL refused:"], 409: [r"Too many webhooks:"]},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {400: [r"Invalid cursor:"]},
 }
 # schemathesis's defaults for positive_data_acceptance
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]

@@ -99,6 +99,8 @@ def _seed(base_url: str, key: str, other_key: str, sessions, tmp_path: Path) -> 
         assert client.post(f"/v1/scans/{canceled}/cancel").status_code == 200
         cursor = client.get("/v1/scans", params={"limit": 1}).json()["next_cursor"]
         assert cursor
+        hook = client.post("/v1/webhooks", json={"url": "https://8.8.8.8/hook"})
+        assert hook.status_code == 201, hook.text
     with httpx.Client(base_url=base_url, headers={"X-API-Key": other_key}, timeout=30) as client:
         resp = client.post("/v1/artifacts", params={"filename": "other.bin"}, content=b"the other tenant's bytes",
                            headers={"content-type": "application/octet-stream"})
@@ -115,7 +117,7 @@ def _seed(base_url: str, key: str, other_key: str, sessions, tmp_path: Path) -> 
         "datasets": [sha["dataset.npz"]], "models": [sha["model.pkl"], sha["dataset.npz"]],
         "triggers": [sha["trigger.npz"]], "signatures": [sha["signature.json"]], "pems": [sha["key.pem"]],
         "artifacts": list(sha.values()), "scans": [str(s) for s in scans], "cursors": [cursor],
-        "etags": etags + [", ".join(etags)],
+        "etags": etags + [", ".join(etags)], "webhooks": [hook.json()["id"]],
     }
 
 
@@ -157,7 +159,8 @@ def _config(tmp_path: Path, keys: dict[str, str], ids: dict[str, list[str]]) -> 
     bindings = {"path.sha256": "artifacts", "path.scan_id": "scans", "query.cursor": "cursors",
                 "body.model": "models", "body.dataset": "datasets", "body.holdout": "datasets",
                 "body.trigger": "triggers", "body.signature": "signatures", "body.public_key": "pems",
-                "body.certificate_chain": "pems", "header.If-None-Match": "etags"}
+                "body.certificate_chain": "pems", "header.If-None-Match": "etags",
+                "path.webhook_id": "webhooks"}
     for name in sorted(set(bindings.values())):
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(ids[name])}", ""]
     lines.append("[parameters]")

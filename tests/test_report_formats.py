@@ -72,6 +72,23 @@ def test_sarif_is_valid_with_a_result_per_finding(report):
     assert run["artifacts"][model]["properties"]["filename"] == HOSTILE  # the name survives as data
 
 
+def test_sarif_relates_rules_to_atlas_and_cwe_and_fingerprints_results(report):
+    run = to_sarif(report)["runs"][0]
+    taxonomies = {t["name"]: {taxon["id"] for taxon in t["taxa"]} for t in run["taxonomies"]}
+    assert "AML.T0010" in taxonomies["MITRE ATLAS"] and "502" in taxonomies["CWE"]
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    related = {(rel["target"]["toolComponent"]["name"], rel["target"]["id"])
+               for rel in rules["unsafe_serialization/pickle-imports-and-calls"]["relationships"]}
+    assert related == {("MITRE ATLAS", "AML.T0010"), ("CWE", "502")}
+    for rule in rules.values():  # every relationship points at a taxon that is listed
+        for rel in rule["relationships"]:
+            assert rel["target"]["id"] in taxonomies[rel["target"]["toolComponent"]["name"]]
+    prints = [r["partialFingerprints"]["poisonscan/v1"] for r in run["results"]]
+    assert len(set(prints)) == len(prints)  # one alert per finding
+    again = to_sarif(json.loads(json.dumps(report)) | {"scan_id": "another-scan"})["runs"][0]
+    assert [r["partialFingerprints"]["poisonscan/v1"] for r in again["results"]] == prints  # stable across scans
+
+
 def test_data_findings_carry_no_cwe(report):
     unsigned = [r for r in to_sarif(report)["runs"][0]["tool"]["driver"]["rules"] if r["id"].startswith("signature_verification/")]
     assert unsigned and all("CWE-347" in r["properties"]["tags"] for r in unsigned)

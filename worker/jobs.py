@@ -18,6 +18,7 @@ from app.scans import repository
 from app.settings import Settings
 from worker.findings import InputFile, InputRejected, ScanInputs
 from worker.hashing import forget_hashes
+from worker.metrics import observe_scan
 from worker.options import ScanOptions
 from worker.pipeline import REPORT_SCHEMA_VERSION, PipelineStopped, run_pipeline
 
@@ -85,6 +86,17 @@ def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: 
     if scan is None:  # duplicate delivery, canceled, or already done: nothing to do
         log.info("scan %s not claimable; skipping", scan_id)
         return "skipped"
+    started, outcome, report = time.monotonic(), "interrupted", None
+    try:
+        outcome, report = _run_claimed(scan, sessions, settings)
+        return outcome
+    finally:
+        observe_scan(scan.queue, outcome, time.monotonic() - started, report if outcome == "succeeded" else None)
+
+
+def _run_claimed(scan: Scan, sessions: sessionmaker[Session], settings: Settings) -> tuple[str, dict | None]:
+    """(what happened, the report when there is one)."""
+    scan_id = scan.id
     forget_hashes()
     output_dir = settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-{scan.attempts}"  # same disk as the store
     try:
@@ -92,15 +104,15 @@ def execute_scan(scan_id: uuid.UUID, sessions: sessionmaker[Session], settings: 
         options = ScanOptions.model_validate(scan.options)
         report = run_pipeline(inputs, options, scan_id=str(scan_id), progress=ProgressWriter(sessions, scan_id),
                               stage_delay_s=settings.stage_delay_s, output_dir=output_dir)
-        return store_result(sessions, scan_id, report, tenant=scan.tenant, store=ArtifactStore(settings.artifacts_dir))
+        return store_result(sessions, scan_id, report, tenant=scan.tenant, store=ArtifactStore(settings.artifacts_dir)), report
     except ScanStopped:
         log.info("scan %s stopped (canceled or re-queued)", scan_id)
-        return "stopped"
+        return "stopped", None
     except (DatabaseLost, SQLAlchemyError) as exc:
         raise _interrupted(sessions, scan_id, exc) from exc
     except Exception as exc:  # anything else fails the scan with a reason instead of leaving it running
         log.exception("scan %s failed", scan_id)
-        return fail_scan(sessions, scan_id, reason_for(exc))
+        return fail_scan(sessions, scan_id, reason_for(exc)), None
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
 

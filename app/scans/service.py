@@ -1,9 +1,6 @@
 """Scans: create (commit, then enqueue), read, list, cancel, report."""
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import uuid
 from datetime import datetime
@@ -12,6 +9,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.artifacts import service as artifacts
+from app.pagination import decode_cursor, encode_cursor
 from app.models import Artifact, Report, Scan, ScanStatus, utcnow
 from app.problems import Problem
 from app.scans import repository
@@ -58,10 +56,14 @@ def with_tenant_defaults(options: ScanOptions, tenant_config: dict[str, dict]) -
 
 
 def create_scan(session: Session, tenant: str, found: dict[str, Artifact], options: ScanOptions,
-                max_active: int | None = None) -> Scan:
+                max_active: int | None = None, model_source: str | None = None) -> Scan:
+    """``model_source``: where the server itself fetched the model from (an MLflow model version, which the worker
+    tags with the verdict); recorded in the model's input."""
     if max_active is not None:
         _check_active_limit(session, tenant, max_active)
     inputs = {role: {"sha256": a.sha256, "filename": a.filename, "kind": a.kind, "size": a.size} for role, a in found.items()}
+    if model_source is not None:
+        inputs["model"]["source"] = model_source
     queue = default_registry().queue_for(set(found), options.detectors)  # roles present decide the detectors
     scan = Scan(
         tenant=tenant, status=ScanStatus.queued, queue=queue, stage="queued", percent=0.0, attempts=0,
@@ -123,24 +125,11 @@ def list_scans(session: Session, tenant: str, status: str | None, verdict: str |
     if verdict:
         stmt = stmt.where(Scan.verdict == verdict)
     if cursor:
-        created, last_id = _decode_cursor(cursor)
+        created, last_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Scan.created_at < created, and_(Scan.created_at == created, Scan.id < last_id)))
     rows = list(session.scalars(stmt.order_by(Scan.created_at.desc(), Scan.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
-
-
-def _encode_cursor(scan: Scan) -> str:
-    raw = json.dumps([scan.created_at.isoformat(), str(scan.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), uuid.UUID(last_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise Problem(400, "Invalid cursor", "The cursor is not one this API returned; start again without ?cursor=.") from exc
 
 
 def cancel_scan(session: Session, tenant: str, scan_id: uuid.UUID) -> Scan:

@@ -1,7 +1,8 @@
 """The scan state machine: one table of allowed transitions, one function that applies it.
 
 Every status change is a conditional UPDATE (``WHERE status IN (allowed sources)``), so two
-workers, or a worker and a cancel request, can race and exactly one wins.
+workers, or a worker and a cancel request, can race and exactly one wins. A move to a terminal status also writes
+the scan's webhook events (an outbox) in the same transaction.
 """
 
 import uuid
@@ -10,6 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.models import Scan, ScanStatus, utcnow
+from app.webhooks.events import record_scan_ended
 
 Q, R, S, F, C = ScanStatus.queued, ScanStatus.running, ScanStatus.succeeded, ScanStatus.failed, ScanStatus.canceled
 
@@ -45,4 +47,7 @@ def transition(
     if target in TERMINAL:
         values.setdefault("finished_at", utcnow())
     stmt = update(Scan).where(Scan.id == scan_id, Scan.status.in_(allowed), *where).values(status=str(target), **values)
-    return session.execute(stmt).rowcount == 1
+    moved = session.execute(stmt).rowcount == 1
+    if moved and target in TERMINAL:
+        record_scan_ended(session, scan_id)  # the webhook outbox, in the transaction that ends the scan
+    return moved

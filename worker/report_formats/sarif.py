@@ -4,8 +4,13 @@ Locations: ``artifactLocation.uri`` is the input's filename, percent-encoded (a 
 valid URI), or ``sha256:<hex>`` when it has none, with ``index`` into ``run.artifacts`` (which carries the SHA-256).
 A finding about a member of an archive or folder adds a logical location of kind ``member`` whose
 ``fullyQualifiedName`` is ``<filename>!/<member>`` (the jar-URI convention) and whose ``name`` is the member path.
-Message text is the finding's title and explanation as plain text; ``json.dumps`` makes any string safe."""
+Message text is the finding's title and explanation as plain text; ``json.dumps`` makes any string safe.
 
+Taxonomies: MITRE ATLAS and CWE are ``run.taxonomies``; each rule relates to its technique and CWE by
+``relationships``. ``partialFingerprints["poisonscan/v1"]`` (rule, artifact SHA-256, member, title) is stable across
+scans of the same bytes, so dashboards track one alert instead of a new one per scan."""
+
+import hashlib
 from urllib.parse import quote
 
 from worker.findings import ATLAS_TECHNIQUES
@@ -23,7 +28,9 @@ def to_sarif(report: dict) -> dict:
     rules, index = _rules(items)
     run = {
         # no informationUri: the project has no public address yet, and the field is optional
-        "tool": {"driver": {"name": TOOL_NAME, "version": tool_version(), "rules": rules}},
+        "tool": {"driver": {"name": TOOL_NAME, "version": tool_version(), "rules": rules,
+                            "supportedTaxonomies": [{"name": ATLAS}, {"name": CWE}]}},
+        "taxonomies": _taxonomies(rules),
         "invocations": [_invocation(report)],
         "artifacts": artifacts,
         "results": [_result(report, f, index) for f in items],
@@ -32,6 +39,30 @@ def to_sarif(report: dict) -> dict:
                        "policy": report.get("policy")},
     }
     return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
+
+
+ATLAS, CWE = "MITRE ATLAS", "CWE"
+
+
+def _taxonomies(rules: list[dict]) -> list[dict]:
+    techniques = sorted({r["properties"]["atlas-technique"] for r in rules if r["properties"]["atlas-technique"]})
+    cwes = sorted({r["properties"]["cwe"] for r in rules if r["properties"].get("cwe")})
+    atlas = {"name": ATLAS, "organization": "MITRE", "informationUri": "https://atlas.mitre.org/",
+             "taxa": [{"id": t, "name": ATLAS_TECHNIQUES.get(t, t), "helpUri": ATLAS_URI.format(t)} for t in techniques]}
+    cwe_taxonomy = {"name": CWE, "organization": "MITRE", "informationUri": "https://cwe.mitre.org/",
+                    "taxa": [{"id": c.removeprefix("CWE-"), "name": c,
+                              "helpUri": f"https://cwe.mitre.org/data/definitions/{c.removeprefix('CWE-')}.html"}
+                             for c in cwes]}
+    for rule in rules:
+        targets = [(ATLAS, rule["properties"]["atlas-technique"]), (CWE, rule["properties"].get("cwe", "").removeprefix("CWE-"))]
+        rule["relationships"] = [{"target": {"id": taxon, "toolComponent": {"name": component}}, "kinds": ["relevant"]}
+                                 for component, taxon in targets if taxon]
+    return [atlas, cwe_taxonomy]
+
+
+def _fingerprint(rid: str, item: dict | None, member: str | None, title: str) -> str:
+    key = "\0".join((rid, (item or {}).get("sha256") or "", member or "", title))
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _uri(item: dict) -> str:
@@ -87,6 +118,7 @@ def _result(report: dict, f: dict, index: dict[str, int]) -> dict:
               "properties": {"severity": f["severity"], "score": f.get("score"), "technique": f.get("technique"),
                              "remediation": f.get("remediation", "")}}
     item, member = artifact_of(report, f)
+    result["partialFingerprints"] = {"poisonscan/v1": _fingerprint(rid, item, member, str(f["title"]))}
     if item is not None:
         location = {"physicalLocation": {"artifactLocation": {
             "uri": _uri(item), "index": report["inputs"].index(item)}}}

@@ -1,0 +1,45 @@
+"""The outbox side of webhooks: when a scan ends, one delivery row per subscribed endpoint, written in the same
+transaction as the status change (``app.scans.state.transition`` calls ``record_scan_ended``). The event is thus sent
+only once the scan's result is committed, and is never lost to a crash between the two."""
+
+import json
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Scan, Webhook, WebhookDelivery, utcnow
+from app.settings import get_settings
+
+
+def message_id(delivery_id: uuid.UUID) -> str:
+    return f"msg_{delivery_id.hex}"
+
+
+def record_scan_ended(session: Session, scan_id: uuid.UUID) -> int:
+    """Queue ``scan.<status>`` for the scan's tenant's endpoints that want it; returns how many."""
+    scan = session.get(Scan, scan_id, populate_existing=True)  # the row as the UPDATE just left it
+    event_type = f"scan.{scan.status}"
+    hooks = [h for h in session.scalars(select(Webhook).where(Webhook.tenant == scan.tenant)) if event_type in h.events]
+    if not hooks:
+        return 0
+    body = json.dumps(_payload(scan, event_type), separators=(",", ":"))
+    now = utcnow()
+    session.add_all(WebhookDelivery(webhook_id=h.id, event_type=event_type, scan_id=scan.id, body=body, status="pending",
+                                    attempts=0, created_at=now, next_attempt_at=now) for h in hooks)
+    return len(hooks)
+
+
+def _payload(scan: Scan, event_type: str) -> dict:
+    base = (get_settings().public_url or "").rstrip("/") + f"/v1/scans/{scan.id}"
+    links = {"scan": base}
+    if scan.status == "succeeded":
+        links |= {"report": f"{base}/report", "sarif": f"{base}/report.sarif", "bom": f"{base}/bom.json"}
+    return {
+        "type": event_type,
+        "timestamp": (scan.finished_at or utcnow()).isoformat(),
+        "data": {"scan_id": str(scan.id), "status": scan.status, "verdict": scan.verdict, "error": scan.error,
+                 "inputs": {role: {"sha256": i.get("sha256"), "filename": i.get("filename")}
+                            for role, i in (scan.inputs or {}).items()},
+                 "links": links},
+    }

@@ -1,0 +1,59 @@
+"""Delivery rows as the dispatcher changes them: claim the due ones, record each attempt. Callers commit.
+
+A claim is a conditional UPDATE of the lease, so several dispatchers (one per worker) share the outbox and each
+delivery is attempted by one of them at a time.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Webhook, WebhookAttempt, WebhookDelivery
+
+
+@dataclass(frozen=True)
+class Due:
+    delivery_id: uuid.UUID
+    url: str
+    secret: str
+    body: str
+    attempts: int
+    created_at: datetime
+
+
+def claim_due(session: Session, now: datetime, lease_s: float, limit: int) -> list[Due]:
+    stmt = (select(WebhookDelivery.id, Webhook.url, Webhook.secret, WebhookDelivery.body, WebhookDelivery.attempts,
+                   WebhookDelivery.created_at)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
+                   or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    claimed = []
+    for row in session.execute(stmt).all():
+        took = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == row.id, WebhookDelivery.status == "pending",
+                   or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
+            .values(leased_until=now + timedelta(seconds=lease_s))).rowcount == 1
+        if took:
+            claimed.append(Due(row.id, row.url, row.secret, row.body, row.attempts, row.created_at))
+    return claimed
+
+
+def record_attempt(session: Session, delivery_id: uuid.UUID, *, at: datetime, duration_ms: float, status_code: int | None,
+                   error: str | None, outcome: str, next_attempt_at: datetime | None) -> bool:
+    """``outcome``: delivered, failed (gave up) or pending (``next_attempt_at`` set). False when the delivery is gone
+    (its webhook was deleted meanwhile): nothing is written."""
+    values = {"attempts": WebhookDelivery.attempts + 1, "status": outcome, "leased_until": None}
+    if outcome == "pending":
+        values["next_attempt_at"] = next_attempt_at
+    else:
+        values["finished_at"] = at
+    if session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values)).rowcount != 1:
+        return False
+    session.add(WebhookAttempt(delivery_id=delivery_id, attempted_at=at, duration_ms=round(duration_ms, 1),
+                               status_code=status_code, error=error[:300] if error else None))
+    return True
