@@ -25,6 +25,7 @@ from app.artifacts.store import ArtifactStore
 from app.auth import FailureWindow
 from app.db import make_engine
 from app.docs import install_docs
+from app.integrations.mlflow_endpoints import router as mlflow_router
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.metrics import RequestMetrics, ScanCollector
 from app.metrics import render as render_metrics
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     app.include_router(webhooks_router)
+    app.include_router(mlflow_router)
     _health_routes(app)
     _metrics_route(app)
     install_docs(app)

@@ -132,8 +132,10 @@ class Webhook(Base):
 
 
 class WebhookDelivery(Base):
-    """One event for one endpoint: written in the transaction that ends the scan (an outbox), then sent and retried
-    by the worker's dispatcher. ``body`` is the exact bytes every attempt signs and sends."""
+    """One scan event for one target: written in the transaction that ends the scan (an outbox), then sent and retried
+    by the worker's dispatcher. Target ``webhook``: a tenant's endpoint, ``body`` the exact bytes every attempt signs
+    and sends. Target ``mlflow``: the verdict tags of the registered model version the scan came from (``body``
+    names it)."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
@@ -142,7 +144,8 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    webhook_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("webhooks.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(16), default="webhook")
+    webhook_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("webhooks.id", ondelete="CASCADE"), default=None)
     event_type: Mapped[str] = mapped_column(String(32))
     scan_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     body: Mapped[str] = mapped_column(Text)

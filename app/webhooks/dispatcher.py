@@ -7,6 +7,7 @@ with jitter) until ``webhook_retry_window_s`` after the event, then the delivery
 recorded. Redirects are not followed: a 3xx is a failed attempt (following one could lead to a private address).
 """
 
+import json
 import logging
 import random
 import threading
@@ -83,9 +84,10 @@ class Dispatcher:
         try:
             at = utcnow()
             started = time.perf_counter()
-            status_code, error = self.attempt(due)
+            send = self.attempt if due.target == "webhook" else self.tag_registry
+            status_code, error, permanent = send(due)
             duration_ms = (time.perf_counter() - started) * 1000
-            outcome, next_at = self._outcome(due, status_code, utcnow())
+            outcome, next_at = ("failed", None) if permanent else self._outcome(due, status_code, utcnow())
             if outcome != "delivered":
                 log.warning("webhook delivery %s: attempt %s failed (%s); %s", due.delivery_id, due.attempts + 1,
                             error, f"next at {next_at:%H:%M:%S}" if next_at else "giving up")
@@ -96,13 +98,14 @@ class Dispatcher:
             with self._lock:
                 self._in_flight -= 1
 
-    def attempt(self, due: repository.Due) -> tuple[int | None, str | None]:
-        """(the receiver's status code or None, why it failed or None). Connects to the address that was checked."""
+    def attempt(self, due: repository.Due) -> tuple[int | None, str | None, bool]:
+        """(the receiver's status code or None, why it failed or None, whether retrying is pointless). Connects to the
+        address that was checked."""
         try:
             target = parse(due.url)
             address = resolve(target, self.settings.webhook_allow_private)
         except UnsafeWebhookUrl as exc:
-            return None, f"refused: {exc}"
+            return None, f"refused: {exc}", False  # a name may resolve elsewhere later
         host_in_url = f"[{address}]" if ":" in address else address
         default_port = 443 if target.scheme == "https" else 80
         host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
@@ -114,12 +117,32 @@ class Dispatcher:
             response = self._http.send(request, stream=True)  # the status is all we read: a slow body costs nothing
             response.close()
         except httpx.TimeoutException:
-            return None, f"timeout after {self.settings.webhook_timeout_s:g} s"
+            return None, f"timeout after {self.settings.webhook_timeout_s:g} s", False
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:300]
+            return None, f"{type(exc).__name__}: {exc}"[:300], False
         if 200 <= response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"HTTP {response.status_code}"
+            return response.status_code, None, False
+        return response.status_code, f"HTTP {response.status_code}", False
+
+    def tag_registry(self, due: repository.Due) -> tuple[int | None, str | None, bool]:
+        """The verdict tags on the MLflow model version the scan came from; 200 stands for "written"."""
+        from app.integrations.mlflow_gate import (BadModelUri, MlflowMissing, VersionNotFound, configured_tracking_uri,
+                                                  scan_report_url, write_verdict_tags)
+
+        tracking_uri = configured_tracking_uri()
+        if tracking_uri is None:
+            return None, "no MLflow tracking URI in the worker (set POISONSCAN_MLFLOW_TRACKING_URI as for the API)", True
+        with self.sessions() as session:
+            scan, reason = repository.scan_outcome(session, due.scan_id)
+        try:
+            write_verdict_tags(tracking_uri, json.loads(due.body)["model_uri"],
+                               verdict=scan.verdict if scan.status == "succeeded" else "fail", reason=reason,
+                               report_url=scan_report_url(self.settings.public_url, scan.id), scan_id=str(scan.id))
+        except (BadModelUri, MlflowMissing, VersionNotFound) as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:300], True
+        except Exception as exc:  # noqa: BLE001  (the registry is down or refused: retried with backoff)
+            return None, f"{type(exc).__name__}: {exc}"[:300], False
+        return 200, None, False
 
     def _outcome(self, due: repository.Due, status_code: int | None, now: datetime) -> tuple[str, datetime | None]:
         if status_code is not None and 200 <= status_code < 300:

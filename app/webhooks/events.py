@@ -1,4 +1,5 @@
-"""The outbox side of webhooks: when a scan ends, one delivery row per subscribed endpoint, written in the same
+"""The outbox side of webhooks: when a scan ends, one delivery row per subscribed endpoint (and one for the MLflow
+registry when the scan came from a registered model version), written in the same
 transaction as the status change (``app.scans.state.transition`` calls ``record_scan_ended``). The event is thus sent
 only once the scan's result is committed, and is never lost to a crash between the two."""
 
@@ -9,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Scan, Webhook, WebhookDelivery, utcnow
+from app.integrations.mlflow_gate import model_uri_of
 from app.settings import get_settings
 
 
@@ -17,17 +19,22 @@ def message_id(delivery_id: uuid.UUID) -> str:
 
 
 def record_scan_ended(session: Session, scan_id: uuid.UUID) -> int:
-    """Queue ``scan.<status>`` for the scan's tenant's endpoints that want it; returns how many."""
+    """Queue ``scan.<status>`` for the scan's tenant's endpoints that want it, and the verdict tags of the registered
+    model version it came from (if any); returns how many deliveries."""
     scan = session.get(Scan, scan_id, populate_existing=True)  # the row as the UPDATE just left it
     event_type = f"scan.{scan.status}"
     hooks = [h for h in session.scalars(select(Webhook).where(Webhook.tenant == scan.tenant)) if event_type in h.events]
-    if not hooks:
-        return 0
-    body = json.dumps(_payload(scan, event_type), separators=(",", ":"))
     now = utcnow()
-    session.add_all(WebhookDelivery(webhook_id=h.id, event_type=event_type, scan_id=scan.id, body=body, status="pending",
-                                    attempts=0, created_at=now, next_attempt_at=now) for h in hooks)
-    return len(hooks)
+    pending = {"event_type": event_type, "scan_id": scan.id, "status": "pending", "attempts": 0, "created_at": now,
+               "next_attempt_at": now}
+    rows = []
+    if hooks:
+        body = json.dumps(_payload(scan, event_type), separators=(",", ":"))
+        rows += [WebhookDelivery(target="webhook", webhook_id=h.id, body=body, **pending) for h in hooks]
+    if model_uri := model_uri_of(scan.inputs or {}):
+        rows.append(WebhookDelivery(target="mlflow", body=json.dumps({"model_uri": model_uri}), **pending))
+    session.add_all(rows)
+    return len(rows)
 
 
 def _payload(scan: Scan, event_type: str) -> dict:

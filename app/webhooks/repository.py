@@ -11,23 +11,25 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Webhook, WebhookAttempt, WebhookDelivery
+from app.models import Report, Scan, Webhook, WebhookAttempt, WebhookDelivery
 
 
 @dataclass(frozen=True)
 class Due:
     delivery_id: uuid.UUID
-    url: str
-    secret: str
+    target: str  # webhook | mlflow
+    scan_id: uuid.UUID
+    url: str | None  # the webhook's
+    secret: str | None
     body: str
     attempts: int
     created_at: datetime
 
 
 def claim_due(session: Session, now: datetime, lease_s: float, limit: int) -> list[Due]:
-    stmt = (select(WebhookDelivery.id, Webhook.url, Webhook.secret, WebhookDelivery.body, WebhookDelivery.attempts,
-                   WebhookDelivery.created_at)
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+    stmt = (select(WebhookDelivery.id, WebhookDelivery.target, WebhookDelivery.scan_id, Webhook.url, Webhook.secret,
+                   WebhookDelivery.body, WebhookDelivery.attempts, WebhookDelivery.created_at)
+            .outerjoin(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
                    or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
             .order_by(WebhookDelivery.next_attempt_at).limit(limit))
@@ -39,7 +41,8 @@ def claim_due(session: Session, now: datetime, lease_s: float, limit: int) -> li
                    or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
             .values(leased_until=now + timedelta(seconds=lease_s))).rowcount == 1
         if took:
-            claimed.append(Due(row.id, row.url, row.secret, row.body, row.attempts, row.created_at))
+            claimed.append(Due(row.id, row.target, row.scan_id, row.url, row.secret, row.body, row.attempts,
+                               row.created_at))
     return claimed
 
 
@@ -57,3 +60,11 @@ def record_attempt(session: Session, delivery_id: uuid.UUID, *, at: datetime, du
     session.add(WebhookAttempt(delivery_id=delivery_id, attempted_at=at, duration_ms=round(duration_ms, 1),
                                status_code=status_code, error=error[:300] if error else None))
     return True
+
+
+def scan_outcome(session: Session, scan_id: uuid.UUID) -> tuple[Scan, str]:
+    """The ended scan and its verdict's reason (the report's, or why the scan did not finish)."""
+    scan = session.get(Scan, scan_id)
+    report = session.get(Report, scan_id) if scan.status == "succeeded" else None
+    reason = (report.body.get("verdict_reason") or "") if report else f"the scan {scan.status}: {scan.error or 'no reason given'}"
+    return scan, reason

@@ -1,4 +1,5 @@
-"""Webhooks per tenant, and their outbox of deliveries with every attempt.
+"""Webhooks per tenant, and the outbox of scan events (to webhooks, and verdict tags to an MLflow registry) with
+every attempt.
 
 Revision ID: 0002
 Revises: 0001
@@ -30,7 +31,8 @@ def upgrade() -> None:
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.Uuid(), primary_key=True),
-        sa.Column("webhook_id", sa.Uuid(), sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("target", sa.String(16), nullable=False),
+        sa.Column("webhook_id", sa.Uuid(), sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=True),
         sa.Column("event_type", sa.String(32), nullable=False),
         sa.Column("scan_id", sa.Uuid(), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),

@@ -1,0 +1,1 @@
+"""Integrations with other systems of an ML pipeline (the MLflow Model Registry)."""
