@@ -8,7 +8,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep running, one pass every SECONDS (for deployments with POISONSCAN_REAPER_IN_API=false)")
     s.set_defaults(func=cmd_reap)
 
+    s = sub.add_parser("webhooks-dispatch", help="send webhook deliveries (what each worker does in a thread; for "
+                       "deployments with POISONSCAN_WEBHOOKS_IN_WORKER=false)")
+    s.set_defaults(func=cmd_webhooks_dispatch)
+
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(required=True, metavar="ACTION")
     k = keys.add_parser("create", help="create a key; it is printed once and stored only as a hash")
     k.add_argument("name")
@@ -88,21 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--certificate-chain", type=Path, help="PEM CA certificate(s) for a certificate-based signature")
         s.add_argument("--holdout", type=Path, help="labelled clean held-out set, same format as the dataset (trigger probing, re-testing)")
         s.add_argument("--trigger", type=Path, help="suspected trigger: .npz with arrays 'pattern' and 'mask'")
-        s.add_argument("--detector-config", help="per-detector settings as JSON, e.g. '{\"backdoor_assessment\": {\"remediate\": \"never\"}}'")
         s.add_argument("--out", type=Path, help="folder for the files the scan produces (trigger images, cleaned dataset, retrained model)")
-        s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
-        s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
-        s.add_argument("--format", choices=("text", "json", "sarif", "cyclonedx"), default="text",
-                       help="sarif: SARIF 2.1.0 log; cyclonedx: CycloneDX 1.6 ML-BOM of the scanned artifacts")
-        s.add_argument("--fail-on-warn", action="store_true", help="exit 1 on a warn verdict too")
-        s.add_argument("--full-scan", action="store_true",
-                       help="keep running the data and model layers after a critical supply-chain finding (forensics)")
+        _add_scan_options(s)
         s.set_defaults(func=func)
         if name == "submit":
             s.add_argument("--server", default=os.environ.get("POISONSCAN_SERVER", "http://127.0.0.1:8000"))
             s.add_argument("--api-key", default=os.environ.get("POISONSCAN_API_KEY"))
             s.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the verdict")
+
+    s = sub.add_parser("mlflow-gate", help="scan a registered MLflow model version, tag the version with the verdict, "
+                       "exit with it (needs poisonscan[mlflow])")
+    s.add_argument("--model-uri", required=True, help="models:/NAME/VERSION (or models:/NAME@ALIAS: the version it names now)")
+    s.add_argument("--tracking-uri", help="the MLflow tracking server with the registry (default: "
+                   "$POISONSCAN_MLFLOW_TRACKING_URI or $MLFLOW_TRACKING_URI)")
+    s.add_argument("--out", type=Path, help="folder for report.json (the tag links it when scanned here) and the files the "
+                   "scan produces (default: ./poisonscan-mlflow/NAME-vVERSION)")
+    _add_scan_options(s)
+    s.add_argument("--server", help="scan through this poisonscan server, as `submit` does (default: here, no server)")
+    s.add_argument("--api-key", default=os.environ.get("POISONSCAN_API_KEY"))
+    s.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the server's verdict")
+    s.set_defaults(func=cmd_mlflow_gate)
     return p
+
+
+def _add_scan_options(s: argparse.ArgumentParser) -> None:
+    """What a scan is asked for and how its verdict is shown: the same for every command that scans."""
+    s.add_argument("--detector-config", help="per-detector settings as JSON, e.g. '{\"backdoor_assessment\": {\"remediate\": \"never\"}}'")
+    s.add_argument("--policy", help="policy as JSON or a path to a JSON file, e.g. '{\"fail_at\": \"medium\"}'")
+    s.add_argument("--detectors", help="comma-separated detector names (default: all that apply)")
+    s.add_argument("--format", choices=("text", "json", "sarif", "cyclonedx", "html"), default="text",
+                   help="sarif: SARIF 2.1.0 log; cyclonedx: CycloneDX 1.6 ML-BOM of the scanned artifacts; "
+                   "html: one self-contained page written to --out DIR/report.html (its path is printed)")
+    s.add_argument("--fail-on-warn", action="store_true", help="exit 1 on a warn verdict too")
+    s.add_argument("--full-scan", action="store_true",
+                   help="keep running the data and model layers after a critical supply-chain finding (forensics)")
 
 
 def _settings(data_dir: Path | None = None):
@@ -202,6 +227,16 @@ def cmd_reap(args) -> int:
         time.sleep(args.every)
 
 
+def cmd_webhooks_dispatch(args) -> int:
+    from app.db import get_sessionmaker
+    from app.webhooks.dispatcher import Dispatcher
+
+    with _existing_database():  # a clear error when the database is missing, before the loop starts
+        pass
+    Dispatcher(get_sessionmaker(), _settings()).run_forever()
+    return 0
+
+
 def cmd_keys_create(args) -> int:
     from app.auth import create_key
 
@@ -273,12 +308,13 @@ def _inputs_given(args) -> dict[str, Path]:
 
 
 def cmd_scan(args) -> int:
-    from app.cli_output import ProgressBar, exit_code, render
+    from app.cli_output import ProgressBar, exit_code
     from worker.findings import InputRejected
     from worker.local import scan_local_files
 
     options = _options(args)
     files = _inputs_given(args)
+    _check_html_out(args)
     bar = ProgressBar()
     try:
         report = scan_local_files(files, options, progress=bar.update, output_dir=args.out)
@@ -288,15 +324,16 @@ def cmd_scan(args) -> int:
         raise CliError(str(exc)) from exc
     finally:
         bar.close()
-    _emit(render(report, args.format))
+    _deliver(report, args)
     return exit_code(report["verdict"], args.fail_on_warn)
 
 
 def cmd_submit(args) -> int:
-    from app.cli_output import exit_code, render
+    from app.cli_output import exit_code
     from app.client import ClientError, ScanFailed, submit_and_wait
 
     options = _options(args)
+    _check_html_out(args)
     try:
         report = submit_and_wait(args.server, args.api_key, _inputs_given(args), options, timeout_s=args.timeout,
                                  download_to=args.out)
@@ -304,8 +341,87 @@ def cmd_submit(args) -> int:
         report = rejected_report({}, str(exc))
     except ClientError as exc:
         raise CliError(str(exc)) from exc
-    _emit(render(report, args.format))
+    _deliver(report, args)
     return exit_code(report["verdict"], args.fail_on_warn)
+
+
+def cmd_mlflow_gate(args) -> int:
+    """Exit codes as `scan`. A version that exists but cannot be downloaded or scanned is a tagged fail (exit 1); no
+    tracking server, a bad URI or no such version is a usage error (exit 2) and tags nothing."""
+    from app.cli_output import exit_code
+    from app.integrations.mlflow_gate import DownloadFailed, GateError, Registry, configured_tracking_uri, redacted
+
+    options = _options(args)
+    tracking_uri = args.tracking_uri or configured_tracking_uri()
+    if not tracking_uri:
+        raise CliError("no MLflow tracking server: give --tracking-uri or set MLFLOW_TRACKING_URI")
+    try:
+        registry = Registry(tracking_uri)
+        ref = registry.resolve(args.model_uri)
+    except GateError as exc:
+        raise CliError(str(exc)) from exc
+    args.out = args.out or Path("poisonscan-mlflow") / f"{re.sub(r'[^A-Za-z0-9._-]', '_', ref.name)}-v{ref.version}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="poisonscan-mlflow-") as tmp:
+        try:
+            report, report_url = _scan_model_version(registry.download(ref, Path(tmp)), options, args)
+        except DownloadFailed as exc:  # the version exists and its files were not seen: the gate stays shut
+            report, report_url = rejected_report({}, str(exc)), None
+    report_file = args.out / "report.json"
+    report_file.write_text(json.dumps(report, indent=2))
+    _deliver(report, args)
+    try:
+        registry.write_tags(ref, verdict=report["verdict"], reason=report["verdict_reason"],
+                            report_url=report_url or str(report_file.resolve()), scan_id=report.get("scan_id"))
+    except Exception as exc:  # noqa: BLE001 - the registry's state is what the gate is for: it must not look done
+        raise CliError(f"verdict {report['verdict']}, but the tags of {ref.uri} could not be written to "
+                       f"{redacted(tracking_uri)}: {exc}") from exc
+    print(f"tagged {ref.uri}: poisonscan.verdict={report['verdict']}", file=sys.stderr)
+    return exit_code(report["verdict"], args.fail_on_warn)
+
+
+def _scan_model_version(model: Path, options, args) -> tuple[dict, str | None]:
+    """(report, its URL on the server, or None when scanned here). The files came from the registry, not from the
+    user: one poisonscan cannot use is a fail verdict, not a usage error."""
+    if args.server:
+        from app.client import ClientError, ScanFailed, submit_and_wait
+
+        try:
+            report = submit_and_wait(args.server, args.api_key, {"model": model}, options, timeout_s=args.timeout,
+                                     download_to=args.out)
+        except ScanFailed as exc:
+            return rejected_report({"model": model}, str(exc)), None
+        except ClientError as exc:
+            raise CliError(str(exc)) from exc
+        return report, f"{args.server.rstrip('/')}/v1/scans/{report['scan_id']}/report"
+    from app.cli_output import ProgressBar
+    from worker.findings import InputRejected
+    from worker.local import scan_local_files
+
+    bar = ProgressBar()
+    try:
+        return scan_local_files({"model": model}, options, progress=bar.update, output_dir=args.out), None
+    except (InputRejected, ValueError) as exc:
+        return rejected_report({"model": model}, str(exc)), None
+    finally:
+        bar.close()
+
+
+def _check_html_out(args) -> None:
+    if args.format == "html" and args.out is None:
+        raise CliError("--format html writes DIR/report.html beside the files the scan produces: give --out DIR")
+
+
+def _deliver(report: dict, args) -> None:
+    """Print the report in ``--format``; an HTML page goes to ``--out``/report.html, and the verdict and its path are
+    printed."""
+    from app.cli_output import escape_text, render, verdict_text, write_html
+
+    if args.format != "html":
+        _emit(render(report, args.format))
+        return
+    path = write_html(report, args.out)
+    _emit("\n".join(escape_text(line) for line in (verdict_text(report), f"report: {path}")))
 
 
 def _emit(text: str) -> None:

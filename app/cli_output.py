@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 # C0/C1 controls, DEL and the bidi overrides: an artifact's name or metadata must not steer the terminal
 # (a member name with escape sequences could print a forged "verdict: PASS" line).
@@ -42,6 +43,26 @@ class ProgressBar:
             self.stream.flush()
 
 
+def verdict_text(report: dict) -> str:
+    return f"verdict: {report['verdict'].upper()} ({report['verdict_reason']})"
+
+
+def write_html(report: dict, folder: Path) -> Path:
+    """The report as ``folder/report.html``, one self-contained page; its pictures are read from the files the scan
+    wrote (``outputs[*].path``: the scan's output folder, or where ``submit`` downloaded them)."""
+    from worker.report_formats.html import to_html
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.html"
+    path.write_text(to_html(report, _local_output), encoding="utf-8")
+    return path
+
+
+def _local_output(entry: dict) -> bytes | None:
+    path = Path(entry["path"]) if entry.get("path") else None
+    return path.read_bytes() if path is not None and path.is_file() else None
+
+
 def render(report: dict, fmt: str) -> str:
     """JSON, SARIF and CycloneDX stay exact (JSON escapes controls itself); text escapes every line, since lines carry artifact strings."""
     if fmt == "json":
@@ -68,7 +89,7 @@ def _where(evidence: dict) -> str | None:
 
 
 def _text_lines(report: dict) -> list[str]:
-    lines = [f"verdict: {report['verdict'].upper()} ({report['verdict_reason']})"]
+    lines = [verdict_text(report)]
     for item in report["inputs"]:
         lines.append(f"  {item['role']}: {item.get('filename') or '-'}  {item['kind']}  sha256={item['sha256']}")
     failing = [f for f in report.get("files", []) if f["verdict"] != "pass"]

@@ -26,6 +26,7 @@ from app.auth import FailureWindow
 from app.db import make_engine
 from app.docs import install_docs
 from app.integrations.mlflow_endpoints import router as mlflow_router
+from app.integrations.mlflow_gate import configured_tracking_uri
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.metrics import RequestMetrics, ScanCollector
 from app.metrics import render as render_metrics
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(artifacts_router)
     app.include_router(scans_router)
     app.include_router(webhooks_router)
-    app.include_router(mlflow_router)
+    if configured_tracking_uri():  # the registry gate exists (and is documented) only where a registry is configured
+        app.include_router(mlflow_router)
     _health_routes(app)
     _metrics_route(app)
     install_docs(app)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the services the tests use are up: PostgreSQL (127.0.0.1:5432, trust auth, database
-# `test`), Redis (127.0.0.1:6379, for the benchmarks; the tests start a redis-server of their own) and
-# Debian's docker-compose (to validate docker-compose.yml offline).
+# `test`), Redis (127.0.0.1:6379, for the benchmarks; the tests start a redis-server of their own),
+# Debian's docker-compose (to validate docker-compose.yml offline) and Debian's chromium (the HTML report
+# is opened in it, headless: tests/test_html_report.py).
 # Starts them when they are down; installs them from Debian's packages when they are missing.
 set -euo pipefail
 
@@ -59,9 +60,16 @@ ensure_compose() {
     apt_install docker-compose
 }
 
+ensure_chromium() {  # playwright drives this build; it never downloads a browser of its own
+    [ -x /usr/bin/chromium ] && return 0
+    echo "ensure-services: installing chromium (headless browser for the HTML report test)" >&2
+    apt_install chromium
+}
+
 command -v psql >/dev/null || apt_install postgresql-client
 command -v redis-cli >/dev/null || apt_install redis-tools
 ensure_postgres
 ensure_redis
 ensure_compose
-echo "ensure-services: PostgreSQL, Redis and docker-compose are ready" >&2
+ensure_chromium
+echo "ensure-services: PostgreSQL, Redis, docker-compose and chromium are ready" >&2

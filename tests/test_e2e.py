@@ -103,7 +103,7 @@ def test_files_a_scan_produces_are_downloaded_by_submit_and_written_by_scan(stac
     local = stack.cli("scan", "--out", str(tmp_path / "local"), *common, check=False)
     assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
     outputs = json.loads(remote.stdout)["outputs"]
-    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras"}
+    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras", "figures.npz"}
     for o in outputs:  # downloaded through GET /v1/artifacts/{sha}/content, byte for byte
         assert hashlib.sha256((tmp_path / "remote" / o["name"]).read_bytes()).hexdigest() == o["sha256"]
         assert o["href"] == f"/v1/artifacts/{o['sha256']}/content"

@@ -71,7 +71,7 @@ def test_files_a_scan_produces_become_the_tenants_downloadable_artifacts(session
         report = session.get(Report, scan_id).body
         outputs = report["outputs"]
         rows = {a.sha256: a for a in session.scalars(select(Artifact).where(Artifact.tenant == tenant))}
-    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras"}
+    assert {o["name"] for o in outputs} == {"cleaned-dataset.npz", "retrained-model.keras", "figures.npz"}
     assert not (settings.artifacts_dir / ".incoming" / f"outputs-{scan_id}-1").exists()  # nothing left behind
     with TestClient(create_app(settings)) as api:
         for o in outputs:

@@ -207,15 +207,19 @@ def test_api_scans_a_version_as_a_tar_and_the_worker_tags_the_verdict(api, regis
         dispatcher = Dispatcher(sessions, settings)
         try:
             deadline = time.monotonic() + 30
-            while tags(registry, uri)["poisonscan.verdict"] == "pending" and time.monotonic() < deadline:
+            while delivery_status(sessions, tagging.id) == "pending" and time.monotonic() < deadline:
                 dispatcher.dispatch_due()
                 time.sleep(0.2)
         finally:
             dispatcher.stop()
-        with sessions() as session:
-            assert session.get(WebhookDelivery, tagging.id).status == "delivered"
+        assert delivery_status(sessions, tagging.id) == "delivered"
         assert tags(registry, uri) == {"poisonscan.verdict": verdict, "poisonscan.reason": reason,
                                        "poisonscan.scan_id": scan["id"], "poisonscan.report": report_url}
+
+
+def delivery_status(sessions, delivery_id) -> str:
+    with sessions() as session:
+        return session.get(WebhookDelivery, delivery_id).status
 
 
 def test_api_refusals(api, registry, tmp_path, monkeypatch):
@@ -233,3 +237,11 @@ def test_api_refusals(api, registry, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     resp = post(empty)
     assert resp.status_code == 501 and "POISONSCAN_MLFLOW_TRACKING_URI" in resp.json()["detail"]
+
+
+def test_without_a_registry_the_gate_is_neither_served_nor_documented(tmp_path, request, monkeypatch):
+    for name in ("POISONSCAN_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    with TestClient(create_app(make_settings("embedded", tmp_path, request))) as client:
+        assert not any(p.startswith("/v1/integrations/mlflow") for p in client.get("/openapi.json").json()["paths"])
+        assert client.post("/v1/integrations/mlflow/scans", json={"model_uri": "models:/m/1"}).status_code in (401, 404)

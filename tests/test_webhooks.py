@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.numpy import save_file
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks import WebhookVerificationError
 
@@ -109,6 +109,18 @@ def test_a_tenant_has_a_bounded_number_of_webhooks(settings, tenant_key):
 
 # ----------------------------------------------------------------------------------------- the outbox
 
+TENANT_PREFIX = "webhook-test-"  # hooks this module writes straight into the database
+
+
+@pytest.fixture
+def forget_hooks(sessions):
+    """The PostgreSQL database is the whole run's: no delivery of this test may be left for another's dispatcher."""
+    yield
+    with sessions() as session:
+        session.execute(delete(Webhook).where(Webhook.tenant.startswith(TENANT_PREFIX)))
+        session.commit()
+
+
 def _hook(session, tenant: str, url: str, events=("scan.succeeded", "scan.failed", "scan.canceled")) -> Webhook:
     hook = Webhook(tenant=tenant, url=url, events=list(events), secret=new_secret())
     session.add(hook)
@@ -130,12 +142,13 @@ def _deliveries(session, scan_id) -> list[WebhookDelivery]:
     return list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.scan_id == scan_id)))
 
 
-def test_the_scans_end_and_its_events_commit_together(sessions):
-    tenant = f"outbox-{uuid.uuid4().hex[:8]}"
+def test_the_scans_end_and_its_events_commit_together(sessions, forget_hooks):
+    tenant = f"{TENANT_PREFIX}outbox-{uuid.uuid4().hex[:8]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     with sessions() as session:
-        all_events = _hook(session, tenant, "https://8.8.8.8/all")
-        _hook(session, tenant, "https://8.8.8.8/failures", events=("scan.failed",))
-        _hook(session, f"{tenant}-other", "https://8.8.8.8/other")
+        all_events = _hook(session, tenant, f"{closed}/all")
+        _hook(session, tenant, f"{closed}/failures", events=("scan.failed",))
+        _hook(session, f"{tenant}-other", f"{closed}/other")
         done, dropped, canceled = (_running_scan(session, tenant) for _ in range(3))
 
         report = {"verdict": "pass", "detectors": [], "outputs": []}
@@ -164,7 +177,7 @@ def _dispatcher(sessions, settings, **overrides) -> Dispatcher:
 
 
 def _one_event(sessions, receiver_url: str) -> tuple[Webhook, uuid.UUID]:
-    tenant = f"d-{uuid.uuid4().hex[:8]}"
+    tenant = f"{TENANT_PREFIX}{uuid.uuid4().hex[:8]}"
     with sessions() as session:
         hook = _hook(session, tenant, receiver_url)
         scan_id = _running_scan(session, tenant)
@@ -186,7 +199,7 @@ def _run_until(dispatcher: Dispatcher, sessions, scan_id, status: str, timeout_s
     raise AssertionError(f"delivery still {row.status} after {timeout_s} s")
 
 
-def test_deliveries_are_signed_retried_with_backoff_and_every_attempt_listed(settings, sessions, tenant_key):
+def test_deliveries_are_signed_retried_with_backoff_and_every_attempt_listed(settings, sessions, tenant_key, forget_hooks):
     with Receiver(status=503) as receiver:
         hook, scan_id = _one_event(sessions, receiver.url)
         dispatcher = _dispatcher(sessions, settings)
@@ -223,7 +236,7 @@ def _key_for(sessions, tenant: str) -> str:
         return create_key(session, "reader", tenant)[1]
 
 
-def test_a_delivery_gives_up_after_its_retry_window(settings, sessions):
+def test_a_delivery_gives_up_after_its_retry_window(settings, sessions, forget_hooks):
     port = free_port()  # nothing listens: connection refused
     hook, scan_id = _one_event(sessions, f"http://127.0.0.1:{port}/down")
     dispatcher = _dispatcher(sessions, settings, webhook_retry_window_s=1)
@@ -244,7 +257,7 @@ def _attempt_errors(sessions, scan_id, at_least: int, timeout_s: float) -> list[
         time.sleep(0.1)
 
 
-def test_a_slow_receiver_times_out_and_holds_up_no_other_endpoint(settings, sessions):
+def test_a_slow_receiver_times_out_and_holds_up_no_other_endpoint(settings, sessions, forget_hooks):
     with Receiver(delay_s=6) as slow, Receiver() as quick:
         _, slow_scan = _one_event(sessions, slow.url)
         _, quick_scan = _one_event(sessions, quick.url)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 NEEDS = ("inspection", "dataset", "model", "model_layer", "outputs", "quarantine")
 """What a detector may declare in ``uses``:
   inspection   ``context.inspection(file, settings)``: the sandboxed static inspection of an input file
-  dataset      ``context.dataset(label_column)``: the uploaded dataset, loaded and validated
+  dataset      ``context.dataset(label_column, text_column)``: the uploaded dataset, loaded and validated
   model        ``context.model()``: the uploaded Keras model, loaded in safe mode after the static checks
   model_layer  ``context.model_layer(settings, progress)``: the model layer's run (it loads the dataset and model itself)
   outputs      ``context.outputs``: the sink for the files a detector produces
@@ -107,15 +107,16 @@ class ScanContext:
             self._memo.setdefault(first, self._memo[key])
         return self._memo[key]
 
-    def dataset(self, label_column: str = "label") -> "Dataset":
-        """The uploaded dataset (role ``dataset``), loaded and validated once per label column."""
+    def dataset(self, label_column: str = "label", text_column: str | None = None) -> "Dataset":
+        """The uploaded dataset (role ``dataset``), loaded and validated once per label and text column (a text
+        dataset's raw strings are ``Dataset.texts`` and ``Dataset.responses``)."""
         self._need("dataset")
-        key = ("dataset", label_column)
+        key = ("dataset", label_column, text_column)
         if key not in self._memo:
             from worker.datasets import load_dataset
 
             f = self._input("dataset")
-            self._memo[key] = load_dataset(f.path, f.kind, label_column=label_column)
+            self._memo[key] = load_dataset(f.path, f.kind, label_column=label_column, text_column=text_column)
         return self._memo[key]
 
     def model(self):
@@ -179,6 +180,11 @@ class ScanContext:
     def loaded_dataset(self) -> "Dataset | None":
         """The dataset if a detector loaded it in this scan (for the scan's own outputs), else None: never loads."""
         return next((v for k, v in self._memo.items() if isinstance(k, tuple) and k[0] == "dataset"), None)
+
+    def model_layer_run(self) -> "ModelLayerRun | None":
+        """The model layer's run if a detector asked for it in this scan (for the report's figures), else None: never
+        runs it."""
+        return self._memo.get("model_layer")
 
     @property
     def outputs(self) -> "OutputSink":

@@ -1,7 +1,8 @@
 """Load a training dataset (features + labels) for the poisoning detectors (MITRE ATLAS AML.T0020).
 
 Accepted: ``.npz`` with arrays ``x`` and ``y`` (never unpickled: ``allow_pickle=False``, object arrays
-refused before they are read), CSV and Parquet with a label column and numeric feature columns.
+refused before they are read), CSV and Parquet with a label column and numeric feature columns; texts (CSV, Parquet
+or JSON Lines with a text column, and instruction-tuning JSON Lines) through ``worker.text_data``.
 
 Memory: a dataset is materialised once. ``.npz`` members are read as stored (float32 and uint8 are
 kept as they are; other dtypes are converted to float32 once); CSV is parsed in chunks into float32
@@ -14,7 +15,7 @@ Every problem is a :class:`DatasetError` whose message names the array/column/ro
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from worker.findings import InputRejected
 from worker.inspect.formats import sniff
 
 MAX_CLASSES = 100_000
-ACCEPTED_KINDS = ("npz", "csv", "parquet")
+ACCEPTED_KINDS = ("npz", "csv", "parquet", "jsonl")
 _FINITE_CHUNK = 1 << 22  # elements checked per step of the NaN/inf scan (bounds its temporary)
 _CSV_CHUNK_CELLS = 2_000_000  # cells parsed per CSV chunk
 _PARQUET_BATCH_ROWS = 65_536
@@ -33,12 +34,15 @@ _PARQUET_GROUP_BYTES = 64 << 20  # decoded Parquet data read at once
 
 @dataclass
 class Dataset:
-    x: np.ndarray  # (n, d) tabular or (n, h, w[, c]) images; float32 or uint8
+    x: np.ndarray  # (n, d) tabular, text features, or (n, h, w[, c]) images; float32 or uint8
     y: np.ndarray  # int64 labels 0..k-1
     classes: list  # original label values (python ints/strs), index = mapped label
-    kind: str  # "tabular" | "images"
+    kind: str  # "tabular" | "images" | "text" | "instructions" (the last two: x is dense text features, tabular-like)
     feature_names: list[str] | None
-    source: str  # "npz" | "csv" | "parquet"
+    source: str  # "npz" | "csv" | "parquet" | "jsonl"
+    texts: list[str] | None = None  # the raw texts (instruction data: the prompts), row i of x
+    responses: list[str] | None = None  # instruction data: the response to each prompt
+    notes: list[str] = field(default_factory=list)  # what loading changed (rows dropped), for the report
 
     @property
     def n_classes(self) -> int:
@@ -49,9 +53,11 @@ class DatasetError(InputRejected):
     """The dataset cannot be used; the message says what is wrong, where, and what to do."""
 
 
-def load_dataset(path: Path, kind: str | None = None, *, label_column: str = "label",
+def load_dataset(path: Path, kind: str | None = None, *, label_column: str = "label", text_column: str | None = None,
                  classes: list | None = None, max_rows: int | None = None) -> Dataset:
-    """Load and validate the dataset at ``path``. ``kind`` is ``worker.inspect.formats.sniff(path)`` (sniffed when None)."""
+    """Load and validate the dataset at ``path``. ``kind`` is ``worker.inspect.formats.sniff(path)`` (sniffed when None).
+    JSON Lines, and a CSV or Parquet file with a text column (``text_column``, or one ``worker.text_data`` knows by
+    name holding strings), are text datasets."""
     path = Path(path)
     if kind is None:
         kind = sniff(path)
@@ -62,11 +68,17 @@ def load_dataset(path: Path, kind: str | None = None, *, label_column: str = "la
         hint = ""
         if kind == "npy":
             hint = ": a single .npy array has no labels; save both with np.savez(path, x=features, y=labels)"
-        raise DatasetError(f"{name} is {kind}, expected npz, csv or parquet{hint}")
+        raise DatasetError(f"{name} is {kind}, expected npz, csv or parquet (numbers or texts), or jsonl{hint}")
     if max_rows is not None and max_rows < 1:
         raise DatasetError(f"max_rows must be a positive number of rows, got {max_rows}")
     if classes is not None:
         _check_declared_classes(classes)
+    if kind in ("jsonl", "csv", "parquet"):
+        from worker.text_data import is_text_table, load_text_dataset  # imported here: it builds on this module
+
+        if kind == "jsonl" or is_text_table(path, kind, text_column):
+            return load_text_dataset(path, kind, text_column=text_column, label_column=label_column, classes=classes,
+                                     max_rows=max_rows)
 
     if kind == "npz":
         x, y_raw, where, row_ref, feature_names = _load_npz(path, max_rows)
@@ -391,7 +403,8 @@ def _non_numeric_message(name, feats: pd.DataFrame, bad: list[str], offset: int,
             details.append(f"'{c}' (dtype {s.dtype})")
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     return (f"{name}: non-numeric feature column(s) {', '.join(details)}{more}; every column except the label "
-            f"column '{label_column}' must hold numbers: drop or encode these columns, or set label_column")
+            f"column '{label_column}' must hold numbers: drop or encode these columns, or set label_column "
+            f"(a column of texts: name it 'text')")
 
 
 def _check_finite(x: np.ndarray, feature_names: list[str] | None, row_ref) -> None:

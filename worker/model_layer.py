@@ -29,6 +29,7 @@ class ModelLayerRun:
     context: dict  # layers, dims, timings
     untangled: object = None  # worker.untangle.UntangleResult: SCAn on the penultimate layer
     input_features: object = None  # (n, d) the samples in input space (worker.proxy.features_for)
+    projection: object = None  # (n, 2) each sample on its class's top two singular directions (worker.figures)
 
 
 def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progress) -> ModelLayerRun:
@@ -37,6 +38,7 @@ def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progre
     Called by ``ScanContext.model_layer`` (once per scan) with the asking detector's settings (``ModelLayerConfig``
     or a subclass); ``progress(stage, fraction)``."""
     from worker.backdoor import analyze
+    from worker.figures import class_projections
     from worker.keras_model import embed_layers, representation_layers
     from worker.proxy import features_for
 
@@ -63,9 +65,10 @@ def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progre
     progress("SCAn", 0.99)
     untangled = _untangle(reps[0], ds.y, analysis, seed)
     timings["scan_s"] = time.perf_counter() - clock
+    projection = class_projections(reps[0], ds.y, seed)  # the report's pictures, while the activations are at hand
     details = source | {"layers": [layer.name for layer in layers], "dims": [int(r.shape[1]) for r in reps],
                         "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-    return ModelLayerRun(ds, model, source, notes, analysis, details, untangled, inputs_space)
+    return ModelLayerRun(ds, model, source, notes, analysis, details, untangled, inputs_space, projection)
 
 
 def _untangle(penultimate, labels, analysis, seed: int):

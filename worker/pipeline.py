@@ -71,11 +71,25 @@ def run_pipeline(
             time.sleep(stage_delay_s)
     progress("verdict", 99.0)
     report = build_report(scan_id, inputs, options, results, sink.entries)
+    ds = context.loaded_dataset()
     wanted = report["quarantine"] or context.cleaned_dataset_requested()
-    if wanted and (ds := context.loaded_dataset()) is not None:
+    if wanted and ds is not None:
         report["cleaned_dataset"] = write_cleaned_dataset(sink, ds, [e["index"] for e in report["quarantine"]])
-        report["outputs"] = sink.entries
+    write_figures(sink, ds, context.model_layer_run(), report)
+    report["outputs"] = sink.entries
     return report
+
+
+def write_figures(sink: OutputSink, ds, run, report: dict) -> None:
+    """``figures.npz``: what the HTML report draws that the JSON report does not hold (``worker.figures``), when the
+    scan loaded the dataset."""
+    from worker.figures import FIGURES_NAME, figures_npz
+
+    data = figures_npz(ds, None if run is None else run.projection, report)
+    if data is not None:
+        sink.add(FIGURES_NAME, data, media_type="application/octet-stream",
+                 description="plot data for the HTML report: activation projections, spectral scores, thumbnails of "
+                 "the most suspicious samples")
 
 
 def write_cleaned_dataset(sink: OutputSink, ds, quarantined: list[int]) -> str:

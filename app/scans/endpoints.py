@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import uuid
 from typing import Annotated, Literal
 
@@ -206,10 +207,10 @@ SARIF_MEDIA_TYPE = "application/sarif+json"
 CYCLONEDX_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 
-def _export_responses(description: str, media_type: str) -> dict:
+def _export_responses(description: str, media_type: str, schema_type: str = "object", headers: dict | None = None) -> dict:
     """The export's own media type only: schemathesis checks the documented content type against the answer's."""
-    return {200: {"description": description, "content": {media_type: {"schema": {"type": "object"}}}}} \
-        | problem_responses(401, 404, 409, 422)
+    return {200: {"description": description, "content": {media_type: {"schema": {"type": schema_type}}}}
+            | ({"headers": headers} if headers else {})} | problem_responses(401, 404, 409, 422)
 
 
 @router.get(
@@ -238,3 +239,36 @@ def get_bom(scan_id: uuid.UUID, tenant: Tenant, session: DbSession) -> Response:
 
     body = to_cyclonedx_json(service.get_report(session, tenant, scan_id))
     return Response(body, media_type=f"{CYCLONEDX_MEDIA_TYPE}; version=1.6")
+
+
+HTML_MEDIA_TYPE = "text/html"
+
+
+@router.get(
+    "/{scan_id}/report.html",
+    summary="The report as one self-contained HTML page for people: verdict, evidence as pictures, every finding "
+    "(409 until succeeded)",
+    description="Images and styles are inline and nothing is loaded from anywhere: the answer's "
+    "`Content-Security-Policy` forbids it, and every value from an artifact is escaped. The pictures come from the "
+    "files the scan produced (reconstructed triggers, `figures.npz`).",
+    responses=_export_responses("HTML page", HTML_MEDIA_TYPE, "string", {"Content-Security-Policy": {
+        "description": "Nothing but the page itself and its inline images and styles", "required": True,
+        "schema": {"type": "string"}}}),
+    response_class=Response,
+)
+def get_report_html(scan_id: uuid.UUID, tenant: Tenant, session: DbSession, store: Store) -> Response:
+    from worker.report_formats.html import CONTENT_SECURITY_POLICY, to_html
+
+    body = to_html(service.get_report(session, tenant, scan_id), lambda entry: _stored_output(store, entry))
+    return Response(body, media_type=HTML_MEDIA_TYPE,
+                    headers={"Content-Security-Policy": f"{CONTENT_SECURITY_POLICY}; frame-ancestors 'none'",
+                             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+
+def _stored_output(store, entry: dict) -> bytes | None:
+    """A file the scan produced, from the artifact store (the worker stored it under its SHA-256 for the tenant)."""
+    sha = entry.get("artifact")
+    if not isinstance(sha, str) or not re.fullmatch(SHA256_RE, sha):
+        return None
+    path = store.path_for(sha)
+    return path.read_bytes() if path.is_file() else None

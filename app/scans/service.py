@@ -177,7 +177,8 @@ def to_out(scan: Scan) -> ScanOut:
     return ScanOut(
         id=scan.id, status=scan.status, stage=scan.stage, percent=round(scan.percent, 1), attempts=scan.attempts, queue=scan.queue,
         verdict=scan.verdict, error=scan.error, inputs=scan.inputs, options=scan.options, timings=timings,
-        links={"self": base, "report": f"{base}/report", "sarif": f"{base}/report.sarif", "bom": f"{base}/bom.json",
+        links={"self": base, "report": f"{base}/report", "sarif": f"{base}/report.sarif", "html": f"{base}/report.html",
+               "bom": f"{base}/bom.json",
                "quarantine": f"{base}/quarantine", "review": f"{base}/review",
                "cancel": f"{base}/cancel"},
     )

@@ -1,7 +1,9 @@
 """Sends webhook deliveries: a thread in each worker process (or `poisonscan webhooks-dispatch`), apart from scans.
 
-Each pass claims the due deliveries (``repository.claim_due``) and sends them on a small thread pool, so a receiver
-that is down or slow holds at most its own attempts, never a scan and never the other endpoints. An attempt that gets
+Each pass claims the due deliveries (``repository.claim_due``) and sends them on a small thread pool, at most
+``per_endpoint`` at a time to one endpoint, so a receiver that is down or slow holds at most its own attempts, never a
+scan and never the other endpoints. When an endpoint answers again, its other deliveries waiting out a backoff are
+sent at once. An attempt that gets
 no 2xx is retried with exponential backoff (doubling from ``webhook_backoff_base_s`` up to ``webhook_backoff_max_s``,
 with jitter) until ``webhook_retry_window_s`` after the event, then the delivery is marked failed. Every attempt is
 recorded. Redirects are not followed: a 3xx is a failed attempt (following one could lead to a private address).
@@ -32,10 +34,13 @@ USER_AGENT = "poisonscan-webhooks/1"
 
 
 class Dispatcher:
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings, max_parallel: int = 8) -> None:
-        self.sessions, self.settings, self.max_parallel = sessions, settings, max_parallel
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, max_parallel: int = 8,
+                 per_endpoint: int = 2) -> None:
+        self.sessions, self.settings = sessions, settings
+        self.max_parallel, self.per_endpoint = max_parallel, per_endpoint
         self._stop = threading.Event()
         self._in_flight = 0
+        self._per_webhook: dict[uuid.UUID, int] = {}  # attempts in flight per endpoint
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="webhook-send")
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
@@ -68,17 +73,27 @@ class Dispatcher:
         """Claim what is due (as many as there are free senders) and hand it to the pool; returns how many."""
         with self._lock:
             free = self.max_parallel - self._in_flight
+            busy = {w for w, n in self._per_webhook.items() if n >= self.per_endpoint}
         if free <= 0:
             return 0
         lease_s = self.settings.webhook_timeout_s * 4 + 30
         with self.sessions() as session:
-            due = repository.claim_due(session, utcnow(), lease_s, free)
+            due = repository.claim_due(session, utcnow(), lease_s, free, busy)
             session.commit()
         for item in due:
-            with self._lock:
-                self._in_flight += 1
+            self._count(item, +1)
             self._pool.submit(self._send_and_record, item)
         return len(due)
+
+    def _count(self, due: repository.Due, step: int) -> None:
+        with self._lock:
+            self._in_flight += step
+            if due.webhook_id is not None:
+                left = self._per_webhook.get(due.webhook_id, 0) + step
+                if left > 0:
+                    self._per_webhook[due.webhook_id] = left
+                else:
+                    self._per_webhook.pop(due.webhook_id, None)
 
     def _send_and_record(self, due: repository.Due) -> None:
         try:
@@ -91,12 +106,11 @@ class Dispatcher:
             if outcome != "delivered":
                 log.warning("webhook delivery %s: attempt %s failed (%s); %s", due.delivery_id, due.attempts + 1,
                             error, f"next at {next_at:%H:%M:%S}" if next_at else "giving up")
-            self._record(due.delivery_id, at, duration_ms, status_code, error, outcome, next_at)
+            self._record(due, at, duration_ms, status_code, error, outcome, next_at)
         except Exception:  # noqa: BLE001  (the lease frees it for a later pass)
             log.exception("webhook delivery %s: could not record the attempt", due.delivery_id)
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            self._count(due, -1)
 
     def attempt(self, due: repository.Due) -> tuple[int | None, str | None, bool]:
         """(the receiver's status code or None, why it failed or None, whether retrying is pointless). Connects to the
@@ -156,11 +170,13 @@ class Dispatcher:
         delay = min(self.settings.webhook_backoff_base_s * 2 ** (attempts_done - 1), self.settings.webhook_backoff_max_s)
         return delay * random.uniform(0.8, 1.2)  # receivers coming back up are not hit by every sender at once
 
-    def _record(self, delivery_id: uuid.UUID, at, duration_ms, status_code, error, outcome, next_at) -> None:
+    def _record(self, due: repository.Due, at, duration_ms, status_code, error, outcome, next_at) -> None:
         with self.sessions() as session:
             try:
-                repository.record_attempt(session, delivery_id, at=at, duration_ms=duration_ms, status_code=status_code,
-                                          error=error, outcome=outcome, next_attempt_at=next_at)
+                repository.record_attempt(session, due.delivery_id, at=at, duration_ms=duration_ms,
+                                          status_code=status_code, error=error, outcome=outcome, next_attempt_at=next_at)
+                if outcome == "delivered" and due.webhook_id is not None:
+                    repository.retry_now(session, due.webhook_id, utcnow())
                 session.commit()
             except SQLAlchemyError:
                 session.rollback()

@@ -18,6 +18,7 @@ from app.models import Report, Scan, Webhook, WebhookAttempt, WebhookDelivery
 class Due:
     delivery_id: uuid.UUID
     target: str  # webhook | mlflow
+    webhook_id: uuid.UUID | None
     scan_id: uuid.UUID
     url: str | None  # the webhook's
     secret: str | None
@@ -26,13 +27,19 @@ class Due:
     created_at: datetime
 
 
-def claim_due(session: Session, now: datetime, lease_s: float, limit: int) -> list[Due]:
-    stmt = (select(WebhookDelivery.id, WebhookDelivery.target, WebhookDelivery.scan_id, Webhook.url, Webhook.secret,
+def claim_due(session: Session, now: datetime, lease_s: float, limit: int,
+              busy_webhooks: set[uuid.UUID] = frozenset()) -> list[Due]:
+    """Lease up to ``limit`` due deliveries, none to the endpoints in ``busy_webhooks`` (those that already hold as
+    many attempts as one endpoint may: a slow receiver must not take every sender)."""
+    stmt = (select(WebhookDelivery.id, WebhookDelivery.target, WebhookDelivery.webhook_id, WebhookDelivery.scan_id,
+                   Webhook.url, Webhook.secret,
                    WebhookDelivery.body, WebhookDelivery.attempts, WebhookDelivery.created_at)
             .outerjoin(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
                    or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
             .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    if busy_webhooks:
+        stmt = stmt.where(or_(WebhookDelivery.webhook_id.is_(None), WebhookDelivery.webhook_id.not_in(busy_webhooks)))
     claimed = []
     for row in session.execute(stmt).all():
         took = session.execute(
@@ -41,8 +48,8 @@ def claim_due(session: Session, now: datetime, lease_s: float, limit: int) -> li
                    or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now))
             .values(leased_until=now + timedelta(seconds=lease_s))).rowcount == 1
         if took:
-            claimed.append(Due(row.id, row.target, row.scan_id, row.url, row.secret, row.body, row.attempts,
-                               row.created_at))
+            claimed.append(Due(row.id, row.target, row.webhook_id, row.scan_id, row.url, row.secret, row.body,
+                               row.attempts, row.created_at))
     return claimed
 
 
@@ -60,6 +67,15 @@ def record_attempt(session: Session, delivery_id: uuid.UUID, *, at: datetime, du
     session.add(WebhookAttempt(delivery_id=delivery_id, attempted_at=at, duration_ms=round(duration_ms, 1),
                                status_code=status_code, error=error[:300] if error else None))
     return True
+
+
+def retry_now(session: Session, webhook_id: uuid.UUID, now: datetime) -> int:
+    """The endpoint answered again: its deliveries waiting out a backoff go now, not up to an hour later."""
+    stmt = (update(WebhookDelivery)
+            .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == "pending",
+                   WebhookDelivery.next_attempt_at > now)
+            .values(next_attempt_at=now))
+    return session.execute(stmt).rowcount
 
 
 def scan_outcome(session: Session, scan_id: uuid.UUID) -> tuple[Scan, str]:

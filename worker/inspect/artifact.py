@@ -25,7 +25,7 @@ from worker.inspect.formats import COMPRESSED_KINDS, sniff
 from worker.inspect.pickle_report import UserAllowlist, pickle_findings
 
 # Kinds that hold data only: nothing in them is code a loader runs.
-DATA_KINDS = frozenset({"text", "json", "csv", "png", "parquet", "empty"})
+DATA_KINDS = frozenset({"text", "json", "jsonl", "csv", "png", "parquet", "empty"})
 # Kinds a loader may run code from, or whose structure we check: inspected, never merely accepted.
 CODE_NAMES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".bat", ".ps1", ".js")
 # Files beside a model that hold tensors or bookkeeping only, recognised by name and shape: TensorFlow checkpoint

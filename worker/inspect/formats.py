@@ -5,6 +5,7 @@ can label an upload as it arrives. Pure Python: no numpy, no TensorFlow, no onnx
 """
 
 import io
+import json
 import re
 import struct
 import zipfile
@@ -17,7 +18,7 @@ COMPRESSED_KINDS = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib_zlib"
 # "unknown" stays scannable as a model: refusing it would let a disguised payload skip the content scan.
 MODEL_KINDS = frozenset({"keras", "hdf5", "safetensors", "pickle", "pytorch_zip", "onnx", "gguf", "zip", "tar", "7z", "npy", "npz",
                          "savedmodel", "jinja", "yaml", "hf_json", "unknown"} | COMPRESSED_KINDS)
-DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy"})
+DATASET_KINDS = frozenset({"npz", "csv", "parquet", "npy", "jsonl"})
 ROLE_KINDS = {  # what each scan input may be
     "model": MODEL_KINDS, "dataset": DATASET_KINDS,
     "signature": frozenset({"json"}), "public_key": frozenset({"text"}), "certificate_chain": frozenset({"text"}),
@@ -49,6 +50,7 @@ EXTENSIONS = {
     "lz4": {".joblib", ".lz4", ".pkl"},
     "7z": {".7z"},
     "json": {".json"},
+    "jsonl": {".jsonl", ".ndjson", ".json"},
     "savedmodel": {".pb"},
     "jinja": {".jinja", ".jinja2", ".j2"},
     "yaml": {".yaml", ".yml"},
@@ -62,7 +64,7 @@ HF_JSON_NAMES = frozenset({"config.json", "tokenizer_config.json", "chat_templat
 # Kinds a name may give a file whose content does not settle it, each with a check that reports the malformation.
 _NAME_HINT_KINDS = ("safetensors", "gguf", "onnx", "savedmodel", "jinja", "yaml")
 # What the content says when it proves little: text-like guesses, or nothing recognised.
-_WEAK_CONTENT_KINDS = frozenset({"text", "csv", "json", "unknown", "jinja", "yaml"})
+_WEAK_CONTENT_KINDS = frozenset({"text", "csv", "json", "jsonl", "unknown", "jinja", "yaml"})
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HEAD = 4096
@@ -100,6 +102,8 @@ def _sniff(f, size: int, filename: str | None) -> str:
         return "empty"
     head = f.read(_HEAD)
     kind = _content_kind(f, head, size)
+    if kind == "json" and _is_json_lines(head, filename):
+        kind = "jsonl"  # not a document a loader reads whole (a config): records, one per line
     if kind in ("text", "csv", "json"):
         kind = _text_refinement(kind, head, _tail(f, size))
     hinted = kind_from_name(filename)
@@ -246,6 +250,23 @@ def _text_refinement(kind: str, head: bytes, tail: bytes) -> str:
     return kind
 
 
+def _is_json_lines(head: bytes, filename: str | None) -> bool:
+    """JSON Lines: a first line that is a whole JSON object with more after it (a JSON document ends with its value),
+    or, when that is open (one record, or a first one longer than the head), a .jsonl / .ndjson name."""
+    first, newline, rest = head.lstrip().partition(b"\n")
+    if not newline or not rest.strip():
+        return PurePosixPath((filename or "").lower()).suffix in (".jsonl", ".ndjson")
+    try:
+        return isinstance(json.loads(first.decode("utf-8-sig", errors="replace")), dict)  # bad bytes: the loader's
+    except (ValueError, RecursionError):
+        return False
+
+
+# Text in another encoding than UTF-8 (a cp1252 CSV): a few undecodable bytes among printable characters. It is still
+# text, so that the dataset loader can name the line and byte instead of a refusal of an "unknown" file.
+_MAX_UNDECODABLE_SHARE = 0.1
+
+
 def _text_kind(head: bytes) -> str:
     try:
         text = head.decode("utf-8")
@@ -254,8 +275,11 @@ def _text_kind(head: bytes) -> str:
         try:
             text = head[:-4].decode("utf-8")
         except UnicodeDecodeError:
-            return "unknown"
-    stripped = text.lstrip()
+            text = head.decode("utf-8", errors="replace")
+            readable = all(c.isprintable() or c in "\t\r\n" for c in text)
+            if not readable or text.count("\ufffd") > _MAX_UNDECODABLE_SHARE * len(text):
+                return "unknown"
+    stripped = text.lstrip("\ufeff").lstrip()  # a UTF-8 BOM is not content
     if stripped.startswith(("{", "[")):
         return "json"  # only the head was read: validity is for whoever parses it
     first_line = stripped.splitlines()[0] if stripped else ""
