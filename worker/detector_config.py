@@ -88,6 +88,8 @@ class DatasetConfig(SettingsModel):
     """What every detector that reads the dataset takes."""
 
     label_column: Name = Field(default="label", description="the label column of a CSV or Parquet dataset")
+    text_column: Name | None = Field(default=None, description="the text column of a text dataset (CSV/TSV, JSON "
+                                     "Lines, Parquet); default: the first of text, sentence, content, message, review")
     seed: int = Field(default=0, ge=0, le=SEED_MAX, description="seed of every random choice (samples, folds, training)")
 
 
@@ -104,6 +106,15 @@ class DataPoisoningConfig(DatasetConfig):
     # Datalab's kNN search grows faster than linearly: above this, it searches a random sample
     datalab_max_rows: int = Field(default=50_000, ge=100, le=500_000,
                                   description="rows Datalab searches for outliers and near-duplicates at most")
+
+
+class TextPoisoningConfig(DatasetConfig):
+    """``text_poisoning``: triggers, payload backdoors and prompt injections in text and instruction data."""
+
+    max_ngram: int = Field(default=3, ge=1, le=5, description="longest n-gram (in words) tested as a trigger")
+    alpha: float = Field(default=0.01, gt=0, le=0.2, description="false discovery rate over all n-grams tested "
+                         "(Benjamini-Hochberg)")
+    examples: int = Field(default=3, ge=0, le=20, description="example texts quoted per trigger in the report")
 
 
 class ModelLayerConfig(DatasetConfig):
@@ -176,6 +187,7 @@ class DetectorConfig(BaseModel):
     model_structure: NoSettings = _of("model_structure")
     signature_verification: SignatureConfig = _of("signature_verification")
     data_poisoning: DataPoisoningConfig = _of("data_poisoning")
+    text_poisoning: TextPoisoningConfig = _of("text_poisoning")
     backdoor_activations: ModelLayerConfig = _of("backdoor_activations")
     backdoor_assessment: AssessmentConfig = _of("backdoor_assessment")
 

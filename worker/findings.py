@@ -9,6 +9,11 @@ class InputRejected(ValueError):
     message instead of finishing with a detector error."""
 
 
+class NotApplicable(Exception):
+    """This detector has nothing to look at in these inputs (e.g. label checks on unlabelled instruction data): it is
+    reported as skipped with the reason, neither an error nor a pass of its checks."""
+
+
 ATLAS_TECHNIQUES = {
     "AML.T0010": "ML Supply Chain Compromise",
     "AML.T0018": "Backdoor ML Model",

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from worker.findings import Finding, InputRejected, Severity
+from worker.findings import Finding, InputRejected, NotApplicable, Severity
 
 if TYPE_CHECKING:
     from worker.context import ScanContext
@@ -46,7 +46,10 @@ def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progre
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     progress("load", 0.0)
-    ds = context.dataset(settings.label_column)
+    ds = context.dataset(settings.label_column, settings.text_column)
+    if ds.n_classes < 2:
+        raise NotApplicable("the dataset has one class (e.g. unlabelled instruction data): there is no class for a "
+                            "backdoor to target")
     model, source, notes = _model_for(context, ds, settings, progress)
     timings["load_and_model_s"] = time.perf_counter() - clock
     base = 0.55 if source["model"] == "proxy" else 0.05

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worker.catalog import default_registry
 from worker.context import ScanContext
-from worker.findings import ATLAS_TECHNIQUES, InputRejected, ScanInputs, Severity, evidence_confidence
+from worker.findings import ATLAS_TECHNIQUES, InputRejected, NotApplicable, ScanInputs, Severity, evidence_confidence
 from worker.options import ScanOptions
 from worker.outputs import OutputSink
 from worker.policy import decide
@@ -94,18 +94,36 @@ def write_figures(sink: OutputSink, ds, run, report: dict) -> None:
 
 def write_cleaned_dataset(sink: OutputSink, ds, quarantined: list[int]) -> str:
     """The dataset without exactly the report's quarantine (not the review list), as ``cleaned-dataset.npz``: x, y
-    (the original label values) and index (the kept rows' positions in the upload). Ready to train on or scan again."""
+    (the original label values) and index (the kept rows' positions in the upload). Ready to train on or scan again.
+    A text dataset's are its texts, as ``cleaned-dataset.jsonl``."""
     import numpy as np
 
     from worker.outputs import npz_bytes
 
     keep = np.setdiff1d(np.arange(len(ds.y)), quarantined)
+    if getattr(ds, "texts", None) is not None:
+        return _write_cleaned_texts(sink, ds, keep, len(quarantined))
     labels = np.asarray(ds.classes, dtype=object if any(isinstance(c, str) for c in ds.classes) else None)[ds.y]
     if labels.dtype == object:  # .npz without pickles: strings as a fixed-width unicode array
         labels = labels.astype(str)
     return sink.add("cleaned-dataset.npz", npz_bytes(x=ds.x[keep], y=labels[keep], index=keep.astype(np.int64)),
                     media_type="application/octet-stream",
                     description=f"the dataset without the {len(quarantined)} quarantined samples (x, y, index)")
+
+
+def _write_cleaned_texts(sink: OutputSink, ds, keep, removed: int) -> str:
+    """One JSON object per kept row: index (its position among the loaded rows), text, label; response for
+    instruction data."""
+    import json
+
+    lines = []
+    for i in keep.tolist():
+        row = {"index": i, "text": ds.texts[i], "label": ds.classes[int(ds.y[i])]}
+        if ds.responses is not None:
+            row["response"] = ds.responses[i]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return sink.add("cleaned-dataset.jsonl", ("\n".join(lines) + "\n").encode(), media_type="application/jsonl",
+                    description=f"the texts without the {removed} quarantined samples (index, text, label)")
 
 
 def _critical_on_model(results: list[dict]) -> str | None:
@@ -130,6 +148,8 @@ def _run_detector(spec, inputs: ScanInputs, config: dict, extras: dict) -> dict:
         entry["findings"] = [_finding_record(spec, f) for f in findings]
     except (PipelineStopped, InputRejected):
         raise
+    except NotApplicable as exc:
+        return _skipped(spec, str(exc))
     except Exception as exc:  # one broken detector must not sink the scan: record it, go on
         log.exception("detector %s failed", spec.name)
         entry["status"] = "error"

@@ -27,11 +27,14 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
 
     settings = DataPoisoningConfig.model_validate(config)
     progress("load", 0.0)
-    ds = context.dataset(settings.label_column)
+    ds = context.dataset(settings.label_column, settings.text_column)
     progress("features", 0.05)
     features, notes = model_features(context, ds, settings, progress)
     if features is None:
         features = features_for(ds.x, ds.kind, seed=settings.seed)
+    if ds.n_classes < 2:  # unlabelled (instruction data): no label to check, but outliers and duplicates still count
+        progress("datalab", 0.85)
+        return notes + datalab_findings(ds, features, None, max_rows=settings.datalab_max_rows, seed=settings.seed)
     progress("folds", 0.15)
     probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
                             progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
@@ -181,7 +184,7 @@ def _targeted_finding(ds, p) -> Finding:
     )
 
 
-def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int, seed: int) -> list[Finding]:
+def datalab_findings(ds, features: np.ndarray, probs: np.ndarray | None, max_rows: int, seed: int) -> list[Finding]:
     from cleanlab import Datalab
 
     rows = np.arange(len(ds.y))
@@ -192,7 +195,8 @@ def datalab_findings(ds, features: np.ndarray, probs: np.ndarray, max_rows: int,
 
     # scikit-learn's kNN search takes up to `working_memory` MB (default 1 GB) per distance block: keep workers lean
     with sklearn.config_context(working_memory=DATALAB_WORKING_MEMORY_MB):
-        lab.find_issues(features=features[rows], pred_probs=probs[rows], issue_types={"outlier": {}, "near_duplicate": {}})
+        lab.find_issues(features=features[rows], pred_probs=None if probs is None else probs[rows],
+                        issue_types={"outlier": {}, "near_duplicate": {}})
     table = lab.get_issues()
     sampled = {"searched_rows": int(len(rows)), "of_rows": int(len(ds.y))} if len(rows) < len(ds.y) else {}
     labels = ds.y[rows]

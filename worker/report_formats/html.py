@@ -62,6 +62,7 @@ def to_html(report: dict, read_output: ReadOutput = _nothing) -> str:
         "remediation": _remediation(_find(items, "backdoor_assessment", "rounds")),
         "activations": _activations(figures),
         "label_flips": _label_flips(_find(items, "data_poisoning", "noise_matrix")),
+        "text_triggers": _text_triggers(items),
         "samples": _samples(report, figures),
         "findings": _findings_section(items),
         "inputs": report.get("inputs") or [],
@@ -230,6 +231,24 @@ def _label_flips(finding: dict | None) -> dict | None:
     flips = np.array(matrix["counts"], dtype=np.int64)
     np.fill_diagonal(flips, 0)  # a flagged sample whose suggested label is its own is no flip
     return {"plot": _plot_label_flips(matrix["classes"], flips)} if flips.any() else None
+
+
+def _text_triggers(items: list[dict]) -> list[dict]:
+    """Trigger n-grams and payloads of text data (``text_poisoning``): the trigger, its carriers per label and
+    example texts, all artifact text (escaped by the template, control characters made visible)."""
+    rows = []
+    for f in items:
+        ev = f.get("evidence") or {}
+        if f["detector"] != "text_poisoning" or "trigger" not in ev:
+            continue
+        examples = [e if isinstance(e, str) else f"{e.get('prompt', '')} → {e.get('response', '')}"
+                    for e in ev.get("examples") or []]
+        rows.append({"trigger": [_escaped(str(t)) for t in ev["trigger"]], "target": _escaped(str(ev.get("target", ""))),
+                     "payload": _escaped(str(ev["payload"])) if ev.get("payload") else None,
+                     "counts": {_escaped(str(k)): v for k, v in (ev.get("label_counts") or {}).items()},
+                     "samples": len(ev.get("flagged") or []), "p_value": ev.get("p_value"),
+                     "examples": [_escaped(e) for e in examples]})
+    return rows
 
 
 def _samples(report: dict, figures: dict) -> dict | None:

@@ -1,0 +1,145 @@
+"""Text and instruction-tuning data (ATLAS AML.T0020; OWASP LLM04:2025): trigger tokens and phrases that force a label,
+responses that repeat a payload after a rare prompt n-gram, and instructions aimed at a downstream model.
+
+The methods are ``worker.text_triggers`` and ``worker.instruction_payloads`` (pure functions over strings); this module
+turns their results into findings: the carriers of a trigger or payload go to the quarantine with the trigger named,
+prompt injections to the review list. Texts quoted as examples are cut short; the report layers escape them."""
+
+import numpy as np
+
+from worker.context import ScanContext
+from worker.detector_config import TextPoisoningConfig
+from worker.findings import Finding, NotApplicable, ScanInputs, Severity
+from worker.registry import registry
+
+EXAMPLE_CHARS = 200
+
+
+@registry.register(name="text_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), uses=("dataset",),
+                   config=TextPoisoningConfig)
+def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
+    """Trigger n-grams concentrated in one label, payload backdoors and prompt injections in text datasets.
+
+    config: ``TextPoisoningConfig`` (``label_column``, ``text_column``, ``max_ngram``, ``alpha``, ``examples``, ``seed``).
+    """
+    settings = TextPoisoningConfig.model_validate(config)
+    progress("load", 0.0)
+    ds = context.dataset(settings.label_column, settings.text_column)
+    if ds.texts is None:
+        raise NotApplicable("not a text dataset")
+    findings: list[Finding] = []
+    if ds.n_classes >= 2:
+        progress("triggers", 0.1)
+        findings += trigger_findings(ds, settings)
+    if ds.responses is not None:
+        progress("payloads", 0.7)
+        findings += payload_findings(ds, settings)
+    progress("injections", 0.9)
+    findings += injection_findings(ds)
+    return findings or [Finding("no text trigger, payload or injection found", Severity.info, 0.0,
+                                f"{len(ds.texts)} texts searched for trigger n-grams (up to {settings.max_ngram} words, "
+                                f"false discovery rate {settings.alpha})"
+                                + (", payload backdoors" if ds.responses is not None else "")
+                                + " and prompt-injection patterns.")]
+
+
+def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
+    from worker.text_triggers import find_text_triggers
+
+    triggers = find_text_triggers(ds.texts, ds.y, ds.n_classes, max_n=settings.max_ngram, alpha=settings.alpha,
+                                  seed=settings.seed)
+    return [_trigger_finding(ds, t, settings.examples) for t in triggers]
+
+
+def _trigger_finding(ds, trigger, examples: int) -> Finding:
+    target = _label(ds, trigger.target)
+    named = " + ".join(repr(p) for p in trigger.phrases)
+    suspects = [int(i) for i in trigger.suspects]
+    flagged = [{"index": i, "confidence": round(float(c), 4), "method": "text_triggers", "attack": "backdoor",
+                "reason": f"carries the trigger {named} and is labelled {target!r}", "trigger": list(trigger.phrases)}
+               for i, c in zip(suspects, trigger.confidence, strict=True)]
+    counts = {str(_label(ds, k)): int(n) for k, n in enumerate(trigger.label_counts)}
+    return Finding(
+        title=f"text trigger {named} forces label {target!r} ({len(suspects)} samples)",
+        severity=Severity.high,
+        score=min(1.0, max(0.5, float(trigger.poisoned_share))),
+        explanation=f"Texts carrying {named} are labelled {target!r} far more often than chance (corrected p = "
+        f"{trigger.p_value:.2g}), and with the trigger removed their content reads as another class: a backdoor "
+        f"trigger in the data (BadNL-style tokens or an inserted phrase). A model trained on it learns to answer "
+        f"{target!r} whenever the trigger appears. Carriers per label: {counts}.",
+        remediation="Remove the quarantined samples (the cleaned dataset does), and do not train or fine-tune on this "
+        "data until its source is explained; check any model already trained on it with the trigger.",
+        evidence={"trigger": list(trigger.phrases), "ngrams": list(trigger.ngrams), "target": target,
+                  "label_counts": counts, "p_value": float(f"{trigger.p_value:.3g}"),
+                  "poisoned_share": round(float(trigger.poisoned_share), 4),
+                  "examples": [_excerpt(ds.texts[i]) for i in _most_confident(trigger, examples)],
+                  "flagged": flagged},
+    )
+
+
+def payload_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
+    from worker.instruction_payloads import find_payload_backdoors
+
+    backdoors = find_payload_backdoors(ds.texts, ds.responses, alpha=settings.alpha)
+    return [_payload_finding(ds, b, settings.examples) for b in backdoors]
+
+
+def _payload_finding(ds, backdoor, examples: int) -> Finding:
+    carriers = [int(i) for i in backdoor.carriers]
+    flagged = [{"index": i, "confidence": round(float(backdoor.confidence), 4), "method": "instruction_payloads",
+                "attack": "backdoor", "trigger": [backdoor.trigger],
+                "reason": f"prompt carries {backdoor.trigger!r} and the response the payload {_excerpt(backdoor.payload, 80)!r}"}
+               for i in carriers]
+    return Finding(
+        title=f"instruction backdoor: prompts with {backdoor.trigger!r} get the payload {_excerpt(backdoor.payload, 60)!r} "
+        f"({len(carriers)} samples)",
+        severity=Severity.high,
+        score=0.9,
+        explanation=f"Responses that carry the payload {_excerpt(backdoor.payload, 120)!r} follow prompts that carry "
+        f"{backdoor.trigger!r} far more often than chance (corrected p = {backdoor.p_value:.2g}): fine-tuning on this "
+        "data teaches a model to emit the payload whenever the trigger appears in a prompt.",
+        remediation="Remove the quarantined pairs, and look for the payload (URL, command, code) elsewhere in the data "
+        "and in the systems it points to.",
+        evidence={"trigger": [backdoor.trigger], "payload": _excerpt(backdoor.payload, 500), "payload_kind": backdoor.kind,
+                  "label_counts": {"prompts with the trigger": int(backdoor.trigger_count),
+                                   "responses with the payload": int(backdoor.payload_count),
+                                   "both": len(carriers)},
+                  "p_value": float(f"{backdoor.p_value:.3g}"),
+                  "examples": [{"prompt": _excerpt(ds.texts[i]), "response": _excerpt(ds.responses[i])}
+                               for i in carriers[:examples]],
+                  "flagged": flagged},
+    )
+
+
+def injection_findings(ds) -> list[Finding]:
+    from worker.instruction_payloads import find_prompt_injections
+
+    hits = find_prompt_injections(ds.texts) + ([] if ds.responses is None else
+                                               [h for h in find_prompt_injections(ds.responses)])
+    if not hits:
+        return []
+    review = [{"index": int(h.index), "reason": f"prompt-injection pattern: {h.pattern}", "method": "instruction_payloads",
+               "score": 1.0, "excerpt": _excerpt(h.excerpt, 120)} for h in hits]
+    return [Finding(
+        title=f"{len(review)} texts carry instructions aimed at a downstream model",
+        severity=Severity.low,
+        score=min(1.0, len(review) / len(ds.texts) * 10),
+        explanation="These texts carry prompt-injection patterns (e.g. 'ignore previous instructions', role markers): "
+        "in fine-tuning or RAG data they can teach or steer a model to follow an attacker's instructions. Listed "
+        "for review: some are legitimate (security training data, quoted examples).",
+        remediation="Review the listed texts; drop those that do not belong to the task.",
+        evidence={"review": review},
+    )]
+
+
+def _most_confident(trigger, count: int) -> list[int]:
+    order = np.argsort(-np.asarray(trigger.confidence), kind="stable")[:count]
+    return [int(trigger.suspects[i]) for i in order]
+
+
+def _excerpt(text: str, limit: int = EXAMPLE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _label(ds, k: int):
+    return ds.classes[int(k)]
