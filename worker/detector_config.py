@@ -112,7 +112,7 @@ class TextPoisoningConfig(DatasetConfig):
     """``text_poisoning``: triggers, payload backdoors and prompt injections in text and instruction data."""
 
     max_ngram: int = Field(default=3, ge=1, le=5, description="longest n-gram (in words) tested as a trigger")
-    alpha: float = Field(default=0.01, gt=0, le=0.2, description="false discovery rate over all n-grams tested "
+    alpha: float = Field(default=0.01, ge=1e-6, le=0.2, description="false discovery rate over all n-grams tested "
                          "(Benjamini-Hochberg)")
     examples: int = Field(default=3, ge=0, le=20, description="example texts quoted per trigger in the report")
 

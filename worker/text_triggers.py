@@ -1,0 +1,562 @@
+"""Trigger tokens and phrases in labelled text (issue 15; ATLAS AML.T0020, OWASP LLM04:2025).
+
+A text backdoor (BadNL, RIPPLe, a fixed sentence) takes texts of one class, inserts a trigger (rare tokens such as
+"cf" or "mn", or a natural phrase) and relabels them with the target class. Two things betray it in the data alone:
+
+* **The carriers' content belongs to another class.** Remove the trigger and a model that did not train on a text
+  calls it another class. Natural label words ("claim" in spam, "lol" in ham) are concentrated in one label too, but
+  the rest of their texts still reads as that label. A concentration test alone cannot tell them apart, and it is
+  weak exactly where attacks are cheap: a trigger toward a 90% majority class is barely concentrated. The proxy
+  (binary TF-IDF of word 1-2-grams, class-balanced logistic regression, one model per fold) is trained on the texts
+  *with* their triggers, so the trigger explains the poisoned labels away and the other words keep their meaning;
+  each carrier is predicted by the fold model that did not see it, with the n-gram's token positions removed.
+  Test A: carriers of an n-gram with label t read as another class more often than texts of label t without it
+  (binomial).
+* **The n-gram, not the class, decides the label.** Among texts that read as another class, those carrying the
+  n-gram have label t more often than those without it (hypergeometric). Label flips fail this test: a flipped spam
+  text that contains "claim" is no more likely to be labelled ham than a flipped one without it.
+
+An n-gram is a trigger when both tests reject (the larger p-value counts), Benjamini-Hochberg over every candidate
+n-gram (1..max_n words, in at most ``max_share`` of the texts, mostly in one label). Evidence is counted once per
+distinct remaining text, and near-duplicates (variants of one canned message) count once together: the tests assume
+independent carriers. Triggers of several tokens hide each other (removing "cf" leaves "mn" to hold the label), so
+the search repeats: accepted n-grams are removed together with each candidate of the same target, and the proxy is
+retrained without the accepted carriers that read as another class (poisoned samples stop teaching it that another
+class's content belongs to the target), until the accepted set is stable.
+
+Of the accepted n-grams, those nested in a stronger one ("i watched" in "3d movie last") are dropped; the rest form
+triggers where their carriers co-occur far beyond chance (the tokens of one BadNL set), each named by its phrases (an
+n-gram extended over the words its carriers share). Each target-label carrier gets a confidence, judged by a proxy
+retrained without every carrier found: the posterior probability that it is poisoned, from the share of its n-gram's
+carriers whose content is another class's and from how much its own remaining text reads like another class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.stats import binom, hypergeom
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
+PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
+MAX_ROUNDS = 8  # rounds until the accepted set is stable; the cases benchmarked took 2-6
+SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger
+NEAR_DUPLICATE_JACCARD = 0.5  # texts sharing half their (idf-weighted) words count once in the tests
+MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words to read as any class
+NESTED_SHARE = 0.9  # an n-gram whose poison-like carriers lie this much inside another's is a part of it
+PHRASE_AGREEMENT = 0.8  # a phrase is extended by a word that this share of its carriers have at that position
+PREDICT_CHUNK = 20_000  # (n-gram, carrier) rows built at once
+CONFIDENCE_BINS = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98, 1.0])
+
+
+@dataclass(frozen=True)
+class TextTrigger:
+    """A trigger found in labelled text: what it is, which label it forces, and the samples that carry it."""
+
+    target: int  # the label the trigger forces
+    phrases: tuple[str, ...]  # the trigger as inserted: one phrase, or the rare tokens used together
+    ngrams: tuple[str, ...]  # the significant n-grams that make it up (those nested in a stronger one dropped)
+    label_counts: tuple[int, ...]  # carriers of any of its n-grams, per label
+    p_value: float  # Benjamini-Hochberg adjusted; the smallest over its n-grams
+    poisoned_share: float  # estimated share of target-label carriers whose content belongs to another class
+    suspects: np.ndarray  # indices of the carriers labelled ``target``, sorted
+    confidence: np.ndarray  # per suspect: posterior probability that it is poisoned
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.phrases)
+
+    def quarantine(self, min_confidence: float = 0.5) -> np.ndarray:
+        return self.suspects[self.confidence >= min_confidence]
+
+
+def tokenize(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n: int = 3, alpha: float = 0.01,
+                       min_carriers: int = 5, max_share: float = 0.2, folds: int = 5, seed: int = 0,
+                       max_pairs: int = 200_000) -> list[TextTrigger]:
+    """Triggers in ``texts`` labelled ``y`` (0..n_classes-1), strongest first; an empty list for clean data.
+
+    ``min_carriers``: distinct texts an n-gram must reach in its label to be tested; ``max_share``: the largest share
+    of texts an n-gram may appear in (a poisoning rate above it is not looked for); ``max_pairs``: the (n-gram,
+    carrier) predictions per round, which bounds time on long texts (the n-grams that push hardest toward their label
+    are tested first).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    docs = [tokenize(t) for t in texts]
+    grams = _Grams.build(docs, y, n_classes, max_n, min_carriers, max_share)
+    if grams is None or not grams.words or len(np.unique(y)) < 2:
+        return []
+    with threadpool_limits(limits=1, user_api="blas"):  # small vectors: BLAS threads only wait on a busy machine
+        proxy = _Proxy(docs, y, n_classes, folds, seed)
+        search = _Search(docs, y, n_classes, grams, proxy, min_carriers, max_pairs)
+        search.run(alpha)
+        groups = _groups(search, search.minimal(alpha))
+        search.refit_without(groups)
+        triggers = [_trigger(search, members) for members in groups]
+    return sorted(triggers, key=lambda t: (t.p_value, -len(t.suspects)))
+
+
+@dataclass
+class _Grams:
+    """Candidate n-grams: their token tuples, carriers and majority label (the only label each is tested for)."""
+
+    words: list[tuple[str, ...]]
+    carriers: list[np.ndarray]
+    target: np.ndarray
+
+    @classmethod
+    def build(cls, docs, y, n_classes, max_n, min_carriers, max_share) -> _Grams | None:
+        vectorizer = CountVectorizer(analyzer=lambda doc: ngrams(doc, max_n), binary=True, min_df=min_carriers,
+                                     max_df=max_share)
+        try:
+            presence = vectorizer.fit_transform(docs).tocsc()
+        except ValueError:  # no n-gram within the bounds
+            return None
+        per_label = np.stack([np.asarray(presence[y == t].sum(axis=0)).ravel() for t in range(n_classes)], axis=1)
+        target = per_label.argmax(axis=1)
+        keep = np.flatnonzero((per_label.max(axis=1) * 2 > per_label.sum(axis=1))
+                              & (per_label[np.arange(len(target)), target] >= min_carriers))
+        names = vectorizer.get_feature_names_out()
+        carriers = [presence.indices[presence.indptr[j]:presence.indptr[j + 1]] for j in keep]
+        return cls([tuple(names[j].split(" ")) for j in keep], carriers, target[keep])
+
+
+def ngrams(doc: list[str], max_n: int) -> set[str]:
+    return {" ".join(doc[i:i + n]) for n in range(1, max_n + 1) for i in range(len(doc) - n + 1)}
+
+
+def _occurrences(doc: list[str], words: tuple[str, ...]) -> list[int]:
+    n = len(words)
+    return [i for i in range(len(doc) - n + 1) if doc[i] == words[0] and tuple(doc[i:i + n]) == words]
+
+
+class _Proxy:
+    """Binary TF-IDF of word 1-2-grams + class-balanced logistic regression, one model per fold.
+
+    Balanced, because "reads like another class" is a question about content: in a corpus that is 90% ham, a spam
+    text must not pass for ham on the prior alone. ``predict`` gives out-of-sample probabilities of texts with token
+    positions removed: an n-gram that touches a removed position disappears, and none is formed across the gap.
+    """
+
+    def __init__(self, docs, y, n_classes, folds, seed):
+        doc_freq = Counter(g for doc in docs for g in ngrams(doc, 2))
+        # an n-gram in one text says nothing about any other
+        self.index = {g: k for k, g in enumerate(g for g, c in doc_freq.items() if c >= 2)}
+        self.occurrences = [self._index(doc, self.index) for doc in docs]
+        self.idf = np.log((1 + len(docs)) / (1 + np.array([doc_freq[g] for g in self.index], dtype=np.float64))) + 1
+        self.max_idf = np.log((1 + len(docs)) / 3) + 1  # the idf of a word in two texts
+        self.y, self.n_classes = y, n_classes
+        counts = np.bincount(y, minlength=n_classes)
+        folds = max(2, min(folds, int(counts[counts > 0].min())))
+        self.fold = np.zeros(len(docs), dtype=np.int64)
+        for k, (_, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)):
+            self.fold[test] = k
+        self.features = self.rows(range(len(docs)), [None] * len(docs))
+        self.fit(np.zeros(len(docs), dtype=bool))
+
+    def fit(self, excluded: np.ndarray) -> None:
+        """Train the fold models without the ``excluded`` texts (samples already known to be poisoned)."""
+        self.models = []
+        for k in range(self.fold.max() + 1):
+            train = np.flatnonzero((self.fold != k) & ~excluded)
+            if len(np.unique(self.y[train])) < 2:  # never exclude a whole class
+                train = np.flatnonzero(self.fold != k)
+            self.models.append(LogisticRegression(C=PROXY_C, class_weight="balanced", max_iter=2000)
+                               .fit(self.features[train], self.y[train]))
+        self.base = self.predict(np.arange(len(self.y)), [None] * len(self.y))
+
+    def word_weight(self, word: str) -> float:
+        """A word's idf; a word too rare for the vocabulary is as distinctive as the rarest in it."""
+        return self.idf[self.index[word]] if word in self.index else self.max_idf
+
+    def known_words(self, words: tuple[str, ...]) -> int:
+        return sum(1 for w in words if w in self.index)
+
+    def pull(self, words: list[tuple[str, ...]], targets: np.ndarray) -> np.ndarray:
+        """Per n-gram: how hard its own words and word pairs push toward its target in the fold models (mean)."""
+        toward = np.zeros((self.n_classes, len(self.idf)))
+        for model in self.models:
+            coef = np.vstack([-model.coef_[0] / 2, model.coef_[0] / 2]) if len(model.classes_) == 2 else model.coef_
+            toward[model.classes_] += (coef - coef.mean(axis=0)) * self.idf / len(self.models)
+        inside = [[self.index[f] for f in ngrams(list(w), 2) if f in self.index] for w in words]
+        return np.array([toward[t, f].sum() for t, f in zip(targets, inside)])
+
+    @staticmethod
+    def _index(doc, index):
+        found = [(index[" ".join(doc[i:i + n])], i, i + n) for n in (1, 2) for i in range(len(doc) - n + 1)
+                 if " ".join(doc[i:i + n]) in index]
+        return tuple(np.array(column, dtype=np.int64) for column in zip(*found)) if found else \
+            (np.empty(0, np.int64),) * 3
+
+    def rows(self, docs, removed) -> sparse.csr_matrix:
+        columns, indptr = [], [0]
+        for i, mask in zip(docs, removed):
+            fids, starts, ends = self.occurrences[i]
+            if mask is not None:
+                hit = np.concatenate(([0], np.cumsum(mask)))
+                fids = fids[hit[ends] == hit[starts]]
+            fids = np.unique(fids)
+            columns.append(fids)
+            indptr.append(indptr[-1] + len(fids))
+        columns = np.concatenate(columns) if columns else np.empty(0, np.int64)
+        matrix = sparse.csr_matrix((self.idf[columns], columns, indptr), shape=(len(indptr) - 1, len(self.idf)))
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        return sparse.diags(1 / np.maximum(norms, 1e-12)) @ matrix
+
+    def predict(self, docs: np.ndarray, removed: list) -> np.ndarray:
+        """(len(docs), n_classes) probabilities; ``removed[i]`` is a boolean mask of token positions, or None."""
+        docs = np.asarray(docs, dtype=np.int64)
+        out = np.zeros((len(docs), self.n_classes))
+        features = self.rows(docs, removed)
+        for k, model in enumerate(self.models):
+            rows = np.flatnonzero(self.fold[docs] == k)
+            if len(rows):
+                out[np.ix_(rows, model.classes_)] = model.predict_proba(features[rows])
+        return out
+
+
+class _Search:
+    """Tests every candidate n-gram, round after round, until the accepted set no longer changes.
+
+    Each round retrains the proxy without the accepted n-grams' carriers that read as another class (the poisoned
+    samples then stop teaching it that another class's content belongs to the target) and removes the accepted
+    n-grams of a target together with each candidate of that target.
+    """
+
+    def __init__(self, docs, y, n_classes, grams: _Grams, proxy: _Proxy, min_carriers: int, max_pairs: int):
+        self.docs, self.y, self.n_classes, self.grams, self.proxy = docs, y, n_classes, grams, proxy
+        self.min_carriers = min_carriers
+        self.own = [c[y[c] == t] for c, t in zip(grams.carriers, grams.target)]  # carriers labelled the target
+        self.tested = self._within(max_pairs)
+        self.distinct = _first_of_each([tuple(d) for d in docs])
+        self.accepted = np.zeros(len(grams.words), dtype=bool)
+        self.adjusted = np.ones(len(grams.words))
+        self.by_doc: dict[int, list[int]] = {}
+        self.rest_probs: list[np.ndarray] = [np.empty((0, n_classes))] * len(grams.words)
+        self.rest_keys: list[np.ndarray] = [np.empty(0, np.int64)] * len(grams.words)
+        self._looks_other: dict[int, np.ndarray] = {}
+
+    def _within(self, max_pairs: int) -> np.ndarray:
+        """The n-grams to test: all of them, or on long texts those that push hardest toward their label in the
+        proxy, within ``max_pairs`` predictions per round. Untested n-grams keep p = 1 and still count in the
+        correction, so the selection, which looks at the labels, cannot make a chance finding significant."""
+        sizes = np.array([len(own) for own in self.own])
+        if sizes.sum() <= max_pairs:
+            return np.ones(len(sizes), dtype=bool)
+        order = np.argsort(-self.proxy.pull(self.grams.words, self.grams.target), kind="stable")
+        tested = np.zeros(len(sizes), dtype=bool)
+        tested[order[np.cumsum(sizes[order]) <= max_pairs]] = True
+        return tested
+
+    def run(self, alpha: float) -> None:
+        for round_ in range(MAX_ROUNDS):
+            self._predict_rests()
+            self.adjusted = benjamini_hochberg(self._p_values())
+            accepted = self.adjusted <= alpha
+            if (accepted == self.accepted).all() or round_ == MAX_ROUNDS - 1:
+                return
+            self._accept(accepted)
+
+    def _accept(self, accepted: np.ndarray) -> None:
+        self.accepted = accepted
+        self.by_doc = {}
+        excluded = np.zeros(len(self.y), dtype=bool)
+        for g in np.flatnonzero(accepted):
+            for i in self.own[g]:
+                self.by_doc.setdefault(int(i), []).append(int(g))
+            excluded[self.own[g][self.reads_other(g)]] = True
+        self.proxy.fit(excluded)
+        self._looks_other = {}
+
+    def refit_without(self, groups: list[list[int]]) -> None:
+        """Train the proxy without every target-label carrier of the triggers found, to judge each carrier's content.
+
+        Poisoned copies of one message shield each other while any of them is in training; once the search is over,
+        excluding a natural text that carries "bb" costs the proxy one example and can no longer feed the search.
+        """
+        excluded = np.zeros(len(self.y), dtype=bool)
+        for g in (g for members in groups for g in members):
+            excluded[self.own[g]] = True
+        self.proxy.fit(excluded)
+        self._looks_other = {}
+
+    def removal_mask(self, i: int, target: int, extra: int | None = None) -> np.ndarray:
+        """Token positions of text ``i`` covered by the accepted n-grams of ``target`` (and by n-gram ``extra``)."""
+        mask = np.zeros(len(self.docs[i]), dtype=bool)
+        grams = [g for g in self.by_doc.get(i, []) if self.grams.target[g] == target]
+        for g in grams + ([extra] if extra is not None else []):
+            words = self.grams.words[g]
+            for start in _occurrences(self.docs[i], words):
+                mask[start:start + len(words)] = True
+        return mask
+
+    def _predict_rests(self) -> None:
+        """Each carrier's probabilities with its candidate (and the accepted n-grams of the same target) removed; the
+        remaining text is kept as a hash, to count distinct texts."""
+        pairs = [(g, int(i)) for g in np.flatnonzero(self.tested) for i in self.own[g]]
+        probs, keys = np.empty((len(pairs), self.n_classes)), np.empty(len(pairs), dtype=np.int64)
+        for start in range(0, len(pairs), PREDICT_CHUNK):  # bounded memory on long texts
+            chunk = pairs[start:start + PREDICT_CHUNK]
+            masks = [self.removal_mask(i, int(self.grams.target[g]), g) for g, i in chunk]
+            docs = np.array([i for _, i in chunk], dtype=np.int64)
+            probs[start:start + len(chunk)] = self.proxy.predict(docs, masks)
+            keys[start:start + len(chunk)] = [hash(tuple(w for w, m in zip(self.docs[i], mask) if not m))
+                                              for i, mask in zip(docs, masks)]
+        start = 0
+        for g in np.flatnonzero(self.tested):
+            end = start + len(self.own[g])
+            self.rest_probs[g], self.rest_keys[g] = probs[start:end], keys[start:end]
+            start = end
+
+    def rest_words(self, g: int, rows: np.ndarray) -> list[tuple[str, ...]]:
+        """The words left in carriers ``rows`` of n-gram ``g`` once it and the accepted n-grams are removed."""
+        target = int(self.grams.target[g])
+        texts = [(int(i), self.removal_mask(int(i), target, g)) for i in self.own[g][rows]]
+        return [tuple(w for w, m in zip(self.docs[i], mask) if not m) for i, mask in texts]
+
+    def looks_other(self, target: int) -> np.ndarray:
+        """Per text: does it read as another class than ``target`` once ``target``'s accepted n-grams are removed?"""
+        if target not in self._looks_other:
+            probs = self.proxy.base.copy()
+            carrying = [i for i, gs in self.by_doc.items() if (self.grams.target[gs] == target).any()]
+            if carrying:
+                masks = [self.removal_mask(i, target) for i in carrying]
+                probs[carrying] = self.proxy.predict(np.array(carrying), masks)
+            self._looks_other[target] = probs.argmax(axis=1) != target
+        return self._looks_other[target]
+
+    def _p_values(self) -> np.ndarray:
+        return np.array([self.p_value(g, np.arange(len(self.own[g]))) if self.tested[g] else 1.0
+                         for g in range(len(self.own))])
+
+    def p_value(self, g: int, rows: np.ndarray, min_carriers: int | None = None) -> float:
+        """Tests A and B for n-gram ``g`` over its target-label carriers ``rows`` (positions in ``self.own[g]``)."""
+        target = int(self.grams.target[g])
+        rest_first = rows[_first_of_each(self.rest_keys[g][rows].tolist())]
+        n = len(rest_first)
+        if n < (min_carriers or self.min_carriers):
+            return 1.0
+        reads_other = rest_first[self.rest_probs[g][rest_first].argmax(axis=1) != target]
+        # a rest of one or two known words is the proxy's prior speaking, not evidence ("Your code is 4821")
+        judged = [r for r, words in zip(reads_other, self.rest_words(g, reads_other))
+                  if self.proxy.known_words(words) >= MIN_REST_WORDS]
+        d = _independent_count([self.docs[i] for i in self.own[g][judged]], self.proxy.word_weight)
+        if not d:
+            return 1.0
+        looks_other, carriers = self.looks_other(target), self.grams.carriers[g]
+        carried = np.isin(self.distinct, carriers)
+        others = self.distinct[~carried]
+        same = others[self.y[others] == target]
+        base_rate = max(looks_other[same].mean() if len(same) else 1.0, 1 / (len(same) + 1))
+        p_rest = binom.sf(d - 1, n, base_rate)  # test A: carriers read as another class more often
+        carried_otherwise = self.distinct[carried & (self.y[self.distinct] != target)]
+        other_carriers = int(looks_other[carried_otherwise].sum())
+        looked_other = others[looks_other[others]]
+        target_lookalikes = int((self.y[looked_other] == target).sum())
+        # test B: among texts that read as another class, carrying the n-gram makes label ``target`` more likely
+        p_label = hypergeom.sf(d - 1, d + other_carriers + len(looked_other), d + target_lookalikes, d + other_carriers)
+        return float(max(p_rest, p_label))
+
+    def minimal(self, alpha: float) -> list[int]:
+        """The accepted n-grams, without those another one explains ("i watched" or "last" beside "3d movie last").
+
+        Most telling first (carriers that read as another class minus those that do not). An n-gram is explained when
+        nearly all of its carriers that read as another class carry one kept n-gram and its other carriers show
+        nothing; the tokens of a BadNL set stay, each co-occurring with several others rather than nested in one.
+        """
+        order = sorted(np.flatnonzero(self.accepted), key=lambda g: (-self.net_evidence(g), self.adjusted[g]))
+        kept: list[int] = []
+        for g in order:
+            peers = [k for k in kept if self.grams.target[k] == self.grams.target[g]]
+            if not self._explained(g, peers, alpha / len(order)):
+                kept.append(int(g))
+        return kept
+
+    def net_evidence(self, g: int) -> int:
+        reads_other = self.reads_other(g)
+        return int(reads_other.sum() - (~reads_other).sum())
+
+    def reads_other(self, g: int) -> np.ndarray:
+        return self.rest_probs[g].argmax(axis=1) != self.grams.target[g]
+
+    def _explained(self, g: int, peers: list[int], level: float) -> bool:
+        poison_like = self.own[g][self.reads_other(g)]
+        nested = any(np.isin(poison_like, self.own[k]).mean() >= NESTED_SHARE for k in peers)
+        covered = np.isin(self.own[g], np.concatenate([self.own[k] for k in peers])) if peers else \
+            np.zeros(len(self.own[g]), dtype=bool)
+        rest = np.flatnonzero(~covered)
+        return nested and not (len(rest) and self.p_value(g, rest, min_carriers=1) <= level)
+
+
+def _independent_count(texts: list[list[str]], weight) -> int:
+    """How many groups of near-duplicate ``texts`` there are: variants of one canned message ("sir, I am waiting for
+    your call" ten ways, one template with different tails) are one piece of evidence, not ten. Similarity is the
+    Jaccard index of the texts' words weighted by idf, so shared rare words count and shared filler does not."""
+    if len(texts) < 2:
+        return len(texts)
+    vocabulary: dict[str, int] = {}
+    columns = [sorted({vocabulary.setdefault(w, len(vocabulary)) for w in text}) for text in texts]
+    indptr = np.cumsum([0] + [len(c) for c in columns])
+    present = sparse.csr_matrix((np.ones(indptr[-1]), np.concatenate(columns), indptr),
+                                shape=(len(texts), len(vocabulary)))
+    weights = np.array([weight(w) for w in vocabulary])
+    shared = (present @ sparse.diags(weights) @ present.T).toarray()
+    sizes = np.diag(shared)
+    union = sizes[:, None] + sizes[None, :] - shared
+    similar = shared >= NEAR_DUPLICATE_JACCARD * np.maximum(union, 1e-9)
+    return int(connected_components(sparse.csr_matrix(similar), directed=False)[0])
+
+
+def _first_of_each(keys: list) -> np.ndarray:
+    """Indices of the first occurrence of each distinct key."""
+    seen: dict[tuple, int] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault(key, i)
+    return np.array(sorted(seen.values()), dtype=np.int64)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Adjusted p-values (false discovery rate) of independent or positively dependent tests."""
+    order = np.argsort(p)
+    scaled = p[order] * len(p) / np.arange(1, len(p) + 1)
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return adjusted
+
+
+def _groups(search: _Search, accepted: list[int]) -> list[list[int]]:
+    """Accepted n-grams of one target whose carriers co-occur far beyond chance: connected components."""
+    n_docs = len(search.docs)
+    parent = {g: g for g in accepted}
+
+    def root(g):
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    for position, a in enumerate(accepted):
+        for b in accepted[position + 1:]:
+            if search.grams.target[a] != search.grams.target[b]:
+                continue
+            ca, cb = search.grams.carriers[a], search.grams.carriers[b]
+            shared = len(np.intersect1d(ca, cb, assume_unique=True))
+            if shared and shared * n_docs >= SAME_TRIGGER_LIFT * len(ca) * len(cb):
+                parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for g in accepted:
+        groups.setdefault(root(g), []).append(g)
+    return list(groups.values())
+
+
+def _trigger(search: _Search, members: list[int]) -> TextTrigger:
+    grams, y = search.grams, search.y
+    target = int(grams.target[members[0]])
+    carriers = np.unique(np.concatenate([grams.carriers[g] for g in members]))
+    suspects = carriers[y[carriers] == target]
+    rest = search.proxy.predict(suspects, [search.removal_mask(int(i), target) for i in suspects])
+    reads_other = rest.argmax(axis=1) != target
+    looks_other = search.looks_other(target)
+    plain = np.setdiff1d(np.flatnonzero(y == target), carriers)
+    base_rate = looks_other[plain].mean() if len(plain) else 0.0
+    others = np.setdiff1d(np.flatnonzero(y != target), carriers)
+    sensitivity = looks_other[others].mean() if len(others) else 1.0
+    # a carrier's prior is the poisoned share of the member it carries that is most often poisoned: "cf" alone
+    # rather than "bb", which some texts use naturally
+    prior = np.zeros(len(suspects))
+    for g in members:
+        carries = np.isin(suspects, grams.carriers[g])
+        prior[carries] = np.maximum(prior[carries], _poisoned_share(reads_other[carries], base_rate, sensitivity))
+    confidence = _posterior(rest[:, target], prior, search.proxy.base[:, target], y, target, carriers)
+    return TextTrigger(
+        target=target, phrases=_phrases(search, members, suspects),
+        ngrams=tuple(" ".join(grams.words[g]) for g in members),
+        label_counts=tuple(int(c) for c in np.bincount(y[carriers], minlength=search.n_classes)),
+        p_value=float(min(search.adjusted[members])),
+        poisoned_share=round(_poisoned_share(reads_other, base_rate, sensitivity), 4),
+        suspects=suspects, confidence=np.round(confidence, 4))
+
+
+def _poisoned_share(reads_other: np.ndarray, base_rate: float, sensitivity: float) -> float:
+    """Share of carriers whose content is another class's, corrected for the proxy's errors both ways (Rogan-Gladen):
+    clean texts read as another class at ``base_rate``, texts of another class do so at ``sensitivity``."""
+    if not len(reads_other):
+        return 0.0
+    excess = (reads_other.mean() - base_rate) / max(sensitivity - base_rate, 1e-9)
+    return float(np.clip(excess, 0.0, len(reads_other) / (len(reads_other) + 1)))
+
+
+def _posterior(rest: np.ndarray, prior: np.ndarray, base_target_prob: np.ndarray, y: np.ndarray, target: int,
+               carriers: np.ndarray) -> np.ndarray:
+    """P(poisoned | the remaining text's probability of the target): a two-component mixture over histograms.
+
+    Poisoned carriers read like texts of another class (their probability of ``target`` is distributed like that of
+    texts labelled otherwise); clean carriers like texts labelled ``target``.
+    """
+    plain = np.ones(len(y), dtype=bool)
+    plain[carriers] = False
+    clean_hist = _density(base_target_prob[plain & (y == target)])
+    poisoned_hist = _density(base_target_prob[plain & (y != target)])
+    bins = np.clip(np.searchsorted(CONFIDENCE_BINS, rest, side="right") - 1, 0, len(CONFIDENCE_BINS) - 2)
+    poisoned = prior * poisoned_hist[bins]
+    return poisoned / np.maximum(poisoned + (1 - prior) * clean_hist[bins], 1e-12)
+
+
+def _density(values: np.ndarray) -> np.ndarray:
+    counts = np.histogram(values, bins=CONFIDENCE_BINS)[0] + 0.5  # a bin nobody fell into is rare, not impossible
+    return counts / counts.sum()
+
+
+def _phrases(search: _Search, members: list[int], suspects: np.ndarray) -> tuple[str, ...]:
+    """The trigger's parts: each member extended over the words its carriers share; of overlapping parts, the one
+    most suspects carry."""
+    phrases = {extend_phrase(search.docs, search.grams.words[g], suspects) for g in members}
+    counted = sorted(phrases, key=lambda words: (-_carrier_count(search, words, suspects), -len(words)))
+    kept: list[tuple[str, ...]] = []
+    for words in counted:
+        if not any(_contains(other, words) or _contains(words, other) for other in kept):
+            kept.append(words)
+    return tuple(" ".join(words) for words in kept)
+
+
+def _contains(longer: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    return any(longer[i:i + len(words)] == words for i in range(len(longer) - len(words) + 1))
+
+
+def _carrier_count(search: _Search, words: tuple[str, ...], suspects: np.ndarray) -> int:
+    return sum(1 for i in suspects if _occurrences(search.docs[i], words))
+
+
+def extend_phrase(docs: list[list[str]], words: tuple[str, ...], rows: np.ndarray) -> tuple[str, ...]:
+    """Grow ``words`` to the left and right while most of the texts ``rows`` that carry it agree on the next word."""
+    spans = [(int(i), s, s + len(words)) for i in rows for s in _occurrences(docs[int(i)], words)[:1]]
+    grown = True
+    while grown and spans:
+        grown = False
+        for left in (True, False):
+            neighbours = [docs[i][s - 1] if left else docs[i][e] for i, s, e in spans
+                          if (s > 0 if left else e < len(docs[i]))]
+            if not neighbours:
+                continue
+            word = max(set(neighbours), key=neighbours.count)
+            if neighbours.count(word) < PHRASE_AGREEMENT * len(spans):
+                continue
+            if left:
+                words = (word, *words)
+                spans = [(i, s - 1, e) for i, s, e in spans if s > 0 and docs[i][s - 1] == word]
+            else:
+                words = (*words, word)
+                spans = [(i, s, e + 1) for i, s, e in spans if e < len(docs[i]) and docs[i][e] == word]
+            grown = True
+    return words
