@@ -380,11 +380,42 @@ def instruction_row(name: str, r: dict) -> str:
             f"{r['injection_pairs']} ({recall}{r['injection_false']} not injected) | {r['seconds']} |")
 
 
-def run_text(name, make, x, y, seed) -> dict:
+def run_text(name, make, x, y, seed, pipeline: bool = False) -> dict:
     case = make(x, y, seed)
     probs = proxy_probs(case, seed)
-    return {"case": name, "n": len(case.y), "poisoned": len(case.poisoned), **score_triggers(case),
-            "cleanlab": score_cleanlab(case, probs), "flip_rule": score_flip_rule(case, probs)}
+    row = {"case": name, "n": len(case.y), "poisoned": len(case.poisoned), **score_triggers(case),
+           "cleanlab": score_cleanlab(case, probs), "flip_rule": score_flip_rule(case, probs)}
+    if pipeline:
+        row["scan"] = score_scan(case.texts, case.y, set(case.poisoned.tolist()))
+    return row
+
+
+def score_scan(texts: list[str], y: np.ndarray, truth: set) -> dict:
+    """The product: a dataset-only scan of the case as a CSV with every default detector (worker.local, the code the
+    worker runs): its verdict, and its quarantine (trigger carriers and any label-flip evidence) scored."""
+    import csv
+    import tempfile
+
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "case.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts, y)])
+        started = time.perf_counter()
+        report = scan_local_files({"dataset": path}, ScanOptions(), output_dir=Path(tmp) / "out")
+        seconds = time.perf_counter() - started
+    quarantined = {e["index"] for e in report["quarantine"]}
+    return {"verdict": report["verdict"], "reason": report["verdict_reason"], "quarantine": prf(quarantined, truth),
+            "quarantined": len(quarantined), "clean_quarantined_pct": clean_share(quarantined, truth, len(y)),
+            "errors": [d["name"] for d in report["detectors"] if d["status"] == "error"], "seconds": round(seconds, 1)}
+
+
+def scan_row(name: str, r: dict) -> str:
+    s = r["scan"]
+    return (f"| {name} | {s['verdict']} | {fmt(s['quarantine'])} | {s['clean_quarantined_pct']:.2f} | "
+            f"{', '.join(s['errors']) or '-'} | {s['seconds']} |")
 
 
 def main() -> int:
@@ -392,6 +423,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--no-held-out", action="store_true")
+    ap.add_argument("--pipeline", action="store_true", help="also scan each labelled-text case with the whole product "
+                    "(a dataset-only scan of a CSV, every default detector): verdict and quarantine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     with np.load(DATA, allow_pickle=False) as z:
@@ -408,7 +441,7 @@ def main() -> int:
                   "triggers found | Cleanlab P/R/F1 (flag%) | flip rule P/R/F1 | s |\n" + "|---" * 8 + "|")
             for name, make in text_cases.items():
                 if not only or name in only:
-                    rows.append({"group": group, **run_text(name, make, x, y, args.seed)})
+                    rows.append({"group": group, **run_text(name, make, x, y, args.seed, args.pipeline)})
                     print(text_row(name, rows[-1]), flush=True)
             print(f"\n### {group}: instruction data\n\n| case | payload quarantine P/R/F1 | clean q% | named | "
                   "backdoors found | pairs flagged for injection | s |\n" + "|---" * 7 + "|")
@@ -418,6 +451,12 @@ def main() -> int:
                     rows.append({"group": group, "case": name, "n": len(case.prompts), "poisoned": len(case.poisoned),
                                  **score_instructions(case)})
                     print(instruction_row(name, rows[-1]), flush=True)
+    if args.pipeline:
+        print("\n### the whole scan (dataset only, default detectors)\n\n| case | verdict | quarantine P/R/F1 | clean q% | "
+              "detector errors | s |\n" + "|---" * 6 + "|")
+        for r in rows:
+            if "scan" in r:
+                print(scan_row(f"{r['group']}: {r['case']}", r))
     write_result(args, "text", {"versions": versions(), "rows": rows})
     return 0
 
