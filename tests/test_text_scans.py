@@ -119,3 +119,13 @@ def test_the_text_detector_is_skipped_for_arrays(tmp_path):
     report = scan_local_files({"dataset": path}, ScanOptions(detectors=["text_poisoning"]))
     (entry,) = report["detectors"]
     assert entry["status"] == "skipped" and entry["skipped_because"] == "not a text dataset"
+
+
+def test_rows_dropped_while_loading_are_reported(tmp_path):
+    texts, y = sms(300)
+    texts[10] = texts[20] = ""
+    report = scan(write_csv(tmp_path / "sms.csv", texts, y), tmp_path / "out")
+    text = next(d for d in report["detectors"] if d["name"] == "text_poisoning")
+    (loaded,) = [f for f in text["findings"] if f["title"] == "dataset loaded with changes"]
+    assert "2 row(s) with an empty" in loaded["explanation"]
+    assert any(f["title"] == "no text trigger, payload or injection found" for f in text["findings"])

@@ -27,7 +27,8 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     ds = context.dataset(settings.label_column, settings.text_column)
     if ds.texts is None:
         raise NotApplicable("not a text dataset")
-    findings: list[Finding] = []
+    findings: list[Finding] = [Finding("dataset loaded with changes", Severity.info, 0.0, " ".join(ds.notes),
+                                       evidence={"notes": list(ds.notes)})] if ds.notes else []
     if ds.n_classes >= 2:
         progress("triggers", 0.1)
         findings += trigger_findings(ds, settings)
@@ -36,11 +37,17 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
         findings += payload_findings(ds, settings)
     progress("injections", 0.9)
     findings += injection_findings(ds)
-    return findings or [Finding("no text trigger, payload or injection found", Severity.info, 0.0,
-                                f"{len(ds.texts)} texts searched for trigger n-grams (up to {settings.max_ngram} words, "
-                                f"false discovery rate {settings.alpha})"
-                                + (", payload backdoors" if ds.responses is not None else "")
-                                + " and prompt-injection patterns.")]
+    if all(f.severity == Severity.info for f in findings):
+        findings.append(_nothing_found(ds, settings))
+    return findings
+
+
+def _nothing_found(ds, settings: TextPoisoningConfig) -> Finding:
+    searched = "trigger n-grams" if ds.n_classes >= 2 else ""
+    searched += (", payload backdoors" if searched else "payload backdoors") if ds.responses is not None else ""
+    return Finding("no text trigger, payload or injection found", Severity.info, 0.0,
+                   f"{len(ds.texts)} texts searched for {searched + ' and ' if searched else ''}prompt-injection "
+                   f"patterns (n-grams up to {settings.max_ngram} words, false discovery rate {settings.alpha}).")
 
 
 def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
