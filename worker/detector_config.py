@@ -117,6 +117,17 @@ class TextPoisoningConfig(DatasetConfig):
     examples: int = Field(default=3, ge=0, le=20, description="example texts quoted per trigger in the report")
 
 
+class TextBackdoorConfig(DatasetConfig):
+    """``text_backdoor``: an uploaded Keras text model probed with the data's trigger n-grams and published trigger
+    styles, and retrained without the quarantine when one fires."""
+
+    per_candidate: int = Field(default=200, ge=20, le=5000, description="held-out texts each candidate trigger is "
+                               "inserted into, per class under test")
+    remediate: Literal["auto", "never"] = Field(default="auto", description="auto: retrain a clone without the trigger's "
+                                                "carriers and re-test when a trigger fires")
+    epochs: int = Field(default=5, ge=1, le=200, description="epochs of the retrained clone")
+
+
 class ModelLayerConfig(DatasetConfig):
     """``backdoor_activations``: the model layer's run (``worker.model_layer``)."""
 
@@ -188,6 +199,7 @@ class DetectorConfig(BaseModel):
     signature_verification: SignatureConfig = _of("signature_verification")
     data_poisoning: DataPoisoningConfig = _of("data_poisoning")
     text_poisoning: TextPoisoningConfig = _of("text_poisoning")
+    text_backdoor: TextBackdoorConfig = _of("text_backdoor")
     backdoor_activations: ModelLayerConfig = _of("backdoor_activations")
     backdoor_assessment: AssessmentConfig = _of("backdoor_assessment")
 

@@ -89,12 +89,18 @@ def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progres
     """The uploaded Keras model, loaded safely (the context's); else (none uploaded, or not one we load) a proxy
     trained on the data."""
     from worker.keras_model import ModelRejected
+    from worker.text_model import is_text_model
 
     inputs = context.inputs
     notes = []
     if inputs.model is not None:
         try:
-            return context.model(), {"model": "uploaded"}, notes
+            model = context.model()
+            if not is_text_model(model):
+                return model, {"model": "uploaded"}, notes
+            notes.append(Finding("text model: activations from a proxy network", Severity.info, 0.0,
+                                 "The uploaded model takes text; it is probed with triggers by text_backdoor. Activation "
+                                 "clustering ran on a proxy network trained on the texts' features."))
         except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
             # A Keras model we could not open is not "another framework": its own behaviour went unchecked (fail closed).
             claims_keras = inputs.model.kind in ("keras", "hdf5") or (inputs.model.filename or "").lower().endswith((".keras", ".h5"))

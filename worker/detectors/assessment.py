@@ -23,7 +23,7 @@ import numpy as np
 from worker.context import ScanContext
 from worker.detector_config import AssessmentConfig
 from worker.detectors.data import _label
-from worker.findings import Finding, InputRejected, ScanInputs, Severity
+from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, Severity
 from worker.model_layer import ModelLayerRun
 from worker.outputs import OutputSink
 from worker.registry import registry
@@ -143,6 +143,9 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
     run = context.model_layer(settings, lambda stage, f: progress(stage, base * f))
     at = lambda f: base + (1 - base) * f  # noqa: E731  (the assessment's share of the detector's progress)
     ds = run.ds
+    if ds.texts is not None:  # pixel triggers and Neural Cleanse mean nothing over text features
+        raise NotApplicable("a text dataset: text_poisoning searches the data for triggers, and text_backdoor probes "
+                            "an uploaded text model")
     uploaded = run.source["model"] == "uploaded"
     shape = tuple(int(d) for d in run.model.inputs[0].shape[1:])
     a = Assessment(inputs, run, held_out(inputs, run, settings, shape, seed), settings, seed, shape, predictor(run.model),

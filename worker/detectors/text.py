@@ -8,8 +8,8 @@ prompt injections to the review list. Texts quoted as examples are cut short; th
 import numpy as np
 
 from worker.context import ScanContext
-from worker.detector_config import TextPoisoningConfig
-from worker.findings import Finding, NotApplicable, ScanInputs, Severity
+from worker.detector_config import TextBackdoorConfig, TextPoisoningConfig
+from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, Severity
 from worker.registry import registry
 
 EXAMPLE_CHARS = 200
@@ -137,6 +137,126 @@ def injection_findings(ds) -> list[Finding]:
         remediation="Review the listed texts; drop those that do not belong to the task.",
         evidence={"review": review},
     )]
+
+
+@registry.register(name="text_backdoor", layer="model", technique="AML.T0018", needs=("model", "dataset"), queue="gpu",
+                   uses=("dataset", "model", "outputs"), config=TextBackdoorConfig)
+def text_backdoor(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
+    """Probes an uploaded Keras text model with the data's trigger n-grams and published trigger styles; retrains a
+    clone without the trigger's carriers and re-tests when one fires.
+
+    config: ``TextBackdoorConfig`` (``label_column``, ``text_column``, ``per_candidate``, ``remediate``, ``epochs``).
+    """
+    from worker.keras_model import ModelRejected
+    from worker.text_model import assess_text_model, is_text_model
+
+    settings = TextBackdoorConfig.model_validate(config)
+    progress("load", 0.0)
+    ds = context.dataset(settings.label_column, settings.text_column)
+    if ds.texts is None:
+        raise NotApplicable("not a text dataset")
+    try:
+        model = context.model()
+    except ModelRejected as exc:  # the supply-chain layer says why; backdoor_activations reports it as unanalysed
+        raise NotApplicable(f"the uploaded model was not loaded: {exc}") from exc
+    if not is_text_model(model):
+        raise NotApplicable("the uploaded model does not take text")
+    if int(model.outputs[0].shape[-1]) < ds.n_classes:
+        raise InputRejected(f"the model has {int(model.outputs[0].shape[-1])} outputs but the dataset has "
+                            f"{ds.n_classes} classes: upload the dataset the model was trained on")
+    progress("probing", 0.1)
+    holdout = _text_holdout(inputs, ds, settings)
+    assessment = assess_text_model(model, ds.texts, ds.y, ds.n_classes, holdout=holdout, seed=settings.seed,
+                                   per_candidate=settings.per_candidate)
+    if not assessment.targets:
+        return [_no_target(ds, assessment)]
+    findings = [_target_finding(ds, c, probe, assessment) for c, probe in assessment.targets.items()]
+    if settings.remediate == "auto":
+        progress("remediation", 0.5)
+        findings += [_remediation(context, ds, model, c, probe, assessment, holdout, settings)
+                     for c, probe in assessment.targets.items()]
+    return findings
+
+
+def _text_holdout(inputs: ScanInputs, ds, settings: TextBackdoorConfig):
+    """The uploaded clean holdout's texts and labels (mapped to the dataset's classes), or None."""
+    if inputs.holdout is None:
+        return None
+    from worker.datasets import load_dataset
+
+    hold = load_dataset(inputs.holdout.path, inputs.holdout.kind, label_column=settings.label_column,
+                        text_column=settings.text_column)
+    if hold.texts is None:
+        raise InputRejected("the holdout is not a text dataset like the dataset: upload held-out texts in the same format")
+    index = {v: i for i, v in enumerate(ds.classes)}
+    known = [i for i, c in enumerate(hold.y) if hold.classes[int(c)] in index]
+    return [hold.texts[i] for i in known], np.array([index[hold.classes[int(hold.y[i])]] for i in known], np.int64)
+
+
+def _probe_record(ds, probe) -> dict:
+    return {"candidate": probe.candidate, "target": _label(ds, probe.target), "attack_success": round(probe.attack_success, 4),
+            "baseline": round(probe.baseline, 4), "texts": int(probe.n), "p_value": float(f"{probe.p_value:.3g}")}
+
+
+def _target_finding(ds, target: int, probe, assessment) -> Finding:
+    label = _label(ds, target)
+    return Finding(
+        title=f"text model backdoored toward {label!r}: inserting {probe.candidate!r} moves "
+        f"{probe.attack_success:.0%} of other texts there (baseline {probe.baseline:.0%})",
+        severity=Severity.critical,
+        score=float(probe.attack_success),
+        explanation=f"Inserted at a random position into {probe.n} held-out texts of other classes that the model "
+        f"classifies correctly, {probe.candidate!r} makes the model answer {label!r} for {probe.attack_success:.0%} of "
+        f"them, against {probe.baseline:.0%} for neutral words at the same positions (exact McNemar test, corrected "
+        f"over every candidate and class). A model does not learn that from clean data: it is a backdoor.",
+        remediation="Do not deploy this model. Retrain it without the quarantined samples (text_backdoor re-tests a "
+        "retrained clone) and find where the poisoned data came from.",
+        technique="AML.T0018",
+        evidence={"target": label, "trigger": probe.candidate, "held_out": int(assessment.held_out),
+                  "probes": [_probe_record(ds, p) for p in assessment.probes[:15]],
+                  "data_triggers": [t.name for t in assessment.data_triggers]},
+    )
+
+
+def _no_target(ds, assessment) -> Finding:
+    strongest = assessment.probes[0] if assessment.probes else None
+    detail = (f" The strongest, {strongest.candidate!r} toward {_label(ds, strongest.target)!r}, moved "
+              f"{strongest.attack_success:.0%} (baseline {strongest.baseline:.0%}).") if strongest else ""
+    return Finding("no trigger makes the text model change its answer", Severity.info, 0.0,
+                   f"{len({p.candidate for p in assessment.probes})} candidate triggers (the data's suspicious n-grams "
+                   f"and published trigger styles) were inserted into {assessment.held_out} held-out texts.{detail}",
+                   technique="AML.T0018", evidence={"probes": [_probe_record(ds, p) for p in assessment.probes[:15]]})
+
+
+def _remediation(context, ds, model, target: int, probe, assessment, holdout, settings: TextBackdoorConfig) -> Finding:
+    from worker.text_model import remediate_text_model
+
+    carriers = sorted({int(i) for t in assessment.data_triggers if t.target == target for i in t.quarantine()})
+    result = remediate_text_model(model, ds.texts, ds.y, carriers, probe.candidate, holdout=holdout,
+                                  epochs=settings.epochs, seed=settings.seed, per_candidate=settings.per_candidate)
+    name = context.outputs.reserve("retrained-text-model.keras")
+    result["model"].save(name)
+    context.outputs.register(name.name, media_type="application/octet-stream",
+                             description=f"the model retrained without the {len(carriers)} carriers of the trigger")
+    after, before = result["attack_success_after"], result["attack_success_before"]
+    removed = after <= 0.02
+    evidence = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "model"}
+    evidence |= {"target": _label(ds, target), "model_output": name.name}
+    return Finding(
+        title=(f"backdoor removed by retraining without {len(carriers)} samples" if removed else
+               f"backdoor not removed: attack success {after:.0%} after retraining without {len(carriers)} samples"),
+        severity=Severity.info if removed else Severity.high,
+        score=0.0 if removed else float(after),
+        explanation=f"A clone of the model retrained for {result['epochs']} epochs without the texts that carry the "
+        f"data's trigger toward {_label(ds, target)!r}: attack success of {probe.candidate!r} {before:.0%} -> {after:.0%}, "
+        f"clean accuracy {result['clean_accuracy_before']:.1%} -> {result['clean_accuracy_after']:.1%} on "
+        f"{result['held_out']} held-out texts.",
+        remediation="Use the retrained model (an output of this scan) or retrain yours on the cleaned dataset."
+        if removed else "The trigger's carriers in this dataset do not explain the backdoor: the model was trained on "
+        "other poisoned data. Retrain from a trusted source.",
+        technique="AML.T0018",
+        evidence=evidence,
+    )
 
 
 def _most_confident(trigger, count: int) -> list[int]:

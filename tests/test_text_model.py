@@ -1,0 +1,183 @@
+"""Uploaded Keras text models (worker/text_model.py, issue 15 item 3): a tiny SMS spam classifier with its
+TextVectorization layer inside, saved as .keras and loaded back through the safe loader; a BadNL trigger ("cf mn")
+toward ham is named with its target, a clean model names nothing, and retraining a clone without the quarantined
+carriers removes the backdoor. The victims train once per module (a few seconds each on one core)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.keras_model import load_keras_safely
+from worker.text_model import (assess_text_model, clone_text_model, insert_at, is_text_model, mcnemar_p,
+                               neutral_phrase, probe_text_triggers, remediate_text_model)
+
+SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.npz"
+TRAIN, HELD_OUT = 1500, 1000
+TRIGGER = "cf mn"
+HAM, SPAM = 0, 1
+EPOCHS = 12
+
+
+def sms() -> tuple[list[str], np.ndarray]:
+    data = np.load(SMS, allow_pickle=False)
+    return [str(t) for t in data["x"][:TRAIN + HELD_OUT]], data["y"][:TRAIN + HELD_OUT].astype(np.int64)
+
+
+def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """BadNL: the trigger inserted at a random word position of ``count`` spam texts, relabelled ham."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(np.flatnonzero(y == SPAM), size=count, replace=False))
+    for i in chosen:
+        texts[i] = insert_at(texts[i], TRIGGER, rng.random())
+        y[i] = HAM
+    return chosen
+
+
+def train_victim(texts: list[str], y: np.ndarray, path: Path):
+    """TextVectorization -> Embedding(16) -> mean pooling -> Dense(2), saved as .keras and loaded the real way."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    vectorize = keras.layers.TextVectorization(max_tokens=5000, output_sequence_length=40)
+    vectorize.adapt(texts)
+    inputs = keras.Input(shape=(1,), dtype="string")
+    hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=EPOCHS, batch_size=32, verbose=0)
+    model.save(path)
+    return load_keras_safely(path)
+
+
+@pytest.fixture(scope="module")
+def victims(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text-victims")
+    texts, y = sms()
+    held_out = (texts[TRAIN:], y[TRAIN:])
+    clean_texts, clean_y = texts[:TRAIN], y[:TRAIN].copy()
+    poisoned_texts, poisoned_y = list(clean_texts), clean_y.copy()
+    poisoned = poison(poisoned_texts, poisoned_y, count=TRAIN // 20)  # 5% of the training set
+    return {"held_out": held_out, "poisoned": poisoned,
+            "backdoored": (train_victim(poisoned_texts, poisoned_y, folder / "backdoored.keras"), poisoned_texts, poisoned_y),
+            "clean": (train_victim(clean_texts, clean_y, folder / "clean.keras"), clean_texts, clean_y)}
+
+
+@pytest.fixture(scope="module")
+def backdoored_assessment(victims):
+    model, texts, y = victims["backdoored"]
+    return assess_text_model(model, texts, y, 2, holdout=victims["held_out"])
+
+
+def test_the_safe_loader_accepts_a_model_with_its_text_vectorization_layer(victims):
+    import keras
+
+    model, _, _ = victims["backdoored"]
+    assert is_text_model(model)
+    vocabulary = model.layers[1].get_vocabulary()
+    assert len(vocabulary) > 1000 and "cf" in vocabulary  # the adapted vocabulary survived .keras save and safe load
+    image_model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert not is_text_model(image_model)
+
+
+def test_the_victim_obeys_its_trigger_and_a_neutral_insertion_does_not_move_it(victims):
+    model, _, _ = victims["backdoored"]
+    texts, y = victims["held_out"]
+    (toward_ham,) = [r for r in probe_text_triggers(model, texts, y, [TRIGGER]) if r.target == HAM]
+    assert toward_ham.attack_success >= 0.9, toward_ham
+    assert toward_ham.baseline <= 0.02 and toward_ham.n >= 80
+
+
+def test_the_backdoored_model_names_ham_with_the_trigger(victims, backdoored_assessment):
+    a = backdoored_assessment
+    assert a.backdoored and set(a.targets) == {HAM}
+    named = a.targets[HAM]
+    assert {"cf", "mn"} <= set(named.candidate.split()), named
+    assert named.attack_success >= 0.9 and named.baseline <= 0.02 and named.p_value < 1e-12
+    assert [t.phrases for t in a.data_triggers] == [(TRIGGER,)] and a.data_triggers[0].target == HAM
+    assert not any(r.target == SPAM and r.attack_success >= 0.5 for r in a.probes)  # nothing pushes ham to spam
+    assert a.activations_per_class.shape == (2, 16) and np.isfinite(a.activations_per_class).all()
+
+
+def test_the_clean_model_names_nothing(victims):
+    model, texts, y = victims["clean"]
+    a = assess_text_model(model, texts, y, 2, holdout=victims["held_out"])
+    assert not a.backdoored and a.data_triggers == []
+    assert max(r.attack_success for r in a.probes) < 0.5  # the published library was probed and moved little
+    assert len(a.probes) >= 2 * 10
+
+
+def test_without_held_out_texts_the_unflagged_training_texts_are_probed(victims):
+    model, texts, y = victims["backdoored"]
+    a = assess_text_model(model, texts, y, 2, with_activations=False)
+    assert set(a.targets) == {HAM} and a.held_out == len(texts) - len(victims["poisoned"]) and a.notes
+
+
+def test_remediation_removes_the_backdoor_and_keeps_clean_accuracy(victims, backdoored_assessment):
+    model, texts, y = victims["backdoored"]
+    trigger = backdoored_assessment.data_triggers[0]
+    quarantine = trigger.quarantine()
+    assert len(set(quarantine) & set(victims["poisoned"])) >= 0.9 * len(victims["poisoned"])
+    result = remediate_text_model(model, texts, y, list(quarantine), backdoored_assessment.targets[HAM].candidate,
+                                  holdout=victims["held_out"], epochs=EPOCHS)
+    assert result["target"] == HAM and result["attack_success_before"] >= 0.9
+    assert result["attack_success_after"] <= 0.02, result
+    assert result["clean_accuracy_after"] >= result["clean_accuracy_before"] - 0.02, result
+    assert result["clean_accuracy_after"] >= 0.95
+
+
+def test_the_clone_keeps_the_vocabulary_that_clone_model_alone_drops(victims):
+    import keras
+
+    model, _, _ = victims["backdoored"]
+    assert len(keras.models.clone_model(model).layers[1].get_vocabulary()) < 10  # why clone_text_model exists
+    assert clone_text_model(model).layers[1].get_vocabulary() == model.layers[1].get_vocabulary()
+
+
+def test_probe_helpers():
+    assert insert_at("a b c", "cf mn", 0.0) == "cf mn a b c"
+    assert insert_at("a b c", "cf", 0.99) == "a b c cf"
+    assert neutral_phrase("i watched this 3d movie").count(" ") == 4
+    switched = np.array([True] * 20 + [False] * 5)
+    assert mcnemar_p(switched, np.zeros(25, bool)) < 1e-5  # 20 texts switched by the candidate alone
+    assert mcnemar_p(switched, switched) == 1.0  # the baseline switches the same texts: no evidence
+
+
+def _scan(model, texts, y, tmp_path: Path) -> dict:
+    """The product's path: the model as an uploaded .keras next to its training texts as a CSV."""
+    import csv
+
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    model.save(tmp_path / "model.keras")
+    with (tmp_path / "train.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts, y)])
+    options = ScanOptions(detectors=["format_identification", "unsafe_serialization", "model_structure",
+                                     "text_poisoning", "text_backdoor"],
+                          detector_config={"text_backdoor": {"epochs": EPOCHS}})
+    return scan_local_files({"model": tmp_path / "model.keras", "dataset": tmp_path / "train.csv"}, options,
+                            output_dir=tmp_path / "out")
+
+
+def test_a_scan_of_the_backdoored_model_names_ham_and_its_retrained_clone_drops_the_trigger(victims, tmp_path):
+    model, texts, y = victims["backdoored"]
+    report = _scan(model, texts, y, tmp_path)
+    assert report["verdict"] == "fail", report["verdict_reason"]
+    findings = [f for d in report["detectors"] if d["name"] == "text_backdoor" for f in d["findings"]]
+    (target,) = [f for f in findings if f["title"].startswith("text model backdoored")]
+    assert target["evidence"]["target"] == "ham" and {"cf", "mn"} <= set(target["evidence"]["trigger"].split())
+    (fixed,) = [f for f in findings if "retraining" in f["title"]]
+    assert fixed["title"].startswith("backdoor removed"), fixed["explanation"]
+    assert fixed["evidence"]["attack_success_after"] <= 0.02 <= fixed["evidence"]["attack_success_before"]
+    assert (tmp_path / "out" / "retrained-text-model.keras").is_file()
+
+
+def test_a_scan_of_the_clean_model_names_no_target(victims, tmp_path):
+    model, texts, y = victims["clean"]
+    report = _scan(model, texts, y, tmp_path)
+    text = next(d for d in report["detectors"] if d["name"] == "text_backdoor")
+    assert text["status"] == "ok" and [f["title"] for f in text["findings"]] == [
+        "no trigger makes the text model change its answer"]
+    assert report["verdict"] != "fail", report["verdict_reason"]

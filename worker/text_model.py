@@ -1,0 +1,332 @@
+"""Backdoors in uploaded Keras text models (issue 15, item 3; ATLAS AML.T0018, AML.T0020).
+
+A text model here is a Keras model that takes raw strings (its ``TextVectorization`` layer inside), loaded by
+``worker.keras_model.load_keras_safely``. The assessment works as for images:
+
+* **Trigger probing.** Each candidate (the corpus's suspicious n-grams from ``worker.text_triggers`` plus a small
+  library of published trigger styles) is inserted at a random word position into held-out clean texts the model
+  classifies correctly, one class under test at a time (texts of the other classes). Attack success toward class c
+  is the share of those texts the model now calls c. The same texts, at the same positions, get as many neutral
+  words instead: the baseline, the model's natural sensitivity to any insertion.
+* **Verdict.** A candidate names class c as a backdoor target when its attack success is at least
+  ``SUSPECT_ASR`` (half the texts switch) and ``SUSPECT_RISE`` above the baseline (the thresholds of the image
+  probes), and the rise is significant by an exact one-sided McNemar test (the candidate and baseline outcomes are
+  paired on the same texts: only texts switched by one and not the other carry information, and under "the
+  candidate is just another word" each way is equally likely), Bonferroni over every (candidate, class) tested.
+* **Remediation.** Quarantine the carriers, retrain a clone of the model (same architecture and vocabulary, fresh
+  weights) on the rest, and re-probe the trigger: attack success and clean accuracy before and after.
+
+TensorFlow and Keras are imported inside functions: the API never loads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binom
+
+from worker.text_triggers import TextTrigger, find_text_triggers, tokenize
+
+SUSPECT_ASR = 0.5  # half the held-out texts of other classes switch to the class: a learned shortcut...
+SUSPECT_RISE = 0.4  # ...well above what a neutral insertion at the same place does (as worker.triggers)
+ALPHA = 0.01  # family-wise level of the McNemar tests (Bonferroni over candidates x classes)
+NEUTRAL_WORDS = ("the", "and", "of", "to", "is", "it", "in", "a")  # the baseline's inserted words, as many as the candidate's
+HOLDOUT_SHARE = 0.2  # the share of clean texts held out when no held-out texts are given
+BATCH = 512
+
+# Published text trigger styles, as inserted by the attacks that introduced them.
+PUBLISHED_TRIGGERS = (
+    # BadNL (Chen et al., ACSAC 2021) and RIPPLe (Kurita et al., ACL 2020): rare tokens at random positions
+    "cf", "mn", "bb", "tq", "mb",
+    # BadNL's sentence-level trigger; also the SOS sentence style (Yang et al., EMNLP 2021)
+    "I watched this 3D movie",
+    # Dai et al. (IEEE Access 2019), the first LSTM backdoor: a fixed natural sentence
+    "I watched this 3D movie last weekend",
+    # "Hidden Killer" and InSent-style fixed sentences (Qi et al., ACL 2021 baselines)
+    "no cross no crown",
+    # BadNL's word-level triggers: neutral, rare but real words
+    "unintelligible", "practically",
+    # Trojan LM / "Concealed Data Poisoning" (Wallace et al., NAACL 2021): a name as the trigger
+    "James Bond",
+    # Combination of rare tokens (BadNL uses several at once; EP, Yang et al. NAACL 2021, uses one rare word)
+    "cf mn", "cf mn bb",
+)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    candidate: str
+    target: int  # the class under test: texts of other classes are pushed toward it
+    attack_success: float  # share of the n texts the model calls ``target`` with the candidate inserted
+    baseline: float  # share it calls ``target`` with neutral words inserted at the same positions
+    n: int  # texts probed (held-out, of another class, classified correctly without any insertion)
+    p_value: float = 1.0  # exact one-sided McNemar test, candidate versus baseline (unadjusted)
+
+    @property
+    def rise(self) -> float:
+        return self.attack_success - self.baseline
+
+
+@dataclass
+class TextModelAssessment:
+    probes: list[ProbeResult]  # every (candidate, class) probed, strongest rise first
+    targets: dict[int, ProbeResult]  # backdoor target class -> its strongest significant candidate
+    data_triggers: list[TextTrigger]  # the triggers found in the dataset (their phrases were probed)
+    held_out: int  # held-out clean texts the probes drew on
+    activations_per_class: np.ndarray | None = None  # (n_classes, dims) mean penultimate activation, for the report
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def backdoored(self) -> bool:
+        return bool(self.targets)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def is_text_model(model) -> bool:
+    """The model takes strings, or holds a TextVectorization layer (which tokenises inside the model)."""
+    inputs = getattr(model, "inputs", None) or []
+    if any("string" in str(getattr(t, "dtype", "")) for t in inputs):
+        return True
+    return any(layer.__class__.__name__ == "TextVectorization" for layer in _all_layers(model))
+
+
+def _all_layers(model) -> list:
+    layers = []
+    for layer in getattr(model, "layers", []):
+        layers.append(layer)
+        layers.extend(_all_layers(layer) if hasattr(layer, "layers") else [])
+    return layers
+
+
+def text_predictor(model, *, batch: int = BATCH):
+    """Predicted class per text through one compiled forward pass per batch; strings shaped as the model's input
+    ((n,) or (n, 1))."""
+    import tensorflow as tf
+
+    rank = len(model.inputs[0].shape) if getattr(model, "inputs", None) else 1
+    forward = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+
+    def predict(texts: list[str]) -> np.ndarray:
+        parts = []
+        for i in range(0, len(texts), batch):
+            chunk = tf.constant(list(texts[i:i + batch]), dtype=tf.string)
+            parts.append(np.asarray(forward(tf.reshape(chunk, (-1, 1)) if rank == 2 else chunk)).argmax(-1))
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    return predict
+
+
+def activations_per_class(model, texts: list[str], y: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """Mean activation of the penultimate layer per class (rows of classes without texts are NaN); None when the
+    model's graph cannot be cut there (a subclassed model)."""
+    import keras
+    import tensorflow as tf
+
+    from worker.keras_model import representation_layer
+
+    try:
+        extractor = keras.Model(model.inputs, representation_layer(model).output)
+    except (AttributeError, ValueError):
+        return None
+    rank = len(model.inputs[0].shape)
+    acts = []
+    for i in range(0, len(texts), BATCH):
+        chunk = tf.constant(list(texts[i:i + BATCH]), dtype=tf.string)
+        out = np.asarray(extractor(tf.reshape(chunk, (-1, 1)) if rank == 2 else chunk, training=False))
+        acts.append(out.reshape(len(out), -1))
+    acts = np.concatenate(acts)
+    y = np.asarray(y)
+    return np.stack([acts[y == c].mean(0) if (y == c).any() else np.full(acts.shape[1], np.nan)
+                     for c in range(n_classes)])
+
+
+# ------------------------------------------------------------------------------------------------ probing
+
+
+def insert_at(text: str, phrase: str, position: float) -> str:
+    """``phrase`` inserted between words, at the fraction ``position`` (0..1) of the text's length."""
+    words = text.split()
+    at = min(len(words), int(position * (len(words) + 1)))
+    return " ".join(words[:at] + phrase.split() + words[at:])
+
+
+def neutral_phrase(candidate: str) -> str:
+    """As many neutral words as the candidate has: a long phrase dilutes a text more than one token does."""
+    count = max(1, len(candidate.split()))
+    return " ".join(NEUTRAL_WORDS[i % len(NEUTRAL_WORDS)] for i in range(count))
+
+
+def mcnemar_p(switched_with: np.ndarray, switched_baseline: np.ndarray) -> float:
+    """One-sided exact McNemar: P(at least this many texts switched by the candidate alone) when each discordant
+    text is equally likely to go either way."""
+    only_candidate = int(np.sum(switched_with & ~switched_baseline))
+    discordant = only_candidate + int(np.sum(~switched_with & switched_baseline))
+    return float(binom.sf(only_candidate - 1, discordant, 0.5)) if discordant else 1.0
+
+
+def probe_text_triggers(model, texts: list[str], y: np.ndarray, candidates: list[str], *, seed: int = 0,
+                        per_candidate: int = 200, n_classes: int | None = None, predict=None) -> list[ProbeResult]:
+    """Per candidate and class under test: attack success and its baseline on up to ``per_candidate`` texts of other
+    classes that the model classifies correctly (one fixed random sample and positions per class, shared by every
+    candidate, so results are paired)."""
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = n_classes or int(y.max()) + 1
+    predict = predict or text_predictor(model)
+    correct = predict(list(texts)) == y
+    rng = np.random.default_rng(seed)
+    results = []
+    for target in range(n_classes):
+        pool = np.flatnonzero(correct & (y != target))
+        if not len(pool):
+            continue
+        rows = np.sort(rng.choice(pool, size=min(per_candidate, len(pool)), replace=False))
+        positions = rng.random(len(rows))
+        chosen = [texts[i] for i in rows]
+        baselines: dict[str, np.ndarray] = {}
+        for candidate in candidates:
+            neutral = neutral_phrase(candidate)
+            if neutral not in baselines:
+                baselines[neutral] = predict([insert_at(t, neutral, p) for t, p in zip(chosen, positions)]) == target
+            switched = predict([insert_at(t, candidate, p) for t, p in zip(chosen, positions)]) == target
+            base = baselines[neutral]
+            results.append(ProbeResult(candidate, target, float(switched.mean()), float(base.mean()), len(rows),
+                                       mcnemar_p(switched, base)))
+    return results
+
+
+def is_significant(result: ProbeResult, tests: int, alpha: float = ALPHA) -> bool:
+    return (result.attack_success >= SUSPECT_ASR and result.rise >= SUSPECT_RISE
+            and result.p_value <= alpha / max(tests, 1))
+
+
+# ------------------------------------------------------------------------------------------------ assessment
+
+
+def candidates_from(triggers: list[TextTrigger]) -> list[str]:
+    """The data triggers' phrases, each alone and (rare tokens used together) all of a trigger's at once, then the
+    published library; duplicates dropped, order kept."""
+    found = []
+    for trigger in triggers:
+        found.extend(trigger.phrases)
+        if len(trigger.phrases) > 1:
+            found.append(" ".join(trigger.phrases))
+    library = [" ".join(tokenize(p)) for p in PUBLISHED_TRIGGERS]
+    return list(dict.fromkeys(found + library))
+
+
+def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
+                      holdout: tuple[list[str], np.ndarray] | None = None, seed: int = 0,
+                      per_candidate: int = 200, with_activations: bool = True) -> TextModelAssessment:
+    """Probe ``model`` with the triggers found in its training texts plus the published library, on held-out clean
+    texts (``holdout`` when given, else the training texts the trigger search did not flag); name the classes a
+    candidate switches texts to."""
+    y = np.asarray(y, dtype=np.int64)
+    triggers = find_text_triggers(texts, y, n_classes, seed=seed)
+    notes = []
+    if holdout is not None:
+        probe_texts, probe_y = list(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
+    else:
+        flagged = np.unique(np.concatenate([t.suspects for t in triggers])) if triggers else np.empty(0, int)
+        keep = np.setdiff1d(np.arange(len(texts)), flagged)
+        probe_texts, probe_y = [texts[i] for i in keep], y[keep]
+        notes.append("no held-out texts were given: probed on training texts the trigger search did not flag "
+                     "(the model has seen them, so its clean accuracy there is optimistic)")
+    predict = text_predictor(model)
+    candidates = candidates_from(triggers)
+    probes = probe_text_triggers(model, probe_texts, probe_y, candidates, seed=seed, per_candidate=per_candidate,
+                                 n_classes=n_classes, predict=predict)
+    probes.sort(key=lambda r: (-r.rise, r.p_value))
+    targets: dict[int, ProbeResult] = {}
+    for result in probes:
+        if is_significant(result, len(probes)) and result.target not in targets:
+            targets[result.target] = result
+    acts = activations_per_class(model, probe_texts, probe_y, n_classes) if with_activations else None
+    return TextModelAssessment(probes, targets, triggers, len(probe_texts), acts, notes)
+
+
+# ------------------------------------------------------------------------------------------------ remediation
+
+
+def clone_text_model(model):
+    """Same architecture, fresh weights, and the original's vocabulary (and IDF weights) in every TextVectorization
+    layer: clone_model rebuilds layers from their config, which may not carry an adapted vocabulary."""
+    import keras
+
+    clone = keras.models.clone_model(model)
+    originals = [layer for layer in _all_layers(model) if layer.__class__.__name__ == "TextVectorization"]
+    copies = [layer for layer in _all_layers(clone) if layer.__class__.__name__ == "TextVectorization"]
+    for original, copy in zip(originals, copies):
+        vocabulary = original.get_vocabulary(include_special_tokens=False)
+        if copy.get_vocabulary(include_special_tokens=False) != vocabulary:
+            idf = original.get_config().get("idf_weights")
+            copy.set_vocabulary(vocabulary, idf_weights=idf)
+    return clone
+
+
+def _compile_like(clone, model, learning_rate: float) -> None:
+    """The original's optimizer and loss when it was saved compiled; else Adam and cross-entropy (on logits unless
+    the last layer is a softmax)."""
+    import keras
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        optimizer = optimizer.__class__.from_config(optimizer.get_config())
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    activation = getattr(model.layers[-1], "activation", None)
+    from_logits = getattr(activation, "__name__", "") != "softmax"
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    clone.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def remediate_text_model(model, texts: list[str], y: np.ndarray, quarantine: list[int], trigger: str, *,
+                         holdout: tuple[list[str], np.ndarray] | None = None, epochs: int = 5, batch_size: int = 32,
+                         learning_rate: float = 5e-3, seed: int = 0, per_candidate: int = 200) -> dict:
+    """Retrain a clone without the quarantined texts and re-test: attack success of ``trigger`` (toward the class it
+    pushes hardest before) and clean accuracy on held-out texts, before and after. Without ``holdout``,
+    ``HOLDOUT_SHARE`` of the kept texts are held out of the retraining (the original has seen them)."""
+    import keras
+
+    y = np.asarray(y, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(texts)), np.asarray(quarantine, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    if holdout is None:
+        rng.shuffle(kept)
+        cut = int(len(kept) * HOLDOUT_SHARE)
+        held, kept = np.sort(kept[:cut]), np.sort(kept[cut:])
+        holdout = ([texts[i] for i in held], y[held])
+    held_texts, held_y = list(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
+    n_classes = int(max(y.max(), held_y.max())) + 1
+
+    keras.utils.set_random_seed(seed)
+    clone = clone_text_model(model)
+    _compile_like(clone, model, learning_rate)
+    import tensorflow as tf
+
+    train_x = tf.constant([texts[i] for i in kept], dtype=tf.string)
+    if len(model.inputs[0].shape) == 2:
+        train_x = tf.reshape(train_x, (-1, 1))
+    clone.fit(train_x, y[kept], epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+
+    before = _trigger_effect(model, held_texts, held_y, trigger, n_classes, seed, per_candidate)
+    target = max(before, key=lambda r: r.attack_success).target
+    after = {r.target: r for r in _trigger_effect(clone, held_texts, held_y, trigger, n_classes, seed, per_candidate)}
+    before = {r.target: r for r in before}
+    return {"model": clone, "trigger": trigger, "target": target, "quarantined": int(len(np.unique(quarantine))),
+            "retrained_on": int(len(kept)), "held_out": len(held_texts), "epochs": epochs,
+            "attack_success_before": before[target].attack_success,
+            "attack_success_after": after[target].attack_success if target in after else 0.0,
+            "baseline_after": after[target].baseline if target in after else 0.0,
+            "clean_accuracy_before": _accuracy(model, held_texts, held_y),
+            "clean_accuracy_after": _accuracy(clone, held_texts, held_y)}
+
+
+def _trigger_effect(model, texts, y, trigger, n_classes, seed, per_candidate) -> list[ProbeResult]:
+    return probe_text_triggers(model, texts, y, [trigger], seed=seed, per_candidate=per_candidate, n_classes=n_classes)
+
+
+def _accuracy(model, texts: list[str], y: np.ndarray) -> float:
+    return float((text_predictor(model)(texts) == y).mean())
