@@ -148,8 +148,8 @@ def _run_detector(spec, inputs: ScanInputs, config: dict, extras: dict) -> dict:
         entry["findings"] = [_finding_record(spec, f) for f in findings]
     except (PipelineStopped, InputRejected):
         raise
-    except NotApplicable as exc:
-        return _skipped(spec, str(exc))
+    except NotApplicable as exc:  # it looked (and took this long) to find nothing of its kind
+        return _skipped(spec, str(exc)) | {"duration_s": round(time.perf_counter() - started, 6)}
     except Exception as exc:  # one broken detector must not sink the scan: record it, go on
         log.exception("detector %s failed", spec.name)
         entry["status"] = "error"
