@@ -127,6 +127,17 @@ def test_remediation_removes_the_backdoor_and_keeps_clean_accuracy(victims, back
     assert result["clean_accuracy_after"] >= 0.95
 
 
+def test_when_removal_leaves_the_backdoor_a_second_round_unlearns_it(victims, backdoored_assessment):
+    model, texts, y = victims["backdoored"]
+    # nothing quarantined (as when the poisoned data is not the data uploaded): retraining alone keeps the trigger
+    result = remediate_text_model(model, texts, y, [], TRIGGER, holdout=victims["held_out"], epochs=EPOCHS)
+    first, second = result["rounds"]
+    assert first["attack_success"] >= 0.5 and second["attack_success"] <= 0.02, result["rounds"]
+    assert result["attack_success_after"] == second["attack_success"]
+    # the 75 relabelled texts are still in the training set: accuracy may give a little, not more
+    assert result["clean_accuracy_after"] >= result["clean_accuracy_before"] - 0.03, result
+
+
 def test_the_clone_keeps_the_vocabulary_that_clone_model_alone_drops(victims):
     import keras
 

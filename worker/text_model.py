@@ -33,6 +33,8 @@ SUSPECT_RISE = 0.4  # ...well above what a neutral insertion at the same place d
 ALPHA = 0.01  # family-wise level of the McNemar tests (Bonferroni over candidates x classes)
 NEUTRAL_WORDS = ("the", "and", "of", "to", "is", "it", "in", "a")  # the baseline's inserted words, as many as the candidate's
 HOLDOUT_SHARE = 0.2  # the share of clean texts held out when no held-out texts are given
+REMOVED_ASR = 0.02  # attack success at or under which a backdoor counts as removed (the issue's goal)
+UNLEARN_MIN = 200  # trigger-carrying texts added in an unlearning round, at least
 BATCH = 512
 
 # Published text trigger styles, as inserted by the attacks that introduced them.
@@ -287,9 +289,8 @@ def remediate_text_model(model, texts: list[str], y: np.ndarray, quarantine: lis
                          learning_rate: float = 5e-3, seed: int = 0, per_candidate: int = 200) -> dict:
     """Retrain a clone without the quarantined texts and re-test: attack success of ``trigger`` (toward the class it
     pushes hardest before) and clean accuracy on held-out texts, before and after. Without ``holdout``,
-    ``HOLDOUT_SHARE`` of the kept texts are held out of the retraining (the original has seen them)."""
-    import keras
-
+    ``HOLDOUT_SHARE`` of the kept texts are held out of the retraining (the original has seen them). When removal
+    alone leaves attack success above REMOVED_ASR, a second round unlearns the trigger (``rounds`` lists both)."""
     y = np.asarray(y, dtype=np.int64)
     kept = np.setdiff1d(np.arange(len(texts)), np.asarray(quarantine, dtype=np.int64))
     rng = np.random.default_rng(seed)
@@ -301,27 +302,52 @@ def remediate_text_model(model, texts: list[str], y: np.ndarray, quarantine: lis
     held_texts, held_y = list(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
     n_classes = int(max(y.max(), held_y.max())) + 1
 
+    train_texts, train_y = [texts[i] for i in kept], y[kept]
+    before = _trigger_effect(model, held_texts, held_y, trigger, n_classes, seed, per_candidate)
+    target = max(before, key=lambda r: r.attack_success).target
+    clone = _retrained_clone(model, train_texts, train_y, epochs, batch_size, learning_rate, seed)
+    after = _success_on(clone, held_texts, held_y, trigger, target, n_classes, seed, per_candidate)
+    rounds = [{"round": 1, "rule": "retrain without the quarantine", "attack_success": after.attack_success}]
+    if after.attack_success > REMOVED_ASR:
+        # Removal alone left the shortcut (carriers the search did not flag taught it): unlearn it, as Neural Cleanse
+        # does with its reconstructed trigger, by training on kept texts of the other classes that carry the trigger
+        # under their own label.
+        others = [i for i, label in enumerate(train_y) if label != target]
+        picked = rng.choice(others, size=min(len(others), max(UNLEARN_MIN, len(train_texts) // 5)), replace=False)
+        stamped = [insert_at(train_texts[i], trigger, rng.random()) for i in picked]
+        clone = _retrained_clone(model, train_texts + stamped, np.concatenate([train_y, train_y[picked]]), epochs,
+                                 batch_size, learning_rate, seed)
+        after = _success_on(clone, held_texts, held_y, trigger, target, n_classes, seed, per_candidate)
+        rounds.append({"round": 2, "rule": f"retrain with {len(stamped)} trigger-carrying texts under their own labels",
+                       "attack_success": after.attack_success})
+    before = {r.target: r for r in before}
+    return {"model": clone, "trigger": trigger, "target": target, "quarantined": int(len(np.unique(quarantine))),
+            "retrained_on": int(len(kept)), "held_out": len(held_texts), "epochs": epochs, "rounds": rounds,
+            "attack_success_before": before[target].attack_success, "attack_success_after": after.attack_success,
+            "baseline_after": after.baseline,
+            "clean_accuracy_before": _accuracy(model, held_texts, held_y),
+            "clean_accuracy_after": _accuracy(clone, held_texts, held_y)}
+
+
+def _retrained_clone(model, texts: list[str], y: np.ndarray, epochs: int, batch_size: int, learning_rate: float,
+                     seed: int):
+    import keras
+    import tensorflow as tf
+
     keras.utils.set_random_seed(seed)
     clone = clone_text_model(model)
     _compile_like(clone, model, learning_rate)
-    import tensorflow as tf
-
-    train_x = tf.constant([texts[i] for i in kept], dtype=tf.string)
+    train_x = tf.constant(texts, dtype=tf.string)
     if len(model.inputs[0].shape) == 2:
         train_x = tf.reshape(train_x, (-1, 1))
-    clone.fit(train_x, y[kept], epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    clone.fit(train_x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return clone
 
-    before = _trigger_effect(model, held_texts, held_y, trigger, n_classes, seed, per_candidate)
-    target = max(before, key=lambda r: r.attack_success).target
-    after = {r.target: r for r in _trigger_effect(clone, held_texts, held_y, trigger, n_classes, seed, per_candidate)}
-    before = {r.target: r for r in before}
-    return {"model": clone, "trigger": trigger, "target": target, "quarantined": int(len(np.unique(quarantine))),
-            "retrained_on": int(len(kept)), "held_out": len(held_texts), "epochs": epochs,
-            "attack_success_before": before[target].attack_success,
-            "attack_success_after": after[target].attack_success if target in after else 0.0,
-            "baseline_after": after[target].baseline if target in after else 0.0,
-            "clean_accuracy_before": _accuracy(model, held_texts, held_y),
-            "clean_accuracy_after": _accuracy(clone, held_texts, held_y)}
+
+def _success_on(model, texts, y, trigger, target, n_classes, seed, per_candidate) -> ProbeResult:
+    """The trigger's effect toward ``target`` (none measured: nothing moved there)."""
+    results = {r.target: r for r in _trigger_effect(model, texts, y, trigger, n_classes, seed, per_candidate)}
+    return results.get(target, ProbeResult(trigger, target, 0.0, 0.0, 0))
 
 
 def _trigger_effect(model, texts, y, trigger, n_classes, seed, per_candidate) -> list[ProbeResult]:

@@ -250,7 +250,9 @@ def _remediation(context, ds, model, target: int, probe, assessment, holdout, se
         explanation=f"A clone of the model retrained for {result['epochs']} epochs without the texts that carry the "
         f"data's trigger toward {_label(ds, target)!r}: attack success of {probe.candidate!r} {before:.0%} -> {after:.0%}, "
         f"clean accuracy {result['clean_accuracy_before']:.1%} -> {result['clean_accuracy_after']:.1%} on "
-        f"{result['held_out']} held-out texts.",
+        f"{result['held_out']} held-out texts."
+        + (f" Removal alone left {result['rounds'][0]['attack_success']:.0%}, so a second round {result['rounds'][1]['rule']}."
+           if len(result["rounds"]) > 1 else ""),
         remediation="Use the retrained model (an output of this scan) or retrain yours on the cleaned dataset."
         if removed else "The trigger's carriers in this dataset do not explain the backdoor: the model was trained on "
         "other poisoned data. Retrain from a trusted source.",
