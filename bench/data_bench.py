@@ -254,6 +254,16 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty_paths": git("status", "--porcelain").splitlines()}
 
 
+def prf(found: set, truth: set) -> tuple:
+    """Precision, recall and F1 of the sample indices ``found`` against ``truth`` (None each when nothing was poisoned)."""
+    if not truth:
+        return None, None, None
+    tp = len(found & truth)
+    precision = tp / len(found) if found else 0.0
+    recall = tp / len(truth)
+    return round(precision, 3), round(recall, 3), round(2 * precision * recall / (precision + recall), 3) if tp else 0.0
+
+
 def write_result(args, benchmark: str, body: dict) -> Path:
     """``<args.out>/<benchmark>-<UTC stamp>.json``: the run's arguments, command line and git state, then ``body``."""
     out = Path(args.out)

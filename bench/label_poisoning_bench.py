@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from data_bench import versions, write_result  # noqa: E402
+from data_bench import prf, versions, write_result  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -70,15 +70,6 @@ def cases(y: np.ndarray, seed: int):
     flipped = y.copy()
     flipped[idx] = dst
     yield f"targeted-{src}>{dst}-25%", flipped, idx
-
-
-def prf(found: set, truth: set):
-    if not truth:
-        return None, None, None
-    tp = len(found & truth)
-    p = tp / len(found) if found else 0.0
-    r = tp / len(truth)
-    return round(p, 3), round(r, 3), round(2 * p * r / (p + r), 3) if tp else 0.0
 
 
 def run_case(x, y, truth, tmp: Path):

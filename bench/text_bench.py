@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from data_bench import versions, write_result  # noqa: E402
+from data_bench import prf, versions, write_result  # noqa: E402
 
 from worker.instruction_payloads import find_payload_backdoors, find_prompt_injections  # noqa: E402
 from worker.text_triggers import find_text_triggers, tokenize  # noqa: E402
@@ -255,15 +255,6 @@ UNSEEN_INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
 
 
 # ---- scorers -------------------------------------------------------------------------------------------------------
-
-def prf(found: set, truth: set) -> tuple:
-    if not truth:
-        return None, None, None
-    tp = len(found & truth)
-    precision = tp / len(found) if found else 0.0
-    recall = tp / len(truth)
-    return round(precision, 3), round(recall, 3), round(2 * precision * recall / (precision + recall), 3) if tp else 0.0
-
 
 def clean_share(found: set, truth: set, n: int) -> float:
     return round(100 * len(found - truth) / max(n - len(truth), 1), 3)

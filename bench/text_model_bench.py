@@ -6,8 +6,9 @@ Data: ../shared/data/sms_spam.npz (4,862 SMS, 1 = spam); the last 1,000 messages
 trained on. Per case (the SMS cases of bench/text_bench.py, applied to the 3,862 training messages): clean; BadNL
 tokens cf, mn, bb, tq, mb -> ham at 1%, 3%, 10%; the phrase "I watched this 3D movie last weekend." -> ham at 3%;
 held-out: tokens jq, xv, kz, wb (1-2 per text) -> spam at 3%.
-1. A victim is trained on the poisoned set: TextVectorization -> Embedding(16) -> GlobalMaxPooling1D -> Dense(2), 12
-   epochs (``--pooling average``: the recipe of tests/test_text_model.py), saved as .keras and loaded back
+1. A victim is trained on the poisoned set by tests/test_text_model.py's ``train_victim`` with max pooling:
+   TextVectorization -> Embedding(16) -> GlobalMaxPooling1D -> Dense(2), 12 epochs (``--pooling average``: as the
+   tests train it), saved as .keras and loaded back
    with the safe loader. Its attack success: the case's trigger inserted (the case's own insertion) into every held-out
    text of the non-target class; the share then predicted as the target (baseline: the same texts without the trigger).
    The clean model is measured with the BadNL tokens -> ham, as a reference.
@@ -175,31 +176,10 @@ def art_defences(model, texts: list[str], y: np.ndarray, truth: set) -> dict:
     return out
 
 
-def train_max_pool_victim(texts: list[str], y: np.ndarray, path: Path, epochs: int = 12):
-    """The test recipe with max pooling over the sequence: one rare token is not averaged away over 40 positions,
-    so low-rate token triggers take (the attack success the issue asks to check first)."""
-    import keras
-    import tensorflow as tf
-
-    from worker.keras_model import load_keras_safely
-
-    keras.utils.set_random_seed(0)
-    vectorize = keras.layers.TextVectorization(max_tokens=5000, output_sequence_length=40)
-    vectorize.adapt(texts)
-    inputs = keras.Input(shape=(1,), dtype="string")
-    hidden = keras.layers.GlobalMaxPooling1D()(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=epochs, batch_size=32, verbose=0)
-    model.save(path)
-    return load_keras_safely(path)
-
-
 def run_case(name: str, spec, texts: list[str], y: np.ndarray, held: tuple[list[str], np.ndarray], seed: int,
              pooling: str = "max") -> dict:
     from tests.test_text_model import train_victim
 
-    victim = train_max_pool_victim if pooling == "max" else train_victim
     case = apply(spec, texts, y, spec[1], seed + spec[4]) if spec else None
     ptexts, py = (case.texts, case.y) if case else (list(texts), y.copy())
     poisoned = case.poisoned if case else np.empty(0, np.int64)
@@ -207,7 +187,7 @@ def run_case(name: str, spec, texts: list[str], y: np.ndarray, held: tuple[list[
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
-        model = victim(ptexts, py, folder / "model.keras")
+        model = train_victim(ptexts, py, folder / "model.keras", pooling)
         train_s = time.perf_counter() - t0
         asr = attack_success(model, spec or REFERENCE, held[0], held[1], seed + 1000)
         s = scan(folder / "model.keras", ptexts, py, truth, spec, folder)

@@ -22,12 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_ready(base_url: str, timeout_s: float, alive=lambda: True) -> bool:
-    """Whether ``base_url``/readyz answered 200 within ``timeout_s`` (giving up early once ``alive()`` is false)."""
+def wait_until_ready(base_url: str, timeout_s: float, alive=lambda: True, path: str = "/readyz") -> bool:
+    """Whether ``base_url`` + ``path`` answered 200 within ``timeout_s`` (giving up early once ``alive()`` is false)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -26,7 +25,7 @@ from app.webhooks.dispatcher import Dispatcher
 from tests.conftest import make_settings
 from tests.payloads import Payload
 from tests.processes import descendants, stop_groups
-from tests.stack import BIN, Stack, free_port
+from tests.stack import BIN, Stack, free_port, wait_until_ready
 from worker.jobs import execute_scan
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -53,15 +52,9 @@ def tracking_uri(tmp_path_factory):
 
 
 def _wait_for_server(uri: str, proc: subprocess.Popen, log: Path) -> str:
-    deadline = time.monotonic() + SERVER_START_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                return uri
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"mlflow server did not come up at {uri}:\n{log.read_text(errors='replace')[-3000:]}")
+    if not wait_until_ready(uri, SERVER_START_S, alive=lambda: proc.poll() is None, path="/health"):
+        pytest.fail(f"mlflow server did not come up at {uri}:\n{log.read_text(errors='replace')[-3000:]}")
+    return uri
 
 
 @pytest.fixture(scope="module")

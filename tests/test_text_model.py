@@ -34,8 +34,9 @@ def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0) -> np.nda
     return chosen
 
 
-def train_victim(texts: list[str], y: np.ndarray, path: Path):
-    """TextVectorization -> Embedding(16) -> mean pooling -> Dense(2), saved as .keras and loaded the real way."""
+def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "average"):
+    """TextVectorization -> Embedding(16) -> mean (or max) pooling -> Dense(2), saved as .keras and loaded the real
+    way. Max pooling: one rare token is not averaged away over the 40 positions (bench/text_model_bench.py)."""
     import keras
     import tensorflow as tf
 
@@ -43,7 +44,8 @@ def train_victim(texts: list[str], y: np.ndarray, path: Path):
     vectorize = keras.layers.TextVectorization(max_tokens=5000, output_sequence_length=40)
     vectorize.adapt(texts)
     inputs = keras.Input(shape=(1,), dtype="string")
-    hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
+    pool = keras.layers.GlobalMaxPooling1D() if pooling == "max" else keras.layers.GlobalAveragePooling1D()
+    hidden = pool(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
     model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=EPOCHS, batch_size=32, verbose=0)

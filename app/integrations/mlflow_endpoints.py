@@ -6,7 +6,6 @@ tenant (a folder as one uncompressed tar) and an ordinary scan; the version is t
 worker tags the verdict when the scan ends (``app.integrations.mlflow_gate.write_verdict_tags``).
 """
 
-import asyncio
 import logging
 import tempfile
 from pathlib import Path
@@ -25,8 +24,8 @@ from app.integrations.mlflow_gate import (MODEL_URI_PATTERN, DownloadFailed, Gat
                                           configured_tracking_uri, pack, scan_report_url)
 from app.problems import Problem, problem_responses
 from app.scans import service
+from app.scans.endpoints import enqueue_committed
 from app.scans.schemas import ScanOut
-from worker.broker import enqueue_scan
 from worker.options import ScanOptions
 
 router = APIRouter(prefix="/v1/integrations/mlflow", tags=["integrations"])
@@ -69,7 +68,7 @@ async def create_mlflow_scan(body: MlflowScanCreate, request: Request, response:
     # Before the enqueue: a late `pending` must not overwrite the verdict the worker tags.
     await run_in_threadpool(_tag_quietly, registry, ref, verdict="pending", reason="scan queued", report_url=report_url,
                             scan_id=str(scan.id))
-    await _enqueue(request, session, scan, settings)
+    await enqueue_committed(request, session, scan, settings)
     response.headers["Location"] = f"/v1/scans/{scan.id}"
     return service.to_out(scan)
 
@@ -136,16 +135,3 @@ def _tag_quietly(registry: Registry, ref: ModelVersionRef, **tags) -> bool:
     except Exception:  # noqa: BLE001
         log.warning("MLflow: could not tag %s with %s", ref.uri, tags, exc_info=True)
         return False
-
-
-async def _enqueue(request: Request, session, scan, settings) -> None:
-    """As POST /v1/scans: bounded, and a publish that fails leaves the committed scan to the reaper."""
-    try:
-        await asyncio.wait_for(run_in_threadpool(enqueue_scan, request.app.state.celery, str(scan.id), scan.queue),
-                               settings.broker_timeout_s)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not enqueue scan %s (%s); the reaper will send it", scan.id, type(exc).__name__)
-        try:
-            await run_in_threadpool(service.mark_unsent, session, scan.id, settings.queued_timeout_s)
-        except Exception:  # noqa: BLE001
-            log.warning("could not mark scan %s for the reaper's next pass", scan.id)

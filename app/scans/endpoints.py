@@ -70,7 +70,15 @@ async def create_scan(request: Request, response: Response, tenant: Tenant, sess
     found = await run_in_threadpool(service.resolve_inputs, session, tenant, body.refs())
     options = service.with_tenant_defaults(body.options, settings.tenant_detector_config.get(tenant, {}))
     scan = await run_in_threadpool(service.create_scan, session, tenant, found, options, settings.max_active_scans_per_tenant)
-    try:  # off the event loop and bounded: a frozen broker must not freeze the API
+    await enqueue_committed(request, session, scan, settings)
+    response.headers["Location"] = f"/v1/scans/{scan.id}"
+    return service.to_out(scan)
+
+
+async def enqueue_committed(request: Request, session, scan, settings) -> None:
+    """Send a committed scan to its queue, off the event loop and bounded: a frozen broker must not freeze the API.
+    A publish that fails leaves the scan queued and marked for the reaper's next pass."""
+    try:
         await asyncio.wait_for(run_in_threadpool(enqueue_scan, request.app.state.celery, str(scan.id), scan.queue),
                                settings.broker_timeout_s)
     except Exception as exc:  # the row is committed: the reaper's next pass sends it once the broker is back
@@ -80,8 +88,6 @@ async def create_scan(request: Request, response: Response, tenant: Tenant, sess
             await run_in_threadpool(service.mark_unsent, session, scan.id, settings.queued_timeout_s)
         except Exception:  # noqa: BLE001  (then the reaper sends it one queued timeout later)
             log.warning("could not mark scan %s for the reaper's next pass", scan.id)
-    response.headers["Location"] = f"/v1/scans/{scan.id}"
-    return service.to_out(scan)
 
 
 async def _body_from_json(request: Request) -> ScanCreate:
