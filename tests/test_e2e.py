@@ -66,7 +66,7 @@ def test_upload_scan_poll_report(stack, files):
     data = next(d for d in report["detectors"] if d["name"] == "data_poisoning")
     assert data["status"] == "ok" and data["technique"] == "AML.T0020"  # the data layer ran in the worker
     model_layer = next(d for d in report["detectors"] if d["name"] == "backdoor_activations")
-    assert model_layer["status"] == "ok" and "uploaded model not analysed: a proxy network was used" in titles  # a pickle is never loaded
+    assert model_layer["status"] == "ok" and "uploaded model not analysed: a proxy network was trained on the dataset" in titles  # a pickle is never loaded
 
 
 def test_cli_submit_exit_codes(stack, files):

@@ -194,3 +194,22 @@ def test_a_scan_of_the_clean_model_names_no_target(victims, tmp_path):
     assert text["status"] == "ok" and [f["title"] for f in text["findings"]] == [
         "no trigger makes the text model change its answer"]
     assert report["verdict"] != "fail", report["verdict_reason"]
+
+
+def test_a_scan_of_only_text_backdoor_fails_closed_on_a_keras_model_it_cannot_load(tmp_path):
+    """The model layer's rule, for the text model detector too: a .keras we could not open is unchecked behaviour."""
+    import csv
+
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    texts, y = sms()
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 truncated: not a whole zip archive")
+    with (tmp_path / "train.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts[:300], y)])
+    report = scan_local_files({"model": tmp_path / "model.keras", "dataset": tmp_path / "train.csv"},
+                              ScanOptions(detectors=["text_backdoor"]), output_dir=tmp_path / "out")
+    (detector,) = report["detectors"]
+    (finding,) = detector["findings"]
+    assert detector["status"] == "ok" and finding["title"].startswith("uploaded model not analysed")
+    assert finding["severity"] == "high" and report["verdict"] == "fail", report["verdict_reason"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.findings import InputRejected, Severity
+from worker.findings import Finding, InputRejected, Severity
 from worker.inspect.formats import sniff
 
 BLOCKING = (Severity.critical, Severity.high)
@@ -18,6 +18,21 @@ BLOCKING = (Severity.critical, Severity.high)
 
 class ModelRejected(InputRejected):
     """The model will not be loaded; the message says which check stopped it."""
+
+
+def unanalysed_model_finding(model_input, exc: Exception, instead: str) -> Finding:
+    """The finding for an uploaded model that was not loaded. A model that claims to be Keras (by content or name) is
+    one whose own behaviour went unchecked: high, so a gate fails closed even when the scan ran no other detector. A
+    model of another framework is outside what the model layers analyse: a low remark (the supply-chain layer still
+    scanned it). ``instead``: what the scan did without it."""
+    claims_keras = model_input.kind in ("keras", "hdf5") or (model_input.filename or "").lower().endswith((".keras", ".h5"))
+    return Finding("uploaded model not analysed" + (f": {instead}" if instead else ""),
+                   Severity.high if claims_keras else Severity.low, 0.8 if claims_keras else 0.0,
+                   f"The model layers analyse Keras models only, loaded in safe mode after the static checks: {exc}."
+                   + (f" Instead, {instead}." if instead else ""),
+                   remediation="Upload the model as a .keras or .h5 file that passes the static checks for its own "
+                   "behaviour to be analysed.",
+                   evidence={"reason": str(exc)})
 
 
 def load_keras_safely(path: Path, *, compile: bool = False):

@@ -88,7 +88,7 @@ def _untangle(penultimate, labels, analysis, seed: int):
 def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progress) -> tuple[object, dict, list[Finding]]:
     """The uploaded Keras model, loaded safely (the context's); else (none uploaded, or not one we load) a proxy
     trained on the data."""
-    from worker.keras_model import ModelRejected
+    from worker.keras_model import ModelRejected, unanalysed_model_finding
     from worker.text_model import is_text_model
 
     inputs = context.inputs
@@ -102,14 +102,7 @@ def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progres
                                  "The uploaded model takes text; it is probed with triggers by text_backdoor. Activation "
                                  "clustering ran on a proxy network trained on the texts' features."))
         except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
-            # A Keras model we could not open is not "another framework": its own behaviour went unchecked (fail closed).
-            claims_keras = inputs.model.kind in ("keras", "hdf5") or (inputs.model.filename or "").lower().endswith((".keras", ".h5"))
-            notes.append(Finding("uploaded model not analysed: a proxy network was used",
-                                 Severity.high if claims_keras else Severity.low, 0.8 if claims_keras else 0.0,
-                                 f"The model layer analyses Keras models only, loaded in safe mode after the static checks: {exc}. "
-                                 "The dataset was analysed with a proxy network trained on it instead.",
-                                 remediation="Upload the model as .keras or .h5 for its own activations to be analysed.",
-                                 evidence={"reason": str(exc)}))
+            notes.append(unanalysed_model_finding(inputs.model, exc, "a proxy network was trained on the dataset"))
     from worker.proxy_network import train_proxy
 
     progress("proxy", 0.02)

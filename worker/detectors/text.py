@@ -147,7 +147,7 @@ def text_backdoor(inputs: ScanInputs, config: dict, progress, context: ScanConte
 
     config: ``TextBackdoorConfig`` (``label_column``, ``text_column``, ``per_candidate``, ``remediate``, ``epochs``).
     """
-    from worker.keras_model import ModelRejected
+    from worker.keras_model import ModelRejected, unanalysed_model_finding
     from worker.text_model import assess_text_model, is_text_model
 
     settings = TextBackdoorConfig.model_validate(config)
@@ -157,8 +157,8 @@ def text_backdoor(inputs: ScanInputs, config: dict, progress, context: ScanConte
         raise NotApplicable("not a text dataset")
     try:
         model = context.model()
-    except ModelRejected as exc:  # the supply-chain layer says why; backdoor_activations reports it as unanalysed
-        raise NotApplicable(f"the uploaded model was not loaded: {exc}") from exc
+    except ModelRejected as exc:  # fail closed: a scan that runs only this detector must not pass an unloadable model
+        return [unanalysed_model_finding(inputs.model, exc, "no trigger was probed on it")]
     if not is_text_model(model):
         raise NotApplicable("the uploaded model does not take text")
     if int(model.outputs[0].shape[-1]) < ds.n_classes:
