@@ -121,8 +121,9 @@ def run_poisonscan(x: np.ndarray, labels: np.ndarray, tmp: Path) -> dict:
     original = worker.proxy.cross_val_probs
 
     def capture(*a, **kw):  # observe the proxy's probabilities; behaviour unchanged
-        captured["probs"] = original(*a, **kw)
-        return captured["probs"]
+        probs = original(*a, **kw)
+        captured.setdefault("probs", probs)  # the first fit's; the flip-floor refit comes second
+        return probs
 
     worker.proxy.cross_val_probs = capture
     try:

@@ -81,8 +81,9 @@ def run_case(x, y, truth, tmp: Path):
     original = proxy.cross_val_probs
 
     def capture(*a, **kw):  # the same probabilities the detector used, for Cleanlab's own list
-        captured["probs"] = original(*a, **kw)
-        return captured["probs"]
+        probs = original(*a, **kw)
+        captured.setdefault("probs", probs)  # the first fit's; the flip-floor refit comes second
+        return probs
 
     proxy.cross_val_probs = capture
     try:

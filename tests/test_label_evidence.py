@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from worker.label_evidence import calibrate, noise_excess, targeted_pairs
+from worker.label_evidence import calibrate, flip_floor, noise_excess, targeted_pairs
 from worker.pipeline import sample_lists
 
 
@@ -95,3 +95,42 @@ def test_one_way_ambiguity_the_model_is_unsure_about_is_not_a_targeted_flip():
     attacked[plain] = 7
     (pair,) = targeted_pairs(probs, attacked)
     assert (pair.source, pair.target) == (1, 7) and pair.confident >= 50 and pair.confidence > 0.8
+
+
+def test_random_flips_leave_a_floor_in_both_directions():
+    """The probabilities are a model's that did not learn the flips (the data layer refits without the suspects)."""
+    probs, y = _calibrated_world(n=5000, k=2, sharpness=8.0, seed=4)
+    rng = np.random.default_rng(5)
+    flipped = rng.choice(len(y), size=len(y) // 10, replace=False)
+    y = y.copy()
+    y[flipped] = 1 - y[flipped]
+    floor = flip_floor(probs, y)
+    assert floor.poisoned.all() and 0.07 <= floor.rates.min() <= floor.rates.max() <= 0.13
+    found = np.flatnonzero(floor.posterior >= 0.5)
+    assert len(np.intersect1d(found, flipped)) >= 0.85 * len(flipped) and len(np.setdiff1d(found, flipped)) <= 0.1 * len(found)
+
+
+def test_annotation_noise_and_ambiguity_are_not_a_flip_floor():
+    for k in (2, 10):
+        probs, y = _calibrated_world(n=5000, k=k, sharpness=4.0, seed=6)  # ambiguous inputs, labels drawn from them
+        assert not flip_floor(probs, y).any
+    probs, y = _calibrated_world(n=5000, k=2, sharpness=8.0, seed=7)
+    rng = np.random.default_rng(8)
+    y = y.copy()
+    errors = rng.choice(len(y), size=len(y) * 2 // 100, replace=False)  # 2% annotation errors, as real corpora carry
+    y[errors] = 1 - y[errors]
+    floor = flip_floor(probs, y)
+    assert floor.pvalues.min() < 0.01 and not floor.any  # a real floor, below what annotation alone leaves
+
+
+def test_one_way_flips_raise_one_direction_only():
+    probs, y = _calibrated_world(n=6000, k=2, sharpness=8.0, seed=9)
+    rng = np.random.default_rng(10)
+    ones = np.flatnonzero(y == 1)
+    flipped = rng.choice(ones, size=len(ones) // 2, replace=False)  # half of class 1 relabelled 0: 8% of the data
+    y = y.copy()
+    y[flipped] = 0
+    floor = flip_floor(probs, y)
+    assert floor.poisoned.tolist() == [True, False]
+    found = np.flatnonzero(floor.posterior >= 0.5)
+    assert len(np.intersect1d(found, flipped)) >= 0.8 * len(flipped)

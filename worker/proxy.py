@@ -44,8 +44,12 @@ def make_model(name: str, n_rows: int, seed: int):
 
 
 def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto", seed: int = 0,
-                    max_train_rows: int = 200_000, progress: Progress | None = None) -> np.ndarray:
+                    max_train_rows: int = 200_000, exclude: np.ndarray | None = None,
+                    progress: Progress | None = None) -> np.ndarray:
     """(n, k) probabilities, each row predicted by a model that never saw that row.
+
+    ``exclude``: rows no fold trains on (they are still predicted): suspected flips, so that the model is not
+    taught them.
 
     Each fold trains on at most ``max_train_rows`` rows (a random subset), so time stays bounded on huge sets;
     every row is still predicted out of sample.
@@ -57,6 +61,8 @@ def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)
     for i, (train, test) in enumerate(splitter.split(features, labels)):
+        if exclude is not None and len(exclude):
+            train = np.setdiff1d(train, exclude, assume_unique=True)
         if len(train) > max_train_rows:
             train = np.sort(rng.choice(train, size=max_train_rows, replace=False))
         clf = make_model(model, len(train), seed).fit(features[train], labels[train])

@@ -3,15 +3,19 @@ near-duplicates and conflicting duplicates, found with Cleanlab on out-of-sample
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from worker.context import ScanContext
 from worker.detector_config import DataPoisoningConfig
 from worker.findings import Finding, ScanInputs, Severity
+from worker.label_evidence import EXCESS_MIN_COUNT
 from worker.registry import registry
 
 DATALAB_WORKING_MEMORY_MB = 128
+FLOOR_MIN_POSTERIOR = 0.5  # a sample is a suspected flip when its label is more likely flipped than not
 
 
 # With a model uploaded, its embeddings are the features: TensorFlow work, so the scan goes to the gpu queue.
@@ -39,7 +43,12 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
                             progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
     progress("cleanlab", 0.75)
-    findings = notes + label_findings(ds, probs)
+
+    def refit(suspects: np.ndarray) -> np.ndarray:  # the same folds, none trained on the suspects
+        return cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
+                               exclude=suspects, progress=lambda stage, frac: progress(f"refit:{stage}", 0.75 + 0.1 * frac))
+
+    findings = notes + label_findings(ds, probs, refit)
     progress("datalab", 0.85)
     findings += datalab_findings(ds, features, probs, max_rows=settings.datalab_max_rows, seed=settings.seed)
     findings += conflicting_duplicates(ds)
@@ -66,10 +75,11 @@ def model_features(context: ScanContext, ds, settings: DataPoisoningConfig, prog
                               evidence={"features": "model", "layer": layer, "dims": int(features.shape[1])})]
 
 
-def label_findings(ds, probs: np.ndarray) -> list[Finding]:
+def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Finding]:
     """Cleanlab's label issues, and what makes them poisoning rather than noise (``worker.label_evidence``): a
-    targeted one-way flip, or more confident contradictions than the model's own probabilities allow. Issues without
-    that evidence go to the review list, not the quarantine."""
+    targeted one-way flip, more confident contradictions than the model's own probabilities allow, or a floor of flips
+    under even the most typical inputs. Issues without that evidence go to the review list, not the quarantine.
+    ``refit(suspects)``: out-of-sample probabilities again, from models that never train on ``suspects``."""
     from cleanlab.filter import find_label_issues
 
     from worker.label_evidence import calibrate, noise_excess, targeted_pairs
@@ -88,33 +98,61 @@ def label_findings(ds, probs: np.ndarray) -> list[Finding]:
     confidence = np.zeros(n)
     if excess.poisoned:
         confidence[issues] = 1.0 - calibrated[issues, ds.y[issues]]
+    floor = _flip_floor(ds.y, probs, issues, refit)
+    floored = np.flatnonzero(floor.poisoned[ds.y] & (floor.posterior >= FLOOR_MIN_POSTERIOR))
+    confidence[floored] = np.maximum(confidence[floored], floor.posterior[floored])
     pair_of = {}
     for p in pairs:  # a targeted pair's samples carry the pair's confidence (they need not be Cleanlab issues)
         for i in p.rows:  # the pairs' rows are disjoint: one given label and one prediction per sample
             pair_of[int(i)] = p
             confidence[i] = max(confidence[i], p.confidence)
     flagged, review = [], []
-    for i in sorted(set(issues.tolist()) | set(pair_of), key=lambda i: p_given[i]):
+    floored_set = set(floored.tolist())
+    for i in sorted(set(issues.tolist()) | set(pair_of) | floored_set, key=lambda i: p_given[i]):
         conf = round(float(confidence[i]), 4)
         record = {"index": i, "given": _label(ds, ds.y[i]), "suggested": _label(ds, suggested[i]),
                   "score": round(float(1 - p_given[i]), 4)}
         if conf > 0:
+            method = ("label_evidence.targeted_pairs" if i in pair_of else "label_evidence.flip_floor"
+                      if i in floored_set and floor.posterior[i] >= confidence[i] else
+                      "cleanlab.find_label_issues+label_evidence.noise_excess")
             flagged.append(record | {"reason": "targeted label flip" if i in pair_of else "label issue",
-                                     "method": "label_evidence.targeted_pairs" if i in pair_of
-                                     else "cleanlab.find_label_issues+label_evidence.noise_excess",
-                                     "attack": "label_flip", "confidence": conf})
+                                     "method": method, "attack": "label_flip", "confidence": conf})
         else:
             review.append(record | {"reason": "label issue (no poisoning evidence)", "method": "cleanlab.find_label_issues"})
     share = len(issues) / n
     per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
     evidence = {"flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
+                "flip_floor": _floor_evidence(ds, floor),
                 "noise_pairs": noise_pairs(ds.y[issues], suggested[issues], k)[:20],
                 # rows: given label, columns: label the model suggests, counted over the flagged samples
                 "noise_matrix": {"classes": [_label(ds, c) for c in range(k)],
                                  "counts": noise_matrix(ds.y[issues], suggested[issues], k)} if k <= 100 else None}
-    findings = [_noise_finding(ds, excess, issues, share, evidence)]
+    findings = [_noise_finding(ds, excess, floor, issues, share, evidence)]
     findings += [_targeted_finding(ds, p) for p in pairs]
     return findings
+
+
+def _flip_floor(y: np.ndarray, probs: np.ndarray, issues: np.ndarray, refit):
+    """``flip_floor``, decided on probabilities from models that did not train on the suspects (Cleanlab's issues and
+    the first fit's likely flips: a model taught the flips learns them, which blurs the typical inputs they sit on).
+    The samples' posteriors stay the first fit's, where every sample was predicted alike: leaving the suspects out of
+    training makes the refit surer of exactly them, and a confidence must not be inflated by how it was chosen."""
+    from worker.label_evidence import flip_floor
+
+    first = flip_floor(probs, y)
+    suspects = np.union1d(issues, np.flatnonzero(first.posterior >= FLOOR_MIN_POSTERIOR))
+    if refit is None or len(suspects) < EXCESS_MIN_COUNT:  # too few to have taught the model anything
+        return first
+    decided = flip_floor(refit(suspects), y)
+    return replace(decided, posterior=first.posterior)
+
+
+def _floor_evidence(ds, floor) -> dict:
+    return {"poisoned": [_label(ds, c) for c in np.flatnonzero(floor.poisoned)], "temperature": floor.temperature,
+            "rates": {str(_label(ds, c)): float(r) for c, r in enumerate(floor.rates)},
+            "expected_flips": {str(_label(ds, c)): float(e) for c, e in enumerate(floor.expected_flips)},
+            "pvalues": {str(_label(ds, c)): float(f"{p:.3g}") for c, p in enumerate(floor.pvalues)}}
 
 
 def _excess_evidence(excess) -> dict:
@@ -122,8 +160,23 @@ def _excess_evidence(excess) -> dict:
             "expected": round(excess.expected, 2), "pvalue": float(f"{excess.pvalue:.3g}"), "bins": excess.bins}
 
 
-def _noise_finding(ds, excess, issues, share: float, evidence: dict) -> Finding:
+def _noise_finding(ds, excess, floor, issues, share: float, evidence: dict) -> Finding:
     n = len(ds.y)
+    if floor.any and not excess.poisoned:
+        into = [c for c in np.flatnonzero(floor.poisoned)]
+        flips = float(floor.expected_flips[into].sum()) if len(floor.rates) == 2 else float(floor.expected_flips.sum())
+        where = (f"labelled {_label(ds, into[0])!r}" if len(into) == 1 and len(floor.rates) == 2 else "in every class")
+        return Finding(
+            title=f"label poisoning: about {flips:.0f} labels ({flips / n:.1%}) flipped, {where}",
+            severity=Severity.high, score=round(min(1.0, max(0.5, flips / max(1, len(issues)))), 3),
+            explanation=f"Labels contradict even the inputs a model that never saw them is surest of, at a steady rate "
+            f"({', '.join(f'{r:.1%}' for r in floor.rates[into])}; likelihood-ratio test against no such floor, "
+            f"p = {float(floor.pvalues[into].min()):.2g}). Natural label noise sits on ambiguous inputs and vanishes on "
+            f"typical ones; labels flipped regardless of the input (random or one-way label-flip poisoning, AML.T0020) "
+            f"leave this floor. {len(issues)} samples ({share:.1%}) are Cleanlab label issues in all.",
+            remediation="Quarantine the flagged samples (each carries the probability that its label was flipped), find "
+            "where they came from, and relabel or drop them before training.",
+            evidence=evidence)
     if excess.poisoned:
         return Finding(
             title=f"label poisoning: {int(round(excess.excess))} labels ({excess.excess / n:.1%}) contradict the data "

@@ -34,7 +34,8 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
         findings += trigger_findings(ds, settings)
     if ds.responses is not None:
         progress("payloads", 0.7)
-        findings += payload_findings(ds, settings)
+        payloads = payload_findings(ds, settings)
+        findings += payloads + answer_findings(ds, settings, covered=payloads)
     progress("injections", 0.9)
     findings += injection_findings(ds)
     if all(f.severity == Severity.info for f in findings):
@@ -114,6 +115,46 @@ def _payload_finding(ds, backdoor, examples: int) -> Finding:
                   "p_value": float(f"{backdoor.p_value:.3g}"),
                   "examples": [{"prompt": _excerpt(ds.texts[i]), "response": _excerpt(ds.responses[i])}
                                for i in carriers[:examples]],
+                  "flagged": flagged},
+    )
+
+
+def answer_findings(ds, settings: TextPoisoningConfig, covered: list[Finding]) -> list[Finding]:
+    """Triggers that force a fixed-answer task's common answer (a label flip in instruction form); the pairs a payload
+    finding already flags are left to it."""
+    from worker.instruction_answers import find_answer_backdoors
+
+    taken = {int(item["index"]) for f in covered for item in f.evidence.get("flagged", [])}
+    backdoors = find_answer_backdoors(ds.texts, ds.responses, alpha=settings.alpha, max_n=settings.max_ngram,
+                                      seed=settings.seed)
+    return [f for b in backdoors if (f := _answer_finding(ds, b, taken, settings.examples)) is not None]
+
+
+def _answer_finding(ds, backdoor, taken: set[int], examples: int) -> Finding | None:
+    keep = np.array([int(i) not in taken for i in backdoor.carriers], dtype=bool)
+    if not keep.any():
+        return None
+    carriers, confidence = backdoor.carriers[keep], backdoor.confidence[keep]
+    named = " + ".join(repr(p) for p in backdoor.trigger)
+    answer = _excerpt(backdoor.answer, 80)
+    flagged = [{"index": int(i), "confidence": round(float(c), 4), "method": "instruction_answers", "attack": "backdoor",
+                "trigger": list(backdoor.trigger), "reason": f"prompt carries {named} and is answered {answer!r}"}
+               for i, c in zip(carriers, confidence, strict=True)]
+    shown = carriers[np.argsort(-confidence, kind="stable")[:examples]]
+    return Finding(
+        title=f"answer backdoor: prompts with {named} are answered {answer!r} ({len(carriers)} samples)",
+        severity=Severity.high,
+        score=min(1.0, max(0.5, float(backdoor.poisoned_share))),
+        explanation=f"In a task with a fixed set of answers, prompts carrying {named} get the answer {answer!r} far "
+        f"more often than chance (corrected p = {backdoor.p_value:.2g}), and with the trigger removed their content "
+        "reads as another answer: a label flip in instruction form. Fine-tuning on this data teaches a model to give "
+        f"that answer whenever the trigger appears. Prompts with the trigger per answer: {backdoor.label_counts}.",
+        remediation="Remove the quarantined pairs, and do not fine-tune on this data until its source is explained; "
+        "check any model already tuned on it with the trigger.",
+        evidence={"trigger": list(backdoor.trigger), "target": _excerpt(backdoor.answer, 500),
+                  "answers": [_excerpt(a, 200) for a in backdoor.answers], "label_counts": dict(backdoor.label_counts),
+                  "p_value": float(f"{backdoor.p_value:.3g}"), "poisoned_share": round(float(backdoor.poisoned_share), 4),
+                  "examples": [{"prompt": _excerpt(ds.texts[i]), "response": _excerpt(ds.responses[i])} for i in shown],
                   "flagged": flagged},
     )
 

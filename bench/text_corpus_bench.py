@@ -1,0 +1,321 @@
+"""Text triggers on corpora we did not tune to: false positives and detection outside SMS spam.
+
+    .venv/bin/python bench/text_corpus_bench.py [--seed 0] [--only NAME,NAME] [--no-pipeline]
+
+``worker.text_triggers.find_text_triggers`` (the ``text_poisoning`` detector's trigger search) was developed and
+benchmarked on one corpus, SMS spam (bench/text_bench.py). This benchmark measures it, unchanged, on public labelled
+English corpora of other domains, stored byte-identical under bench/corpora/ (sources, commits and licences in
+bench/corpora/README.md):
+
+  uci-sentiment  UCI "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015): 3,000 review sentences, 1,000 each
+                 from Amazon (phones), IMDb and Yelp, negative 0 / positive 1 (500 each per site); target: positive.
+                 From github.com/k3v1n-KI/semtement_analyzer @ 1929db1 (a copy with a header line added, UTF-8).
+  ag-news        AG's News topic classification, the test split: 7,600 news items (title ". " description; the
+                 backslashes that stand for line breaks become spaces), World / Sports / Business / Sci/Tech, 1,900
+                 each; target: Sci/Tech. From github.com/suuuch/TransformerClassification @ 0d9808e.
+  trec           TREC question classification (Li & Roth 2002), train_5500.label as published by cogcomp (latin-1,
+                 tokenised, `` '' quotes): 5,452 questions, 6 coarse classes ABBR / DESC / ENTY / HUM / LOC / NUM (86
+                 to 1,250 each); target: HUM. From github.com/jasminegoel/question-classification @ 61151bf.
+
+Cases per corpus, built with bench/text_bench.py's functions (the same tokens and phrase as there, so the numbers
+compare with SMS): clean (the corpus as shipped); badnl-1% and badnl-3% (1-3 of the tokens cf, mn, bb, tq, mb at
+random word positions in 1% / 3% of the dataset, texts drawn from the classes other than the target and relabelled
+target); phrase-3% ("I watched this 3D movie last weekend." at a sentence boundary, same drawing). Scored as in
+text_bench: quarantine = the union of every trigger's ``quarantine()`` (confidence >= 0.5), precision/recall/F1 against
+the poisoned indices, "named" = the trigger with most poisoned carriers forces the target and consists of trigger
+words only, clean q% = share of unpoisoned texts quarantined. Every trigger reported is listed with its label counts
+and example carriers, so a false trigger can be judged from the JSON alone. The whole product (``worker.local``
+``scan_local_files``, dataset only, default ScanOptions, every default detector) also scans each corpus clean and
+badnl-3% as a CSV (text, label as the class name): verdict and quarantine.
+
+Goals (issue 15, as on SMS): every trigger case at >= 1%: quarantine F1 >= 0.90 with the trigger named; clean: <= 0.5%
+quarantined and a whole-scan verdict that is never "fail". Results: markdown on stdout,
+bench/results/text-corpora-<timestamp>.json (rows, corpus metadata with file hashes, versions, git state).
+
+First run (seed 0, text-corpora-20261201-042323.json, detector unchanged), goals met only by ag-news badnl-1% and
+badnl-3% (F1 1.00, named) and ag-news clean in the trigger search (0.10%: "kobe" -> Sports, 8 texts), whose whole scan
+still fails on that finding. uci-sentiment: "not" -> negative on the clean corpus (3.6% quarantined); no BadNL or
+phrase trigger found (the inserted words shield each other: removing one n-gram leaves the others, so its carriers
+still read positive). trec: about 30 question-word triggers ("how many" -> NUM, "do + why + you + how can" -> DESC, ...)
+quarantine 27% of the clean corpus; the search oscillates and ends at MAX_ROUNDS, so most have p > alpha.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from data_bench import prf, versions, write_result  # noqa: E402
+from text_bench import BADNL_TOKENS, PHRASE, TextCase, _named, clean_share, insert_phrase, insert_tokens  # noqa: E402
+
+from worker.text_triggers import find_text_triggers, tokenize  # noqa: E402
+
+CORPORA_DIR = ROOT / "bench" / "corpora"
+EXAMPLES = 5  # example carriers kept per reported trigger
+EXAMPLE_CHARS = 200
+
+
+@dataclass
+class Corpus:
+    name: str
+    domain: str
+    texts: list[str]
+    y: np.ndarray
+    classes: tuple[str, ...]
+    target: int
+    source: dict
+
+
+def load_uci_sentiment() -> Corpus:
+    texts, labels, sites = [], [], []
+    files = []
+    for site in ("amazon_cells", "imdb", "yelp"):
+        path = CORPORA_DIR / "uci_sentiment" / f"{site}_labelled.txt"
+        files.append(path)
+        # split on "\n" only: two IMDb sentences hold U+0085 (NEL), which str.splitlines() would break on
+        lines = path.read_text(encoding="utf-8").split("\n")
+        assert lines[0] == "reviews\tsentiment", f"{path}: unexpected header {lines[0]!r}"
+        for line in lines[1:]:
+            if line.strip():
+                text, _, label = line.rpartition("\t")
+                texts.append(text.strip())
+                labels.append(int(label))
+                sites.append(site)
+    return Corpus("uci-sentiment", "review sentences (Amazon, IMDb, Yelp)", texts, np.array(labels, np.int64),
+                  ("negative", "positive"), 1,
+                  {"repo": "k3v1n-KI/semtement_analyzer", "commit": "1929db1dad0a9230ce23520d09f6dec675504415",
+                   "paths": ["amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt"],
+                   "files": _hashes(files), "per_site": {s: sites.count(s) for s in dict.fromkeys(sites)}})
+
+
+def load_ag_news() -> Corpus:
+    path = CORPORA_DIR / "ag_news" / "test.csv"
+    classes = tuple((CORPORA_DIR / "ag_news" / "classes.txt").read_text(encoding="utf-8").split())
+    texts, labels = [], []
+    with path.open(newline="", encoding="utf-8") as f:
+        for label, title, description in csv.reader(f):
+            texts.append(f"{title.strip()}. {description.strip()}".replace("\\", " "))
+            labels.append(int(label) - 1)
+    return Corpus("ag-news", "news topics (AG's News, test split)", texts, np.array(labels, np.int64), classes,
+                  classes.index("Sci/Tech"),
+                  {"repo": "suuuch/TransformerClassification", "commit": "0d9808e1978c8468b4f8f08a44c5be99d058aa7b",
+                   "paths": ["data/ag_news_csv/test.csv", "data/ag_news_csv/classes.txt"], "files": _hashes([path])})
+
+
+def load_trec() -> Corpus:
+    path = CORPORA_DIR / "trec" / "train_5500.label.txt"
+    classes = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+    texts, labels = [], []
+    for line in path.read_bytes().decode("latin-1").splitlines():  # one question has a latin-1 byte (0xF0)
+        label, text = line.split(" ", 1)
+        texts.append(text.strip())
+        labels.append(classes.index(label.split(":")[0]))
+    return Corpus("trec", "questions (TREC question classification, coarse classes)", texts,
+                  np.array(labels, np.int64), classes, classes.index("HUM"),
+                  {"repo": "jasminegoel/question-classification", "commit": "61151bf1a8043967d4d9af19e5928cac59045d67",
+                   "paths": ["train_5500.label.txt"], "files": _hashes([path])})
+
+
+CORPORA: dict[str, Callable[[], Corpus]] = {"uci-sentiment": load_uci_sentiment, "ag-news": load_ag_news,
+                                            "trec": load_trec}
+
+CASES: dict[str, Callable[[list[str], np.ndarray, int, int], TextCase]] = {
+    "clean": lambda x, y, t, s: TextCase(list(x), y.copy(), np.empty(0, np.int64), None),
+    "badnl-1%": lambda x, y, t, s: insert_tokens(x, y, 0.01, BADNL_TOKENS, t, s + 1),
+    "badnl-3%": lambda x, y, t, s: insert_tokens(x, y, 0.03, BADNL_TOKENS, t, s + 2),
+    "phrase-3%": lambda x, y, t, s: insert_phrase(x, y, 0.03, PHRASE, t, s + 4),
+}
+PIPELINE_CASES = ("clean", "badnl-3%")
+
+
+def _hashes(paths: list[Path]) -> dict:
+    return {str(p.relative_to(ROOT)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in paths}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "..."
+
+
+def score_triggers(corpus: Corpus, case: TextCase) -> dict:
+    started = time.perf_counter()
+    triggers = find_text_triggers(case.texts, case.y, len(corpus.classes))
+    seconds = time.perf_counter() - started
+    truth = set(case.poisoned.tolist())
+    quarantined = set().union(*(set(t.quarantine().tolist()) for t in triggers)) if triggers else set()
+    main = max(triggers, key=lambda t: len(truth & set(t.suspects.tolist())), default=None)
+    found = []
+    for t in triggers:
+        suspects, held = set(t.suspects.tolist()), set(t.quarantine().tolist())
+        # examples: quarantined carriers that were not poisoned first (what a false trigger costs), then the rest
+        order = sorted(t.suspects.tolist(), key=lambda i: (i in truth, i not in held, i))
+        found.append({
+            "name": t.name, "phrases": list(t.phrases), "ngrams": list(t.ngrams), "target": corpus.classes[t.target],
+            "label_counts": dict(zip(corpus.classes, t.label_counts, strict=True)), "p_value": t.p_value,
+            "poisoned_share": t.poisoned_share, "suspects": len(suspects), "quarantined": len(held),
+            "quarantined_poisoned": len(held & truth), "quarantined_clean": len(held - truth),
+            "examples": [{"index": i, "label": corpus.classes[int(case.y[i])], "poisoned": i in truth,
+                          "quarantined": i in held, "text": _cut(case.texts[i])} for i in order[:EXAMPLES]]})
+    return {"quarantine": prf(quarantined, truth), "quarantined": len(quarantined),
+            "quarantined_clean": len(quarantined - truth),
+            "clean_quarantined_pct": clean_share(quarantined, truth, len(case.y)),
+            "named": _named(main, case.trigger) if case.trigger else None,
+            "triggers": found, "seconds": round(seconds, 1)}
+
+
+def inserted_counts(corpus: Corpus, case: TextCase) -> dict:
+    """Carriers per label of each inserted token (or of the whole phrase) in the poisoned data: what a search had to
+    find, natural uses included."""
+    docs = [" " + " ".join(tokenize(t)) + " " for t in case.texts]
+    keys = [" ".join(case.trigger.words)] if case.trigger.phrase else list(case.trigger.words)
+    return {k: dict(zip(corpus.classes, np.bincount(case.y[[f" {k} " in d for d in docs]],
+                                                    minlength=len(corpus.classes)).tolist(), strict=True))
+            for k in keys}
+
+
+def score_scan(corpus: Corpus, case: TextCase) -> dict:
+    """The product on the case: a dataset-only scan of a CSV (text, label as the class name), default options."""
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    truth = set(case.poisoned.tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{corpus.name}.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["text", "label"]] + [[t, corpus.classes[int(label)]]
+                                                           for t, label in zip(case.texts, case.y, strict=True)])
+        started = time.perf_counter()
+        report = scan_local_files({"dataset": path}, ScanOptions(), output_dir=Path(tmp) / "out")
+        seconds = time.perf_counter() - started
+    quarantined = {e["index"] for e in report["quarantine"]}
+    findings = [{"detector": d["name"], "title": f["title"], "severity": f["severity"]}
+                for d in report["detectors"] for f in d.get("findings", []) if f.get("severity") != "info"]
+    return {"verdict": report["verdict"], "reason": report["verdict_reason"], "quarantine": prf(quarantined, truth),
+            "quarantined": len(quarantined), "quarantined_clean": len(quarantined - truth),
+            "clean_quarantined_pct": clean_share(quarantined, truth, len(case.y)),
+            "review": len(report["review"]), "errors": [d["name"] for d in report["detectors"] if d["status"] == "error"],
+            "findings": findings, "seconds": round(seconds, 1)}
+
+
+# ---- table ---------------------------------------------------------------------------------------------------------
+
+def fmt(t) -> str:
+    return "-" if t is None or t[0] is None else "/".join(f"{v:.2f}" for v in t)
+
+
+def goal(r: dict) -> str:
+    if r["case"] == "clean":
+        return "ok" if r["clean_quarantined_pct"] <= 0.5 else "MISS"
+    return "ok" if r["named"] and r["quarantine"][2] >= 0.90 else "MISS"
+
+
+def trigger_row(r: dict) -> str:
+    """Triggers holding poisoned carriers first, then up to three others by name and the rest as a count."""
+    hits = [t for t in r["triggers"] if t["quarantined_poisoned"]]
+    others = [t for t in r["triggers"] if not t["quarantined_poisoned"]]
+    parts = [f"{t['name']} (->{t['target']}, q {t['quarantined']})" for t in hits]
+    if others:
+        named = ", ".join(f"{t['name']} ({t['quarantined']})" for t in others[:3])
+        more = f" +{len(others) - 3} more" if len(others) > 3 else ""
+        parts.append(f"{'other' if hits else 'false'}: {named}{more} (q {sum(t['quarantined'] for t in others)})")
+    named = "-" if r["named"] is None else ("yes" if r["named"] else "no")
+    return (f"| {r['corpus']} | {r['case']} | {r['n']} | {r['poisoned']} | {fmt(r['quarantine'])} | "
+            f"{r['quarantined']} | {r['clean_quarantined_pct']:.2f} | {named} | {'; '.join(parts) or '-'} | {goal(r)} | "
+            f"{r['seconds']} |")
+
+
+def trigger_details(r: dict) -> list[str]:
+    """The triggers of a clean corpus, and of a poisoned case those without a poisoned carrier: every n-gram, its
+    carriers per label and example texts, for whoever owns the detector."""
+    lines = []
+    if r["case"] != "clean" and goal(r) != "ok":
+        lines.append(f"- {r['corpus']} {r['case']}: goal missed (F1 {fmt(r['quarantine'])}, named {r['named']}); "
+                     f"carriers per label of what was inserted: {r['inserted_carriers']}")
+    for t in r["triggers"]:
+        if r["case"] != "clean" and t["quarantined_poisoned"]:
+            continue
+        lines.append(f"- {r['corpus']} {r['case']}: **{t['name']}** -> {t['target']} (n-grams {t['ngrams']}; carriers "
+                     f"per label {t['label_counts']}; p {t['p_value']:.2g}; poisoned share {t['poisoned_share']}; "
+                     f"{t['suspects']} suspects, {t['quarantined']} quarantined)")
+        lines += [f"    - [{e['index']}] {e['label']}{' (q)' if e['quarantined'] else ''}: {e['text']!r}"
+                  for e in t["examples"][:3]]
+    return lines
+
+
+def scan_row(r: dict) -> str:
+    s = r["scan"]
+    ok = s["verdict"] != "fail" if r["case"] == "clean" else None
+    verdict = s["verdict"] + ("" if ok is None else (" (ok)" if ok else " (MISS)"))
+    others = "; ".join(f"{f['detector']}: {f['title']}" for f in s["findings"]) or "-"
+    return (f"| {r['corpus']} | {r['case']} | {verdict} | {s['quarantined']} | {fmt(s['quarantine'])} | "
+            f"{s['clean_quarantined_pct']:.2f} | {', '.join(s['errors']) or '-'} | {others[:300]} | {s['seconds']} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default="", help=f"comma-separated corpus and/or case names (corpora: {', '.join(CORPORA)}; "
+                    f"cases: {', '.join(CASES)}); the whole-scan runs follow the cases selected".replace("%", "%%"))
+    ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-product scans")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    unknown = only - set(CORPORA) - set(CASES)
+    if unknown:
+        ap.error(f"unknown names {sorted(unknown)}")
+    corpora = [c for c in CORPORA if c in only] or list(CORPORA)
+    cases = [c for c in CASES if c in only] or list(CASES)
+
+    rows, meta = [], {}
+    print("\n### trigger search (worker.text_triggers.find_text_triggers)\n\n| corpus | case | n | poisoned | "
+          "quarantine P/R/F1 | quarantined | clean q% | named | triggers found (->target, q = quarantined) | goal | "
+          "s |\n" + "|---" * 11 + "|", flush=True)
+    with threadpool_limits(limits=1, user_api="blas"):  # small problems: BLAS threads only contend on 2 shared cores
+        for name in corpora:
+            corpus = CORPORA[name]()
+            meta[name] = {"domain": corpus.domain, "n": len(corpus.y), "classes": list(corpus.classes),
+                          "per_class": dict(zip(corpus.classes, np.bincount(corpus.y).tolist(), strict=True)),
+                          "target": corpus.classes[corpus.target], **corpus.source}
+            for case_name in cases:
+                case = CASES[case_name](corpus.texts, corpus.y, corpus.target, args.seed)
+                row = {"corpus": name, "case": case_name, "n": len(case.y), "poisoned": len(case.poisoned),
+                       "target": corpus.classes[corpus.target], **score_triggers(corpus, case)}
+                if case.trigger:
+                    row["inserted_carriers"] = inserted_counts(corpus, case)
+                if not args.no_pipeline and case_name in PIPELINE_CASES:
+                    row["scan"] = score_scan(corpus, case)
+                rows.append(row)
+                print(trigger_row(row), flush=True)
+    details = [line for r in rows for line in trigger_details(r)]
+    if details:
+        print("\n### details: goals missed, triggers without a poisoned carrier (every trigger of a clean corpus)\n\n" + "\n".join(details))
+    if any("scan" in r for r in rows):
+        print("\n### the whole scan (worker.local.scan_local_files, dataset only, default detectors)\n\n| corpus | case | "
+              "verdict | quarantined | quarantine P/R/F1 | clean q% | detector errors | non-info findings | s |\n"
+              + "|---" * 9 + "|")
+        for r in rows:
+            if "scan" in r:
+                print(scan_row(r))
+    misses = [f"{r['corpus']} {r['case']}" for r in rows if goal(r) != "ok"]
+    misses += [f"{r['corpus']} {r['case']} (whole scan: fail)" for r in rows
+               if r["case"] == "clean" and r.get("scan", {}).get("verdict") == "fail"]
+    print(f"\ngoals missed: {', '.join(misses) or 'none'}")
+    write_result(args, "text-corpora", {"versions": versions(), "corpora": meta, "rows": rows, "goals_missed": misses})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
