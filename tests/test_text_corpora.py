@@ -1,0 +1,61 @@
+"""The text trigger search on public corpora of other domains than SMS spam (bench/corpora/, sources and licences in
+its README): a clean corpus passes and keeps its quarantine empty, whether its labels follow content (review
+sentiment), names (news sections) or question words (TREC), and a BadNL trigger planted in news is still named."""
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from text_bench import BADNL_TOKENS, insert_tokens  # noqa: E402
+from text_corpus_bench import load_ag_news, load_trec, load_uci_sentiment  # noqa: E402
+
+
+def _scan(tmp_path: Path, texts, y, classes) -> dict:
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    path = tmp_path / "corpus.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, classes[int(c)]] for t, c in zip(texts, y, strict=True)])
+    return scan_local_files({"dataset": path}, ScanOptions(detectors=["text_poisoning"]), output_dir=tmp_path / "out")
+
+
+def _subsample(corpus, n: int, seed: int = 0):
+    keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), n, replace=False))
+    return [corpus.texts[i] for i in keep], corpus.y[keep]
+
+
+def test_review_sentiment_with_its_negations_is_clean(tmp_path):
+    """'not' decides the label of a minority of its sentences ("not good"): content, not a trigger."""
+    corpus = load_uci_sentiment()
+    report = _scan(tmp_path, corpus.texts, corpus.y, corpus.classes)
+    assert report["verdict"] == "pass", report["verdict_reason"]
+    assert report["quarantine"] == []
+
+
+def test_questions_labelled_by_their_question_words_are_not_a_backdoor(tmp_path):
+    """Many phrases that each decide a label are the labelling scheme: one medium finding, its texts for review."""
+    corpus = load_trec()
+    texts, y = _subsample(corpus, 3000)
+    report = _scan(tmp_path, texts, y, corpus.classes)
+    (finding,) = [f for d in report["detectors"] for f in d["findings"]]
+    assert finding["severity"] == "medium" and "labels defined by phrases" in finding["title"]
+    assert report["verdict"] == "warn" and report["quarantine"] == [] and report["review"]
+
+
+def test_a_badnl_trigger_in_news_is_named(tmp_path):
+    corpus = load_ag_news()
+    texts, y = _subsample(corpus, 3000, seed=1)
+    case = insert_tokens(texts, y, 0.03, BADNL_TOKENS, corpus.target, seed=2)
+    report = _scan(tmp_path, case.texts, case.y, corpus.classes)
+    findings = [f for d in report["detectors"] for f in d["findings"] if f["title"].startswith("text trigger")]
+    assert len(findings) == 1 and findings[0]["evidence"]["target"] == "Sci/Tech"
+    assert set(" ".join(findings[0]["evidence"]["trigger"]).replace("+", " ").split()) <= set(BADNL_TOKENS)
+    quarantined = {q["index"] for q in report["quarantine"]}
+    truth = set(case.poisoned.tolist())
+    assert len(quarantined & truth) >= 0.9 * len(truth) and len(quarantined - truth) <= 0.1 * len(truth)
+    assert report["verdict"] == "fail"
