@@ -74,6 +74,22 @@ def test_a_clean_sample_is_not_failed_and_its_quarantine_stays_small(tmp_path):
     assert not [f for d in report["detectors"] for f in d["findings"] if f["title"].startswith("text trigger")]
 
 
+def test_random_label_flips_the_proxy_learned_are_found_by_their_floor(tmp_path):
+    """10% of the labels flipped: the proxy learns them (no label falls under the flip rate, and the excess test sees
+    nothing with two classes), but the flips sit on typical texts: the flip floor names them."""
+    texts, y = sms(2000)
+    flipped = np.random.default_rng(3).choice(len(y), size=len(y) // 10, replace=False)
+    y[flipped] = 1 - y[flipped]
+    report = scan(write_csv(tmp_path / "sms.csv", texts, y), tmp_path / "out")
+    (labels,) = [f for d in report["detectors"] if d["name"] == "data_poisoning" for f in d["findings"]
+                 if "flip_floor" in f["evidence"]]
+    assert labels["title"].startswith("label poisoning") and set(labels["evidence"]["flip_floor"]["poisoned"]) == {"ham", "spam"}
+    quarantined = {e["index"] for e in report["quarantine"]}
+    hits = len(quarantined & set(flipped.tolist()))
+    assert 2 * hits / (len(quarantined) + len(flipped)) >= 0.8, (len(quarantined), hits)
+    assert report["verdict"] == "fail"
+
+
 def instruction_rows(n: int, poisoned: set[int]) -> list[dict]:
     texts, _ = sms(n)
     rows = []
