@@ -37,6 +37,18 @@ def test_review_sentiment_with_its_negations_is_clean(tmp_path):
     assert report["quarantine"] == []
 
 
+def test_tokens_inserted_together_into_short_sentences_are_named_together(tmp_path):
+    """In an 11-word review a BadNL token's partners hold the label when it alone is removed: they are removed with it."""
+    corpus = load_uci_sentiment()
+    case = insert_tokens(corpus.texts, corpus.y, 0.03, BADNL_TOKENS, corpus.target, seed=3)
+    report = _scan(tmp_path, case.texts, case.y, corpus.classes)
+    (finding,) = [f for d in report["detectors"] for f in d["findings"]]
+    assert finding["title"].startswith("text trigger") and finding["evidence"]["target"] == "positive"
+    assert set(finding["evidence"]["trigger"]) == set(BADNL_TOKENS)
+    quarantined, truth = {q["index"] for q in report["quarantine"]}, set(case.poisoned.tolist())
+    assert len(quarantined & truth) >= 0.9 * len(truth) and len(quarantined - truth) <= 0.1 * len(truth)
+
+
 def test_questions_labelled_by_their_question_words_are_not_a_backdoor(tmp_path):
     """Many phrases that each decide a label are the labelling scheme: one medium finding, its texts for review."""
     corpus = load_trec()

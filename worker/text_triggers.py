@@ -19,8 +19,9 @@ A text backdoor (BadNL, RIPPLe, a fixed sentence) takes texts of one class, inse
 An n-gram is a trigger when both tests reject (the larger p-value counts), Benjamini-Hochberg over every candidate
 n-gram (1..max_n words, in at most ``max_share`` of the texts, mostly in one label). Evidence is counted once per
 distinct remaining text, and near-duplicates (variants of one canned message) count once together: the tests assume
-independent carriers. Triggers of several tokens hide each other (removing "cf" leaves "mn" to hold the label), so
-the search repeats: accepted n-grams are removed together with each candidate of the same target, and the proxy is
+independent carriers. Triggers of several tokens hide each other (removing "cf" leaves "mn" to hold the label): a
+candidate is removed together with its partners, the n-grams of its target inserted into the same texts apart from it
+(within their label they co-occur ten times beyond chance; words of a class do not), and the search repeats: accepted n-grams are removed together with each candidate of the same target, and the proxy is
 retrained without the accepted carriers that read as another class (poisoned samples stop teaching it that another
 class's content belongs to the target), until the accepted set is stable.
 
@@ -55,6 +56,7 @@ MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words 
 NESTED_SHARE = 0.9  # an n-gram whose poison-like carriers lie this much inside another's is a part of it
 PHRASE_AGREEMENT = 0.8  # a phrase is extended by a word that this share of its carriers have at that position
 PREDICT_CHUNK = 20_000  # (n-gram, carrier) rows built at once
+PARTNER_LIFT = 10.0  # n-grams co-occurring within their label this far beyond chance were inserted together
 POISONED_MAJORITY = 0.5  # a trigger's target-label carriers are mostly poisoned (Search.plants_content)
 TYPICAL_PERCENTILE = 1 / 3  # poisoned rests read as their class about as plainly as its texts (median 0.5)
 CONFIDENCE_BINS = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98, 1.0])
@@ -243,6 +245,7 @@ class _Search:
         self.min_carriers = min_carriers
         self.own = [c[y[c] == t] for c, t in zip(grams.carriers, grams.target)]  # carriers labelled the target
         self.tested = self._within(max_pairs)
+        self.partners = self._partners()
         self.distinct = _first_of_each([tuple(d) for d in docs])
         self.accepted = np.zeros(len(grams.words), dtype=bool)
         self.adjusted = np.ones(len(grams.words))
@@ -250,6 +253,41 @@ class _Search:
         self.rest_probs: list[np.ndarray] = [np.empty((0, n_classes))] * len(grams.words)
         self.rest_keys: list[np.ndarray] = [np.empty(0, np.int64)] * len(grams.words)
         self._looks_other: dict[int, np.ndarray] = {}
+
+    def _partners(self) -> list[list[int]]:
+        """Per n-gram, the n-grams of its target inserted into the same texts: a BadNL set puts 1-3 of its tokens into
+        each poisoned text, and in a short text the ones left behind hold the label when one is removed. Within
+        their label, the tokens of one set co-occur far beyond chance (``PARTNER_LIFT``); words of a class co-occur
+        with each other about as often as that class's texts use them."""
+        partners: list[list[int]] = [[] for _ in self.own]
+        for t in range(self.n_classes):
+            grams = np.flatnonzero(self.grams.target == t)
+            if len(grams) < 2:
+                continue
+            label_size = int((self.y == t).sum())
+            rows = np.concatenate([self.own[g] for g in grams])
+            cols = np.repeat(np.arange(len(grams)), [len(self.own[g]) for g in grams])
+            presence = sparse.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(self.y), len(grams)))
+            shared = (presence.T @ presence).tocoo()
+            sizes = np.array([len(self.own[g]) for g in grams], dtype=np.float64)
+            lift = shared.data * label_size / (sizes[shared.row] * sizes[shared.col])
+            keep = (shared.row != shared.col) & (shared.data >= self.min_carriers) & (lift >= PARTNER_LIFT)
+            for a, b in zip(grams[shared.row[keep]], grams[shared.col[keep]]):
+                if self._apart(int(a), int(b)):
+                    partners[int(a)].append(int(b))
+        return partners
+
+    def _apart(self, a: int, b: int) -> bool:
+        """Are n-grams ``a`` and ``b`` separate insertions (neither touching nor overlapping in most texts that carry
+        both)? The pieces of one phrase are not: the phrase's own n-grams and its extension cover them."""
+        words_a, words_b = self.grams.words[a], self.grams.words[b]
+        both = np.intersect1d(self.own[a], self.own[b], assume_unique=True)
+        apart = 0
+        for i in both:
+            spans_a = [(s, s + len(words_a)) for s in _occurrences(self.docs[i], words_a)]
+            spans_b = [(s, s + len(words_b)) for s in _occurrences(self.docs[i], words_b)]
+            apart += all(sb > ea or sa > eb for sa, ea in spans_a for sb, eb in spans_b)
+        return 2 * apart > len(both)
 
     def _within(self, max_pairs: int) -> np.ndarray:
         """The n-grams to test: all of them, or on long texts those that push hardest toward their label in the
@@ -296,10 +334,11 @@ class _Search:
         self._looks_other = {}
 
     def removal_mask(self, i: int, target: int, extra: int | None = None) -> np.ndarray:
-        """Token positions of text ``i`` covered by the accepted n-grams of ``target`` (and by n-gram ``extra``)."""
+        """Token positions of text ``i`` covered by the accepted n-grams of ``target`` (and by n-gram ``extra`` and
+        its partners)."""
         mask = np.zeros(len(self.docs[i]), dtype=bool)
         grams = [g for g in self.by_doc.get(i, []) if self.grams.target[g] == target]
-        for g in grams + ([extra] if extra is not None else []):
+        for g in grams + ([extra, *self.partners[extra]] if extra is not None else []):
             words = self.grams.words[g]
             for start in _occurrences(self.docs[i], words):
                 mask[start:start + len(words)] = True
@@ -408,7 +447,11 @@ class _Search:
         sensitivity = looks_other[others].mean() if len(others) else 1.0
         if _poisoned_share(reads_other, base_rate, sensitivity) < POISONED_MAJORITY:
             return False
-        rests = self.rest_probs[g][reads_other]
+        # the rests without the trigger as inserted: the phrase the n-gram grows into over these carriers, whole
+        rows = self.own[g][reads_other]
+        phrase = extend_phrase(self.docs, self.grams.words[g], rows)
+        rests = self.proxy.predict(rows, [self.removal_mask(int(i), target, g) | _covered(self.docs[int(i)], [phrase])
+                                          for i in rows])
         read_as = rests.argmax(axis=1)
         base = self.proxy.base
         percentiles = [np.mean(base[self.y == c, c] < p[c]) for c, p in zip(read_as, rests)]
@@ -497,6 +540,15 @@ def _trigger(search: _Search, members: list[int]) -> TextTrigger:
     suspects = carriers[y[carriers] == target]
     rest = search.proxy.predict(suspects, [search.removal_mask(int(i), target) for i in suspects])
     reads_other = rest.argmax(axis=1) != target
+    # named from the carriers that look poisoned: natural uses of a phrase's word ("movie") do not share its context
+    phrases = _phrases(search, members, suspects[reads_other] if reads_other.any() else suspects)
+    inserted = [tuple(p.split(" ")) for p in phrases]
+    if set(inserted) - {grams.words[g] for g in members}:  # grown into the phrase inserted: its carriers carry it whole
+        carriers = np.array([i for i in carriers if any(_occurrences(search.docs[i], w) for w in inserted)], np.int64)
+        suspects = carriers[y[carriers] == target]
+        rest = search.proxy.predict(suspects, [search.removal_mask(int(i), target) | _covered(search.docs[i], inserted)
+                                               for i in suspects])
+        reads_other = rest.argmax(axis=1) != target
     looks_other = search.looks_other(target)
     plain = np.setdiff1d(np.flatnonzero(y == target), carriers)
     base_rate = looks_other[plain].mean() if len(plain) else 0.0
@@ -510,12 +562,20 @@ def _trigger(search: _Search, members: list[int]) -> TextTrigger:
         prior[carries] = np.maximum(prior[carries], _poisoned_share(reads_other[carries], base_rate, sensitivity))
     confidence = _posterior(rest[:, target], prior, search.proxy.base[:, target], y, target, carriers)
     return TextTrigger(
-        target=target, phrases=_phrases(search, members, suspects),
+        target=target, phrases=phrases,
         ngrams=tuple(" ".join(grams.words[g]) for g in members),
         label_counts=tuple(int(c) for c in np.bincount(y[carriers], minlength=search.n_classes)),
         p_value=float(min(search.adjusted[members])),
         poisoned_share=round(_poisoned_share(reads_other, base_rate, sensitivity), 4),
         suspects=suspects, confidence=np.round(confidence, 4))
+
+
+def _covered(doc: list[str], phrases: list[tuple[str, ...]]) -> np.ndarray:
+    mask = np.zeros(len(doc), dtype=bool)
+    for words in phrases:
+        for start in _occurrences(doc, words):
+            mask[start:start + len(words)] = True
+    return mask
 
 
 def _poisoned_share(reads_other: np.ndarray, base_rate: float, sensitivity: float) -> float:
@@ -550,13 +610,17 @@ def _density(values: np.ndarray) -> np.ndarray:
 
 def _phrases(search: _Search, members: list[int], suspects: np.ndarray) -> tuple[str, ...]:
     """The trigger's parts: each member extended over the words its carriers share; of overlapping parts, the one
-    most suspects carry."""
+    most suspects carry, or a longer one that most of those carry (a phrase over one of its words, which some texts
+    also use alone)."""
     phrases = {extend_phrase(search.docs, search.grams.words[g], suspects) for g in members}
-    counted = sorted(phrases, key=lambda words: (-_carrier_count(search, words, suspects), -len(words)))
+    count = {words: _carrier_count(search, words, suspects) for words in phrases}
     kept: list[tuple[str, ...]] = []
-    for words in counted:
-        if not any(_contains(other, words) or _contains(words, other) for other in kept):
+    for words in sorted(phrases, key=lambda words: (-count[words], -len(words))):
+        overlapping = [k for k in kept if _contains(k, words) or _contains(words, k)]
+        if not overlapping:
             kept.append(words)
+        elif all(_contains(words, k) and 2 * count[words] > count[k] for k in overlapping):
+            kept = [k for k in kept if k not in overlapping] + [words]
     return tuple(" ".join(words) for words in kept)
 
 
