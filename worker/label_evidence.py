@@ -274,7 +274,8 @@ def flip_floor(probs: np.ndarray, y: np.ndarray) -> FlipFloor:
     s_y = s[rows, y]
     flipped_in = eta[y] * (1.0 - s_y) if k == 2 else eta[0] * (1.0 - s_y) / (k - 1)
     posterior = np.clip(flipped_in / np.clip(p_y, 1e-12, None), 0.0, 1.0)
-    expected = np.bincount(y, weights=posterior, minlength=k)
+    # flips the fitted rates imply: into class c, its rate times the inputs that truly belong elsewhere
+    expected = eta * (s[:, ::-1].sum(axis=0) if k == 2 else np.bincount(y, minlength=k))
     if k > 2:
         eta, pvalues = np.repeat(eta, k), np.repeat(pvalues, k)
     # every significant direction counts once the flips in all of them pass what annotation alone leaves
