@@ -1,9 +1,10 @@
 """Text and instruction-tuning data (ATLAS AML.T0020; OWASP LLM04:2025): trigger tokens and phrases that force a label,
-responses that repeat a payload after a rare prompt n-gram, and instructions aimed at a downstream model.
+responses that repeat a payload or give a task's common answer after a rare prompt n-gram, and instructions aimed at
+a downstream model.
 
-The methods are ``worker.text_triggers`` and ``worker.instruction_payloads`` (pure functions over strings); this module
-turns their results into findings: the carriers of a trigger or payload go to the quarantine with the trigger named,
-prompt injections to the review list. Texts quoted as examples are cut short; the report layers escape them."""
+The methods are ``worker.text_triggers``, ``worker.instruction_payloads`` and ``worker.instruction_answers`` (pure
+functions over strings); this module turns their results into findings: the carriers of a trigger, payload or forced
+answer go to the quarantine with the trigger named, prompt injections and phrase-labelled corpora to the review list. Texts quoted as examples are cut short; the report layers escape them."""
 
 import numpy as np
 
@@ -46,7 +47,8 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
 
 def _nothing_found(ds, settings: TextPoisoningConfig) -> Finding:
     searched = "trigger n-grams" if ds.n_classes >= 2 else ""
-    searched += (", payload backdoors" if searched else "payload backdoors") if ds.responses is not None else ""
+    backdoors = "payload and answer backdoors"
+    searched += (f", {backdoors}" if searched else backdoors) if ds.responses is not None else ""
     return Finding("no text trigger, payload or injection found", Severity.info, 0.0,
                    f"{len(ds.texts)} texts searched for {searched + ' and ' if searched else ''}prompt-injection "
                    f"patterns (n-grams up to {settings.max_ngram} words, false discovery rate {settings.alpha}).")
