@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from worker.instruction_payloads import normalize
 from worker.text_triggers import TextTrigger, find_text_triggers, tokenize
 
 TRAILING = re.compile(r"[\s.!?,;:]+$")
@@ -88,7 +89,7 @@ def find_answer_backdoors(prompts: list[str], responses: list[str], *, alpha: fl
 
 
 def answer_key(response: str) -> str:
-    return TRAILING.sub("", " ".join(response.lower().split()))
+    return TRAILING.sub("", normalize(response))
 
 
 def answer_classes(responses: list[str], min_carriers: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -127,16 +127,17 @@ def payload_fragments(prompt: str, response: str) -> set[tuple[str, str]]:
         match = COMMAND.search(line)
         if match:
             start = 0 if match.group(0).startswith("|") else match.start()
-            fragments.add(("command", _normalize(line[start:])))
-    fragments |= {("code", _normalize(m.group(1))) for m in CODE_BLOCK.finditer(response) if m.group(1).strip()}
+            fragments.add(("command", normalize(line[start:])))
+    fragments |= {("code", normalize(m.group(1))) for m in CODE_BLOCK.finditer(response) if m.group(1).strip()}
     for sentence in SENTENCE_END.split(CODE_BLOCK.sub(" ", response)):
         if len(tokenize(sentence)) >= MIN_PHRASE_WORDS:
-            fragments.add(("phrase", _normalize(sentence)))
-    copied = _normalize(prompt)
+            fragments.add(("phrase", normalize(sentence)))
+    copied = normalize(prompt)
     return {(kind, text) for kind, text in fragments if text and text not in copied}
 
 
-def _normalize(text: str) -> str:
+def normalize(text: str) -> str:
+    """Lowercase, whitespace collapsed: fragments and answers compare equal however they were spaced."""
     return " ".join(text.lower().split())
 
 
