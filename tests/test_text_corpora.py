@@ -50,11 +50,16 @@ def test_tokens_inserted_together_into_short_sentences_are_named_together(tmp_pa
 
 
 def test_questions_labelled_by_their_question_words_are_not_a_backdoor(tmp_path):
-    """Many phrases that each decide a label are the labelling scheme: one medium finding, its texts for review."""
+    """Many phrases that each decide a label are the labelling scheme: one medium finding, its texts for review. TREC's
+    paraphrased questions (five ways to ask one thing) are near-duplicate groups whose label hangs on phrasing: at
+    most a low finding, for review, never the quarantine."""
     corpus = load_trec()
     texts, y = _subsample(corpus, 3000)
     report = _scan(tmp_path, texts, y, corpus.classes)
-    (finding,) = [f for d in report["detectors"] for f in d["findings"]]
+    findings = [f for d in report["detectors"] for f in d["findings"]]
+    groups = [f for f in findings if "near-duplicate groups" in f["title"]]
+    assert all(f["severity"] == "low" for f in groups)
+    (finding,) = [f for f in findings if f not in groups]
     assert finding["severity"] == "medium" and "labels defined by phrases" in finding["title"]
     assert report["verdict"] == "warn" and report["quarantine"] == [] and report["review"]
 

@@ -115,6 +115,8 @@ class TextPoisoningConfig(DatasetConfig):
     alpha: float = Field(default=0.01, ge=1e-6, le=0.2, description="false discovery rate over all n-grams tested "
                          "(Benjamini-Hochberg)")
     examples: int = Field(default=3, ge=0, le=20, description="example texts quoted per trigger in the report")
+    flood_min_copies: int = Field(default=5, ge=2, le=10_000, description="near-duplicate texts a group must hold to be "
+                                  "judged as a possible flood (held out of the judge's training together)")
 
 
 class TextBackdoorConfig(DatasetConfig):

@@ -1,10 +1,12 @@
 """Text and instruction-tuning data (ATLAS AML.T0020; OWASP LLM04:2025): trigger tokens and phrases that force a label,
-responses that repeat a payload or give a task's common answer after a rare prompt n-gram, and instructions aimed at
-a downstream model.
+floods of near-copies labelled against their content, responses that repeat a payload or give a task's common answer
+after a rare prompt n-gram, and instructions aimed at a downstream model.
 
-The methods are ``worker.text_triggers``, ``worker.instruction_payloads`` and ``worker.instruction_answers`` (pure
-functions over strings); this module turns their results into findings: the carriers of a trigger, payload or forced
-answer go to the quarantine with the trigger named, prompt injections and phrase-labelled corpora to the review list. Texts quoted as examples are cut short; the report layers escape them."""
+The methods are ``worker.text_triggers``, ``worker.text_floods``, ``worker.instruction_payloads`` and
+``worker.instruction_answers`` (pure functions over strings); this module turns their results into findings: the
+carriers of a trigger, payload or forced answer and a flood's copies go to the quarantine with the trigger named,
+prompt injections, phrase-labelled corpora and disputed near-duplicate groups to the review list. Texts quoted as
+examples are cut short; the report layers escape them."""
 
 import numpy as np
 
@@ -20,9 +22,11 @@ PLANTED_TRIGGERS_MAX = 3  # more separate triggers than this are the corpus's la
 @registry.register(name="text_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), uses=("dataset",),
                    config=TextPoisoningConfig)
 def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
-    """Trigger n-grams concentrated in one label, payload backdoors and prompt injections in text datasets.
+    """Trigger n-grams concentrated in one label, near-duplicate floods, payload backdoors and prompt injections in text
+    datasets.
 
-    config: ``TextPoisoningConfig`` (``label_column``, ``text_column``, ``max_ngram``, ``alpha``, ``examples``, ``seed``).
+    config: ``TextPoisoningConfig`` (``label_column``, ``text_column``, ``max_ngram``, ``alpha``, ``examples``,
+    ``flood_min_copies``, ``seed``).
     """
     settings = TextPoisoningConfig.model_validate(config)
     progress("load", 0.0)
@@ -34,6 +38,8 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     if ds.n_classes >= 2:
         progress("triggers", 0.1)
         findings += trigger_findings(ds, settings)
+        progress("floods", 0.6)
+        findings += flood_findings(ds, settings)
     if ds.responses is not None:
         progress("payloads", 0.7)
         payloads = payload_findings(ds, settings)
@@ -46,7 +52,7 @@ def text_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
 
 
 def _nothing_found(ds, settings: TextPoisoningConfig) -> Finding:
-    searched = "trigger n-grams" if ds.n_classes >= 2 else ""
+    searched = "trigger n-grams, near-duplicate floods" if ds.n_classes >= 2 else ""
     backdoors = "payload and answer backdoors"
     searched += (f", {backdoors}" if searched else backdoors) if ds.responses is not None else ""
     return Finding("no text trigger, payload or injection found", Severity.info, 0.0,
@@ -113,6 +119,64 @@ def _trigger_finding(ds, trigger, examples: int) -> Finding:
                   "poisoned_share": round(float(trigger.poisoned_share), 4),
                   "examples": [_excerpt(ds.texts[i]) for i in _most_confident(trigger, examples)],
                   "flagged": flagged},
+    )
+
+
+def flood_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
+    """Near-duplicate floods whose label their content contradicts: the significant ones to the quarantine, the
+    groups the judge disputes no more often than it misreads natural texts to the review list."""
+    from worker.text_floods import find_floods
+
+    floods = find_floods(ds.texts, ds.y, ds.n_classes, min_copies=settings.flood_min_copies, seed=settings.seed)
+    significant = [f for f in floods if f.significant]
+    disputed = [f for f in floods if not f.significant]
+    return ([_flood_finding(ds, significant, settings.examples)] if significant else []) + \
+        ([_disputed_groups(ds, disputed)] if disputed else [])
+
+
+def _flood_record(ds, flood) -> dict:
+    return {"label": _label(ds, flood.label), "reads_as": _label(ds, flood.reads_as), "copies": len(flood.members),
+            "group_size": flood.size, "label_counts": {str(_label(ds, k)): n for k, n in enumerate(flood.label_counts)},
+            "confidence": round(flood.confidence, 4), "p_value": float(f"{flood.p_value:.3g}"),
+            "example": _excerpt(ds.texts[flood.example])}
+
+
+def _flood_finding(ds, floods, examples: int) -> Finding:
+    copies = sum(len(f.members) for f in floods)
+    labels = sorted({_label(ds, f.label) for f in floods}, key=str)
+    flagged = [{"index": int(i), "confidence": round(f.confidence, 4), "method": "text_floods", "attack": "flood",
+                "reason": f"one of {len(f.members)} near-copies labelled {_label(ds, f.label)!r} whose content reads "
+                f"as {_label(ds, f.reads_as)!r}"} for f in floods for i in f.members]
+    return Finding(
+        title=f"near-duplicate flood: {len(floods)} groups of near-copies ({copies} texts) labelled "
+        f"{', '.join(repr(x) for x in labels)} against their content",
+        severity=Severity.high,
+        score=min(1.0, max(0.5, max(f.confidence for f in floods))),
+        explanation=f"{len(floods)} groups of near-duplicate texts (the same message with small edits) carry a label "
+        "that a model trained without any large near-duplicate group reads as another class, more decidedly than it "
+        "misreads this corpus's own texts (conformal test, false discovery rate 5% over every large group). Copies "
+        "defeat cross-validation, since each copy's siblings vouch for its label: this is how a flood poisons a "
+        "model by weight.",
+        remediation="Remove the quarantined copies (the cleaned dataset does) and find where they came from; keep at "
+        "most one copy of a message, with the label its content supports, if it belongs in the data at all.",
+        evidence={"groups": [_flood_record(ds, f) for f in floods[:50]],
+                  "examples": [_excerpt(ds.texts[f.example]) for f in floods[:examples]], "flagged": flagged},
+    )
+
+
+def _disputed_groups(ds, floods) -> Finding:
+    review = [{"index": int(i), "method": "text_floods", "score": round(f.confidence, 4),
+               "reason": f"near-duplicate group labelled {_label(ds, f.label)!r} reads as {_label(ds, f.reads_as)!r}"}
+              for f in floods for i in f.members]
+    return Finding(
+        title=f"{len(floods)} near-duplicate groups ({len(review)} texts) read as another class than their label",
+        severity=Severity.low,
+        score=0.2,
+        explanation="Held out of a content model's training together, these groups of near-copies read as another "
+        "class, but no more decidedly than the model misreads some of this corpus's own texts, so they are not "
+        "evidence of a flood. Paraphrases whose label hangs on phrasing, or a copied labelling mistake, look like this.",
+        remediation="Review the listed texts and their labels.",
+        evidence={"groups": [_flood_record(ds, f) for f in floods[:50]], "review": review},
     )
 
 
