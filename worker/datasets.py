@@ -510,3 +510,19 @@ def _encode_labels(y: np.ndarray, where: str, row_ref, classes: list | None) -> 
 def _preview(values: list, limit: int = 10) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def load_holdout(holdout, ds: Dataset, *, label_column: str = "label", text_column: str | None = None,
+                 max_rows: int | None = None) -> tuple[Dataset, np.ndarray]:
+    """The uploaded holdout set (``ScanInputs.holdout``) and its labels coded as the dataset's (``ds.classes``).
+    Refused with the reason when it is not the dataset's kind or has labels the dataset does not."""
+    hold = load_dataset(holdout.path, holdout.kind, label_column=label_column, text_column=text_column,
+                        max_rows=max_rows)
+    if (hold.texts is None) != (ds.texts is None):
+        raise DatasetError(f"the holdout set is {hold.kind} but the dataset is {ds.kind}: upload held-out samples in the "
+                           "dataset's format")
+    index = {v: i for i, v in enumerate(ds.classes)}
+    if unknown := sorted({str(v) for v in hold.classes if v not in index}):
+        raise DatasetError(f"the holdout set has labels the dataset does not: {unknown[:5]}; give a holdout set "
+                           "labelled like the dataset")
+    return hold, np.array([index[v] for v in hold.classes], dtype=np.int64)[hold.y]

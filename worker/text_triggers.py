@@ -232,6 +232,13 @@ class _Proxy:
         return out
 
 
+@dataclass(frozen=True)
+class _Totals:
+    same: int  # distinct texts labelled the target
+    same_other: int  # ... of which read as another class
+    other: int  # distinct texts (any label) that read as another class than the target
+
+
 class _Search:
     """Tests every candidate n-gram, round after round, until the accepted set no longer changes.
 
@@ -247,6 +254,9 @@ class _Search:
         self.tested = self._within(max_pairs)
         self.partners = self._partners()
         self.distinct = _first_of_each([tuple(d) for d in docs])
+        self.is_distinct = np.zeros(len(docs), dtype=bool)
+        self.is_distinct[self.distinct] = True
+        self._target_totals: dict[int, _Totals] = {}
         self.accepted = np.zeros(len(grams.words), dtype=bool)
         self.adjusted = np.ones(len(grams.words))
         self.by_doc: dict[int, list[int]] = {}
@@ -319,7 +329,7 @@ class _Search:
                 self.by_doc.setdefault(int(i), []).append(int(g))
             excluded[self.own[g][self.reads_other(g)]] = True
         self.proxy.fit(excluded)
-        self._looks_other = {}
+        self._looks_other, self._target_totals = {}, {}
 
     def refit_without(self, groups: list[list[int]]) -> None:
         """Train the proxy without every target-label carrier of the triggers found, to judge each carrier's content.
@@ -331,7 +341,7 @@ class _Search:
         for g in (g for members in groups for g in members):
             excluded[self.own[g]] = True
         self.proxy.fit(excluded)
-        self._looks_other = {}
+        self._looks_other, self._target_totals = {}, {}
 
     def removal_mask(self, i: int, target: int, extra: int | None = None) -> np.ndarray:
         """Token positions of text ``i`` covered by the accepted n-grams of ``target`` (and by n-gram ``extra`` and
@@ -398,18 +408,29 @@ class _Search:
         if not d:
             return 1.0
         looks_other, carriers = self.looks_other(target), self.grams.carriers[g]
-        carried = np.isin(self.distinct, carriers)
-        others = self.distinct[~carried]
-        same = others[self.y[others] == target]
-        base_rate = max(looks_other[same].mean() if len(same) else 1.0, 1 / (len(same) + 1))
+        carried = carriers[self.is_distinct[carriers]]  # the distinct texts carrying it; the others are the rest
+        own, other = looks_other[carried], looks_other[carried] & (self.y[carried] != target)
+        in_target = self.y[carried] == target
+        totals = self._totals(target)
+        same = totals.same - int(in_target.sum())  # distinct texts of the target without the n-gram
+        base_rate = max((totals.same_other - int((own & in_target).sum())) / same if same else 1.0, 1 / (same + 1))
         p_rest = binom.sf(d - 1, n, base_rate)  # test A: carriers read as another class more often
-        carried_otherwise = self.distinct[carried & (self.y[self.distinct] != target)]
-        other_carriers = int(looks_other[carried_otherwise].sum())
-        looked_other = others[looks_other[others]]
-        target_lookalikes = int((self.y[looked_other] == target).sum())
+        other_carriers = int(other.sum())
+        looked_other = totals.other - int(own.sum())  # texts without it that read as another class
+        target_lookalikes = totals.same_other - int((own & in_target).sum())
         # test B: among texts that read as another class, carrying the n-gram makes label ``target`` more likely
-        p_label = hypergeom.sf(d - 1, d + other_carriers + len(looked_other), d + target_lookalikes, d + other_carriers)
+        p_label = hypergeom.sf(d - 1, d + other_carriers + looked_other, d + target_lookalikes, d + other_carriers)
         return float(max(p_rest, p_label))
+
+    def _totals(self, target: int) -> _Totals:
+        """Counts over the distinct texts for ``target``, from which each n-gram subtracts its own carriers: an n-gram
+        costs its carriers, not the corpus (1,000,000 texts, tens of thousands of n-grams)."""
+        if target not in self._target_totals:
+            looks_other = self.looks_other(target)[self.distinct]
+            labelled = self.y[self.distinct] == target
+            self._target_totals[target] = _Totals(int(labelled.sum()), int((looks_other & labelled).sum()),
+                                                  int(looks_other.sum()))
+        return self._target_totals[target]
 
     def minimal(self, alpha: float) -> list[int]:
         """The accepted n-grams, without those another one explains ("i watched" or "last" beside "3d movie last").

@@ -23,7 +23,7 @@ import numpy as np
 from worker.context import ScanContext
 from worker.detector_config import AssessmentConfig
 from worker.detectors.data import _label
-from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, Severity
+from worker.findings import Finding, NotApplicable, ScanInputs, Severity
 from worker.model_layer import ModelLayerRun
 from worker.outputs import OutputSink
 from worker.registry import registry
@@ -199,18 +199,12 @@ def backdoor_assessment(inputs: ScanInputs, config: dict, progress, context: Sca
 def held_out(inputs: ScanInputs, run, config: AssessmentConfig, shape: tuple, seed: int) -> HeldOut:
     """The uploaded holdout set (labels mapped onto the dataset's), else a seeded sample of the dataset's rows that the
     model layer did not flag, kept out of retraining."""
-    from worker.datasets import load_dataset
+    from worker.datasets import load_holdout
     from worker.keras_model import as_model_input
 
     ds = run.ds
     if inputs.holdout is not None:
-        hold = load_dataset(inputs.holdout.path, inputs.holdout.kind, label_column=config.label_column)
-        index = {v: i for i, v in enumerate(ds.classes)}
-        unknown = sorted({str(v) for v in hold.classes if v not in index})
-        if unknown:
-            raise InputRejected(f"the holdout set has labels the dataset does not: {unknown[:5]}; give a holdout set "
-                                "labelled like the dataset")
-        y = np.array([index[v] for v in hold.classes])[hold.y]
+        hold, y = load_holdout(inputs.holdout, ds, label_column=config.label_column)
         rows = np.arange(len(y))
         if len(rows) > config.holdout_max:
             rows = np.sort(np.random.default_rng(seed).choice(rows, size=config.holdout_max, replace=False))

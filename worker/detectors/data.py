@@ -24,6 +24,9 @@ FLOOR_MIN_POSTERIOR = 0.5  # a sample is a suspected flip when its label is more
 def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
+    With a labelled ``holdout`` upload, the labels are also judged against it (``reference_findings``): the one way to
+    see a targeted flip large enough to be the data's own definition of a class.
+
     config: ``DataPoisoningConfig`` (``label_column``, ``folds``, ``model``, ``seed``, ``features``, ``layer``,
     ``datalab_max_rows``).
     """
@@ -49,6 +52,9 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
                                exclude=suspects, progress=lambda stage, frac: progress(f"refit:{stage}", 0.75 + 0.1 * frac))
 
     findings = notes + label_findings(ds, probs, refit)
+    if inputs.holdout is not None:
+        progress("reference", 0.8)
+        findings += reference_findings(inputs, ds, settings)
     progress("datalab", 0.85)
     findings += datalab_findings(ds, features, probs, max_rows=settings.datalab_max_rows, seed=settings.seed)
     findings += conflicting_duplicates(ds)
@@ -131,6 +137,73 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
     findings = [_noise_finding(ds, excess, floor, issues, share, evidence)]
     findings += [_targeted_finding(ds, p) for p in pairs]
     return findings
+
+
+def reference_findings(inputs: ScanInputs, ds, settings: DataPoisoningConfig) -> list[Finding]:
+    """Labels judged by a model trained only on the uploaded holdout set, a trusted clean reference
+    (``worker.label_reference``)."""
+    from worker.datasets import load_holdout
+    from worker.label_reference import check_against_reference
+
+    hold, ref_y = load_holdout(inputs.holdout, ds, label_column=settings.label_column, text_column=settings.text_column)
+    data_features, ref_features, make_judge = _reference_space(ds, hold, settings)
+    check = check_against_reference(data_features, ds.y, ref_features, ref_y, ds.n_classes, make_judge,
+                                    balanced=ds.texts is not None, seed=settings.seed)
+    pairs = [{"given": _label(ds, p.given), "read_as": _label(ds, p.read_as), "observed": p.observed,
+              "expected": round(p.expected, 1), "p_value": float(f"{p.p_value:.3g}"),
+              "excess_share": round(p.excess_share, 4), "poisoned": p.poisoned} for p in check.pairs[:20]]
+    evidence = {"reference_size": check.reference_size, "judge_accuracy": round(check.judge_accuracy, 4),
+                "pairs": pairs, "classes_not_judged": [_label(ds, c) for c in check.skipped_classes]}
+    poisoned = check.poisoned
+    if not poisoned:
+        return [Finding("labels agree with the trusted reference", Severity.info, 0.0,
+                        f"A model trained on the {check.reference_size} holdout samples (cross-validated accuracy "
+                        f"{check.judge_accuracy:.1%}) reads the dataset's labels no more often as another class than it "
+                        "misreads the holdout itself, beyond natural annotation noise.", evidence=evidence)]
+    flagged = [{"index": int(i), "given": _label(ds, p.given), "suggested": _label(ds, p.read_as),
+                "confidence": round(float(c), 4), "method": "label_reference", "attack": "label_flip",
+                "reason": f"labelled {_label(ds, p.given)!r}; the trusted reference reads it as {_label(ds, p.read_as)!r}"}
+               for p in poisoned for i, c in zip(p.rows, p.posterior, strict=True) if c >= FLOOR_MIN_POSTERIOR]
+    named = "; ".join(f"{p.observed} labelled {_label(ds, p.given)!r} read as {_label(ds, p.read_as)!r} "
+                      f"(expected {p.expected:.0f})" for p in poisoned)
+    return [Finding(
+        title=f"labels contradicted by the trusted reference: {named}",
+        severity=Severity.high,
+        score=min(1.0, max(0.5, max(p.excess_share for p in poisoned))),
+        explanation=f"A model trained only on the {check.reference_size} samples of the uploaded holdout set "
+        f"(cross-validated accuracy {check.judge_accuracy:.1%}) reads far more of these samples as another class than "
+        "its misreadings of the holdout predict (beta-binomial test, Bonferroni over the label pairs), by more than "
+        "natural annotation noise (5% of the samples with that label): labels flipped on purpose, which a model "
+        "trained on the dataset alone learns and cannot see.",
+        remediation="Remove the quarantined samples (the cleaned dataset does), or relabel them from a trusted source, "
+        "and find who changed the labels.",
+        evidence=evidence | {"flagged": flagged},
+    )]
+
+
+def _reference_space(ds, hold, settings: DataPoisoningConfig):
+    """Features of the dataset and the holdout in one space, and the judge to train on the holdout: for texts, TF-IDF
+    of the holdout's words and a class-balanced logistic regression (a few hundred texts of a minority class are too
+    few for an unweighted one: on 1,000 SMS it caught 38% of the spam, balanced 85%); the proxy's features and model
+    otherwise."""
+    if ds.texts is not None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        from worker.text_triggers import TOKEN
+
+        vectorizer = TfidfVectorizer(token_pattern=TOKEN.pattern, dtype=np.float32)
+        ref_features = vectorizer.fit_transform(hold.texts)
+        return vectorizer.transform(ds.texts), ref_features, \
+            lambda: LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000)
+    from worker.datasets import DatasetError
+    from worker.proxy import features_for, make_model
+
+    if hold.x.shape[1:] != ds.x.shape[1:]:
+        raise DatasetError(f"the holdout set's samples have shape {hold.x.shape[1:]} but the dataset's "
+                           f"{ds.x.shape[1:]}: upload held-out samples in the dataset's format")
+    both = features_for(np.concatenate([ds.x, hold.x.astype(ds.x.dtype, copy=False)]), ds.kind, seed=settings.seed)
+    return both[:len(ds.y)], both[len(ds.y):], lambda: make_model(settings.model, len(hold.y), settings.seed)
 
 
 def _flip_floor(y: np.ndarray, probs: np.ndarray, issues: np.ndarray, refit):

@@ -315,18 +315,13 @@ def text_backdoor(inputs: ScanInputs, config: dict, progress, context: ScanConte
 
 
 def _text_holdout(inputs: ScanInputs, ds, settings: TextBackdoorConfig):
-    """The uploaded clean holdout's texts and labels (mapped to the dataset's classes), or None."""
+    """The uploaded clean holdout's texts and labels (coded as the dataset's), or None."""
     if inputs.holdout is None:
         return None
-    from worker.datasets import load_dataset
+    from worker.datasets import load_holdout
 
-    hold = load_dataset(inputs.holdout.path, inputs.holdout.kind, label_column=settings.label_column,
-                        text_column=settings.text_column)
-    if hold.texts is None:
-        raise InputRejected("the holdout is not a text dataset like the dataset: upload held-out texts in the same format")
-    index = {v: i for i, v in enumerate(ds.classes)}
-    known = [i for i, c in enumerate(hold.y) if hold.classes[int(c)] in index]
-    return [hold.texts[i] for i in known], np.array([index[hold.classes[int(hold.y[i])]] for i in known], np.int64)
+    hold, y = load_holdout(inputs.holdout, ds, label_column=settings.label_column, text_column=settings.text_column)
+    return hold.texts, y
 
 
 def _probe_record(ds, probe) -> dict:
