@@ -252,7 +252,7 @@ class _Search:
         self.min_carriers = min_carriers
         self.own = [c[y[c] == t] for c, t in zip(grams.carriers, grams.target)]  # carriers labelled the target
         self.tested = self._within(max_pairs)
-        self.partners = self._partners()
+        self.partners = self._partners(max_pairs)
         self.distinct = _first_of_each([tuple(d) for d in docs])
         self.is_distinct = np.zeros(len(docs), dtype=bool)
         self.is_distinct[self.distinct] = True
@@ -264,12 +264,16 @@ class _Search:
         self.rest_keys: list[np.ndarray] = [np.empty(0, np.int64)] * len(grams.words)
         self._looks_other: dict[int, np.ndarray] = {}
 
-    def _partners(self) -> list[list[int]]:
-        """Per n-gram, the n-grams of its target inserted into the same texts: a BadNL set puts 1-3 of its tokens into
-        each poisoned text, and in a short text the ones left behind hold the label when one is removed. Within
-        their label, the tokens of one set co-occur far beyond chance (``PARTNER_LIFT``); words of a class co-occur
-        with each other about as often as that class's texts use them."""
+    def _partners(self, budget: int) -> list[list[int]]:
+        """Per tested n-gram, the n-grams of its target inserted into the same texts: a BadNL set puts 1-3 of its
+        tokens into each poisoned text, and in a short text the ones left behind hold the label when one is removed.
+        Within their label, the tokens of one set co-occur far beyond chance (``PARTNER_LIFT``); words of a class
+        co-occur with each other about as often as that class's texts use them. Checking that two n-grams were
+        inserted apart costs their shared texts; a corpus that repeats whole messages in many texts makes every
+        n-gram of a message a candidate pair, so the pairs are checked by lift, highest first, for at most ``budget``
+        shared texts in all (the pairs left unchecked are not partners)."""
         partners: list[list[int]] = [[] for _ in self.own]
+        candidates = []
         for t in range(self.n_classes):
             grams = np.flatnonzero(self.grams.target == t)
             if len(grams) < 2:
@@ -281,10 +285,16 @@ class _Search:
             shared = (presence.T @ presence).tocoo()
             sizes = np.array([len(self.own[g]) for g in grams], dtype=np.float64)
             lift = shared.data * label_size / (sizes[shared.row] * sizes[shared.col])
-            keep = (shared.row != shared.col) & (shared.data >= self.min_carriers) & (lift >= PARTNER_LIFT)
-            for a, b in zip(grams[shared.row[keep]], grams[shared.col[keep]]):
-                if self._apart(int(a), int(b)):
-                    partners[int(a)].append(int(b))
+            keep = (shared.row != shared.col) & (shared.data >= self.min_carriers) & (lift >= PARTNER_LIFT) \
+                & self.tested[grams[shared.row]]
+            candidates += zip(-lift[keep], shared.data[keep], grams[shared.row[keep]], grams[shared.col[keep]])
+        spent = 0
+        for _, cost, a, b in sorted(candidates):
+            spent += int(cost)
+            if spent > budget:
+                break
+            if self._apart(int(a), int(b)):
+                partners[int(a)].append(int(b))
         return partners
 
     def _apart(self, a: int, b: int) -> bool:
