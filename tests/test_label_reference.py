@@ -96,3 +96,21 @@ def test_a_holdout_labelled_unlike_the_dataset_is_refused_with_the_reason(tmp_pa
     labels = np.array(["ham", "spam", "eggs"])[np.arange(200) % 3]
     with pytest.raises(InputRejected, match="labels the dataset does not: \\['eggs'\\]"):
         scan_with_holdout(tmp_path, texts[:400], y[:400], texts[400:], labels)
+
+
+def test_flips_within_natural_annotation_noise_are_for_review(tmp_path):
+    """3% of the data flipped spam -> ham against a holdout: beyond the judge's misreadings, but under 5% of the ham,
+    which annotation errors reach: the flipped messages go to the review list, and the scan is not failed for them."""
+    texts, y = sms(2400)
+    order = np.random.default_rng(3).permutation(2400)
+    ref, data = order[:800], order[800:]
+    y_data = y[data].copy()
+    flipped = np.random.default_rng(4).choice(np.flatnonzero(y_data == 1), size=48, replace=False)
+    y_data[flipped] = 0
+    report = scan_with_holdout(tmp_path, [texts[i] for i in data], y_data, [texts[i] for i in ref],
+                               np.array(["ham", "spam"])[y[ref]])
+    (finding,) = [f for d in report["detectors"] for f in d["findings"] if "trusted reference" in f["title"]]
+    assert finding["severity"] == "low", finding["title"]
+    reviewed = {r["index"] for r in finding["evidence"]["review"]}
+    assert len(reviewed & set(flipped.tolist())) >= 0.6 * len(flipped)
+    assert not {e["index"] for e in report["quarantine"] if "label_reference" in e["methods"]}

@@ -143,7 +143,7 @@ def reference_findings(inputs: ScanInputs, ds, settings: DataPoisoningConfig) ->
     """Labels judged by a model trained only on the uploaded holdout set, a trusted clean reference
     (``worker.label_reference``)."""
     from worker.datasets import load_holdout
-    from worker.label_reference import check_against_reference
+    from worker.label_reference import REFERENCE_ALPHA, check_against_reference
 
     hold, ref_y = load_holdout(inputs.holdout, ds, label_column=settings.label_column, text_column=settings.text_column)
     data_features, ref_features, make_judge = _reference_space(ds, hold, settings)
@@ -155,6 +155,18 @@ def reference_findings(inputs: ScanInputs, ds, settings: DataPoisoningConfig) ->
     evidence = {"reference_size": check.reference_size, "judge_accuracy": round(check.judge_accuracy, 4),
                 "pairs": pairs, "classes_not_judged": [_label(ds, c) for c in check.skipped_classes]}
     poisoned = check.poisoned
+    noisy = [p for p in check.pairs if not p.poisoned and p.p_value <= REFERENCE_ALPHA]
+    if not poisoned and noisy:
+        review = [{"index": int(i), "given": _label(ds, p.given), "suggested": _label(ds, p.read_as),
+                   "score": round(float(c), 4), "method": "label_reference",
+                   "reason": "label contradicted by the trusted reference (within natural annotation noise)"}
+                  for p in noisy for i, c in zip(p.rows, p.posterior, strict=True) if c >= FLOOR_MIN_POSTERIOR]
+        return [Finding(
+            f"{len(review)} labels contradicted by the trusted reference, within natural annotation noise",
+            Severity.low, 0.2,
+            "More samples than the holdout-trained model's misreadings predict are read as another class, but fewer "
+            "than 5% of the samples with their label: what annotation errors leave. Listed for review.",
+            remediation="Review the listed samples' labels.", evidence=evidence | {"review": review})]
     if not poisoned:
         return [Finding("labels agree with the trusted reference", Severity.info, 0.0,
                         f"A model trained on the {check.reference_size} holdout samples (cross-validated accuracy "
