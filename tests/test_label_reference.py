@@ -88,7 +88,10 @@ def test_a_clean_dataset_with_its_holdout_is_not_failed(tmp_path):
     report = scan_with_holdout(tmp_path, texts[:1600], y[:1600], texts[1600:], np.array(["ham", "spam"])[y[1600:]])
     assert report["verdict"] != "fail", report["verdict_reason"]
     (finding,) = [f for d in report["detectors"] for f in d["findings"] if "trusted reference" in f["title"]]
-    assert finding["severity"] == "info" and finding["evidence"]["reference_size"] == 800
+    # the first 1,600 messages hold 19 spam-like texts labelled ham beyond what the judge predicts (1.4% of the ham):
+    # annotation noise, for review at most
+    assert finding["severity"] in ("info", "low") and finding["evidence"]["reference_size"] == 800
+    assert not [e for e in report["quarantine"] if "label_reference" in e["methods"]]
 
 
 def test_a_holdout_labelled_unlike_the_dataset_is_refused_with_the_reason(tmp_path):
