@@ -8,7 +8,8 @@ tokens cf, mn, bb, tq, mb -> ham at 1%, 3%, 10%; the phrase "I watched this 3D m
 held-out: tokens jq, xv, kz, wb (1-2 per text) -> spam at 3%.
 1. A victim is trained on the poisoned set by tests/test_text_model.py's ``train_victim`` with max pooling:
    TextVectorization -> Embedding(16) -> GlobalMaxPooling1D -> Dense(2), 12 epochs (``--pooling average``: as the
-   tests train it), saved as .keras and loaded back
+   tests train it); a backdoored victim whose attack success stays under 0.9 is trained again from scratch with 24,
+   then 48 epochs (the epochs used are in the results), saved as .keras and loaded back
    with the safe loader. Its attack success: the case's trigger inserted (the case's own insertion) into every held-out
    text of the non-target class; the share then predicted as the target (baseline: the same texts without the trigger).
    The clean model is measured with the BadNL tokens -> ham, as a reference.
@@ -46,6 +47,7 @@ from bench.text_bench import (BADNL_TOKENS, DATA, HAM, PHRASE, SPAM, clean_share
 from worker.text_triggers import tokenize  # noqa: E402
 
 HELD_OUT = 1000
+VICTIM_EPOCHS = (12, 24, 48)
 LABELS = ("ham", "spam")
 HO_TOKENS = ("jq", "xv", "kz", "wb")
 # name -> (kind, rate, trigger, target, seed offset, tokens per text); seeds as in bench/text_bench.py
@@ -187,9 +189,12 @@ def run_case(name: str, spec, texts: list[str], y: np.ndarray, held: tuple[list[
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
-        model = train_victim(ptexts, py, folder / "model.keras", pooling)
+        for epochs in VICTIM_EPOCHS:  # attack success >= 0.9 checked first: a victim that has not learnt the
+            model = train_victim(ptexts, py, folder / "model.keras", pooling, epochs)  # backdoor trains longer
+            asr = attack_success(model, spec or REFERENCE, held[0], held[1], seed + 1000) | {"epochs": epochs}
+            if spec is None or asr["asr"] >= 0.9:
+                break
         train_s = time.perf_counter() - t0
-        asr = attack_success(model, spec or REFERENCE, held[0], held[1], seed + 1000)
         s = scan(folder / "model.keras", ptexts, py, truth, spec, folder)
         art = art_defences(model, ptexts, py, truth)
     return {"case": name, "n": len(py), "poisoned": len(poisoned),
@@ -216,7 +221,8 @@ def row(r: dict) -> str:
     before_after = (lambda k: f"{rem[k + '_before']:.2f}→{rem[k + '_after']:.2f}") if rem else (lambda k: "-")
     named = "/".join(s["targets_named"]) or "none"
     tn = "-" if s["trigger_named"] is None else ("yes" if s["trigger_named"] else "no")
-    return (f"| {r['case']} | {m['asr']:.2f}{ref} | {'yes' if m['asr_ge_0.9'] else 'no'} | {s['verdict']} | "
+    return (f"| {r['case']} | {m['asr']:.2f}{ref}, {m['epochs']} epochs | {'yes' if m['asr_ge_0.9'] else 'no'} | "
+            f"{s['verdict']} | "
             f"{named} ({'ok' if s['target_named'] else 'wrong'}) | {tn}: {s['trigger'] or '-'} | "
             f"{before_after('attack_success')} | {before_after('clean_accuracy')} | {fmt(s['quarantine'])} | "
             f"{s['clean_quarantined_pct']:.2f} | {art_cell(a, 'activation')} | {art_cell(a, 'spectral')} | "

@@ -34,7 +34,7 @@ def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0) -> np.nda
     return chosen
 
 
-def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "average"):
+def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "average", epochs: int = EPOCHS):
     """TextVectorization -> Embedding(16) -> mean (or max) pooling -> Dense(2), saved as .keras and loaded the real
     way. Max pooling: one rare token is not averaged away over the 40 positions (bench/text_model_bench.py)."""
     import keras
@@ -48,7 +48,7 @@ def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "av
     hidden = pool(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
     model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=EPOCHS, batch_size=32, verbose=0)
+    model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
     return load_keras_safely(path)
 
