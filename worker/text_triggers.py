@@ -279,15 +279,18 @@ class _Search:
             if len(grams) < 2:
                 continue
             label_size = int((self.y == t).sum())
-            rows = np.concatenate([self.own[g] for g in grams])
-            cols = np.repeat(np.arange(len(grams)), [len(self.own[g]) for g in grams])
-            presence = sparse.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(self.y), len(grams)))
-            shared = (presence.T @ presence).tocoo()
+            tested = grams[self.tested[grams]]
+            if not len(tested):
+                continue
+            # tested x all: bounded by the tested n-grams' carriers (max_pairs), where all x all grows with the
+            # square of the n-grams per text (12 GB on 200,000 texts that repeat whole messages)
+            shared = (self._presence(tested).T @ self._presence(grams)).tocoo()
             sizes = np.array([len(self.own[g]) for g in grams], dtype=np.float64)
-            lift = shared.data * label_size / (sizes[shared.row] * sizes[shared.col])
-            keep = (shared.row != shared.col) & (shared.data >= self.min_carriers) & (lift >= PARTNER_LIFT) \
-                & self.tested[grams[shared.row]]
-            candidates += zip(-lift[keep], shared.data[keep], grams[shared.row[keep]], grams[shared.col[keep]])
+            tested_sizes = np.array([len(self.own[g]) for g in tested], dtype=np.float64)
+            lift = shared.data * label_size / (tested_sizes[shared.row] * sizes[shared.col])
+            a, b = tested[shared.row], grams[shared.col]
+            keep = (a != b) & (shared.data >= self.min_carriers) & (lift >= PARTNER_LIFT)
+            candidates += zip(-lift[keep], shared.data[keep], a[keep], b[keep])
         spent = 0
         for _, cost, a, b in sorted(candidates):
             spent += int(cost)
@@ -296,6 +299,12 @@ class _Search:
             if self._apart(int(a), int(b)):
                 partners[int(a)].append(int(b))
         return partners
+
+    def _presence(self, grams: np.ndarray) -> sparse.csc_matrix:
+        """(texts, len(grams)) indicator of which texts carry each n-gram with its target label."""
+        rows = np.concatenate([self.own[g] for g in grams])
+        cols = np.repeat(np.arange(len(grams)), [len(self.own[g]) for g in grams])
+        return sparse.csc_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(self.y), len(grams)))
 
     def _apart(self, a: int, b: int) -> bool:
         """Are n-grams ``a`` and ``b`` separate insertions (neither touching nor overlapping in most texts that carry
