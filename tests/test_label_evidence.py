@@ -134,3 +134,31 @@ def test_one_way_flips_raise_one_direction_only():
     assert floor.poisoned.tolist() == [True, False]
     found = np.flatnonzero(floor.posterior >= 0.5)
     assert len(np.intersect1d(found, flipped)) >= 0.8 * len(flipped)
+
+
+def _imbalanced_world(n=5000, minority=0.13, sharpness=8.0, seed=0):
+    """Two classes, one rare (spam among SMS): calibrated probabilities and labels drawn from them."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(n) < minority).astype(int)
+    margin = rng.normal(sharpness, 2.0, n) * np.where(truth == 1, 1, -1)
+    p1 = 1.0 / (1.0 + np.exp(-margin))
+    probs = np.stack([1 - p1, p1], axis=1).astype(np.float32)
+    return probs, (rng.random(n) < p1).astype(int)
+
+
+def test_random_flips_into_a_rare_class_poison_it_below_the_share_of_the_data():
+    """3% of the labels flipped at random is under 5% of the data, but almost every flip lands in the rare class
+    (a majority sample relabelled): about a sixth of its labels are then wrong, which annotation does not leave."""
+    probs, y = _imbalanced_world(seed=11)
+    assert not flip_floor(probs, y).any  # clean: no floor in either direction
+    rng = np.random.default_rng(12)
+    for share, expect in ((0.01, [False, False]), (0.03, [False, True])):
+        flipped = rng.choice(len(y), size=int(share * len(y)), replace=False)
+        noisy = y.copy()
+        noisy[flipped] = 1 - noisy[flipped]
+        floor = flip_floor(probs, noisy)
+        assert floor.poisoned.tolist() == expect, (share, floor.expected_flips, floor.pvalues)
+        assert floor.expected_flips.sum() < 0.05 * len(y)  # the bar over the whole data alone would not have seen it
+    into_rare = flipped[noisy[flipped] == 1]
+    found = np.flatnonzero(floor.posterior >= 0.5)
+    assert len(np.intersect1d(found, into_rare)) >= 0.8 * len(into_rare) and len(np.setdiff1d(found, flipped)) <= 0.2 * len(found)

@@ -42,6 +42,7 @@ EXCESS_RATIO = 2.0  # observed at least twice what calibration allows
 ALPHA = 0.01  # family-wise error of the pair tests and the excess test
 PAIR_MIN_COUNT = 5
 NATURAL_NOISE_SHARE = 0.05  # flips beyond what annotation leaves in real corpora (see flip_floor)
+FLIP_CLASS_SHARE = 0.10  # flips into one class: twice the most a clean corpus showed (UCI reviews, 4.7% of "positive")
 PAIR_ALPHA = 0.01  # family-wise, over the pairs that stand out (0.05 failed a clean MNIST: 5 -> 3, 26 samples)
 
 
@@ -220,8 +221,11 @@ def flip_floor(probs: np.ndarray, y: np.ndarray) -> FlipFloor:
     ``targeted_pairs``'). Each rate is tested against 0 by likelihood ratio. Annotation errors are flips too, and leave
     the same floor: real corpora carry 0.2-4% of them (UCI sentiment sentences 2.4%, AG News 2.1%, TREC 0.6% here;
     Northcutt et al. 2021 measured 0.15-3.9% in nine of ten benchmark test sets), so the floor is evidence of
-    poisoning only when the flips it implies pass ``NATURAL_NOISE_SHARE`` of the data. A sample's confidence is the
-    fitted model's posterior that its label was flipped."""
+    poisoning only when the flips it implies pass ``NATURAL_NOISE_SHARE`` of the data, or, for one direction, pass
+    ``FLIP_CLASS_SHARE`` of the samples labelled with its class: a few percent of the data flipped into a minority class
+    (3% of SMS relabelled spam is 18% of the "spam" labels) poisons that class's definition although it is a small
+    share of the whole; annotation noise stayed under 5% of every class here. With k >= 3 the shared rate is that share
+    already. A sample's confidence is the fitted model's posterior that its label was flipped."""
     from scipy.optimize import minimize
     from scipy.stats import chi2
 
@@ -278,7 +282,12 @@ def flip_floor(probs: np.ndarray, y: np.ndarray) -> FlipFloor:
     expected = eta * (s[:, ::-1].sum(axis=0) if k == 2 else np.bincount(y, minlength=k))
     if k > 2:
         eta, pvalues = np.repeat(eta, k), np.repeat(pvalues, k)
-    # every significant direction counts once the flips in all of them pass what annotation alone leaves
-    poisoned = (pvalues < ALPHA) & (expected[pvalues < ALPHA].sum() >= max(EXCESS_MIN_COUNT, NATURAL_NOISE_SHARE * n))
+    # every significant direction counts once the flips in all of them pass what annotation alone leaves, and one
+    # direction on its own once its flips are a share of its class's labels that annotation alone does not leave
+    significant = pvalues < ALPHA
+    overall = expected[significant].sum() >= max(EXCESS_MIN_COUNT, NATURAL_NOISE_SHARE * n)
+    labelled = np.maximum(np.bincount(y, minlength=k), 1)
+    in_class = (expected >= EXCESS_MIN_COUNT) & (expected / labelled >= FLIP_CLASS_SHARE)
+    poisoned = significant & (overall | in_class)
     return FlipFloor(np.round(eta, 5), np.round(expected, 2), pvalues, poisoned, posterior.astype(np.float32),
                      round(float(np.exp(theta[0])), 4))
