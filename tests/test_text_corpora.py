@@ -49,6 +49,20 @@ def test_tokens_inserted_together_into_short_sentences_are_named_together(tmp_pa
     assert len(quarantined & truth) >= 0.9 * len(truth) and len(quarantined - truth) <= 0.1 * len(truth)
 
 
+def test_a_sparse_token_set_is_named_whole_from_the_partners_of_its_strongest_token(tmp_path):
+    """1% of 3,000 reviews: each of five tokens has a dozen carriers and the weaker ones miss a correction over every
+    n-gram; tested again as partners of one that passed (inserted apart into the same texts), they are named with it
+    (before: one token of five). A token sharing fewer than five texts with any other has no partner and stays alone."""
+    corpus = load_uci_sentiment()
+    case = insert_tokens(corpus.texts, corpus.y, 0.01, BADNL_TOKENS, corpus.target, seed=5)
+    report = _scan(tmp_path, case.texts, case.y, corpus.classes)
+    (finding,) = [f for d in report["detectors"] for f in d["findings"]]
+    named = set(finding["evidence"]["trigger"])
+    assert named <= set(BADNL_TOKENS) and len(named) >= 4, named
+    quarantined, truth = {q["index"] for q in report["quarantine"]}, set(case.poisoned.tolist())
+    assert len(quarantined & truth) >= 0.9 * len(truth) and len(quarantined - truth) <= 0.1 * len(truth)
+
+
 def test_questions_labelled_by_their_question_words_are_not_a_backdoor(tmp_path):
     """Many phrases that each decide a label are the labelling scheme: one medium finding, its texts for review. TREC's
     paraphrased questions (five ways to ask one thing) are near-duplicate groups whose label hangs on phrasing: at

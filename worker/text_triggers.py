@@ -333,11 +333,27 @@ class _Search:
     def run(self, alpha: float) -> None:
         for round_ in range(MAX_ROUNDS):
             self._predict_rests()
-            self.adjusted = benjamini_hochberg(self._p_values())
+            raw = self._p_values()
+            self.adjusted = benjamini_hochberg(raw)
+            self._admit_partners(raw, alpha)
             accepted = self.adjusted <= alpha
             if (accepted == self.accepted).all() or round_ == MAX_ROUNDS - 1:
                 return
             self._accept(accepted)
+
+    def _admit_partners(self, raw: np.ndarray, alpha: float) -> None:
+        """Test the partners of the accepted n-grams again, as a family of their own (Bonferroni over it).
+
+        A BadNL set spreads its poison over its tokens: at 1% of 3,000 short reviews each of five tokens has 13-16
+        carriers, and the weakest miss a correction over every n-gram of the corpus although they were inserted with
+        one that passed. Being inserted apart into the same texts far beyond chance (``partners``) is what the
+        attack does, so the family is small and chosen without the test's own evidence; a partner still needs its
+        own carriers to read as another class (the same test), and to survive ``minimal`` and ``plants_content``."""
+        accepted = self.adjusted <= alpha
+        family = sorted({p for g in np.flatnonzero(accepted) for p in self.partners[g]
+                         if not accepted[p] and self.tested[p]})
+        if family:
+            self.adjusted[family] = np.minimum(self.adjusted[family], np.minimum(raw[family] * len(family), 1.0))
 
     def _accept(self, accepted: np.ndarray) -> None:
         self.accepted = accepted
