@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from worker.label_evidence import calibrate, flip_floor, noise_excess, targeted_pairs
+from worker.label_evidence import calibrate, excess_confidence, flip_floor, noise_excess, targeted_pairs
 from worker.pipeline import sample_lists
 
 
@@ -162,3 +162,19 @@ def test_random_flips_into_a_rare_class_poison_it_below_the_share_of_the_data():
     into_rare = flipped[noisy[flipped] == 1]
     found = np.flatnonzero(floor.posterior >= 0.5)
     assert len(np.intersect1d(found, into_rare)) >= 0.8 * len(into_rare) and len(np.setdiff1d(found, flipped)) <= 0.2 * len(found)
+
+
+def test_an_excess_of_flips_quarantines_the_excess_not_every_improbable_label():
+    """2% random flips beside the natural noise of a 10-class world: the excess is significant, and the samples more
+    likely planted than natural are those in probability bins the natural noise does not fill; the probability that
+    a label is wrong would put ten times as many natural errors beside them."""
+    probs, y = _calibrated_world(n=6000, k=10, sharpness=6.0, seed=21)
+    rng = np.random.default_rng(22)
+    flipped = rng.choice(len(y), size=120, replace=False)
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    assert noise_excess(probs, y).poisoned
+    held = np.flatnonzero(excess_confidence(probs, y) >= 0.5)
+    assert len(held) >= 20 and len(np.intersect1d(held, flipped)) >= 0.75 * len(held)
+    wrong = np.flatnonzero(1 - probs[np.arange(len(y)), y] >= 0.5)
+    assert len(np.intersect1d(wrong, flipped)) < 0.35 * len(wrong)

@@ -104,6 +104,28 @@ class TargetedPair:
         return round(max(0.0, 1.0 - max(self.expected / self.count, self.confident_expected / self.confident)), 4)
 
 
+CONFIDENCE_EDGES = (0.0, 0.001, 0.01, 0.03, 0.1, 0.3, 0.5)  # bins of a label's calibrated probability
+
+
+def excess_confidence(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample, the probability that its label is one of the excess rather than natural noise: in the bin of
+    calibrated label probabilities it falls in, the share of observed labels that the model's own probabilities do not
+    explain, 1 - expected / observed (one minus Efron's local false discovery rate). A dataset with 6% natural noise
+    and 200 poisoned labels holds some 470 label issues; the calibrated probability that a label is wrong says which
+    labels are wrong, not which were planted, and would send all 470 to the quarantine. Labels the model finds more
+    likely right than wrong (over 0.5) get 0."""
+    n = len(y)
+    p_given = probs[np.arange(n), y]
+    confidence = np.zeros(n)
+    for low, high in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:]):
+        inside = (p_given >= low) & (p_given < high)
+        observed = int(inside.sum())
+        expected = float(probs[(probs >= low) & (probs < high)].sum())
+        if observed:
+            confidence[inside] = max(0.0, 1.0 - expected / observed)
+    return confidence
+
+
 def noise_excess(probs: np.ndarray, y: np.ndarray) -> NoiseExcess:
     from scipy.stats import poisson
 

@@ -88,7 +88,7 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
     ``refit(suspects)``: out-of-sample probabilities again, from models that never train on ``suspects``."""
     from cleanlab.filter import find_label_issues
 
-    from worker.label_evidence import calibrate, noise_excess, targeted_pairs
+    from worker.label_evidence import calibrate, excess_confidence, noise_excess, targeted_pairs
 
     # n_jobs=1: Celery runs us in a daemonic process, which may not start a multiprocessing pool
     # filter_by="both": a sample must be off-diagonal in the confident joint and below its class threshold (precision)
@@ -99,11 +99,11 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
     calibrated, temperature = calibrate(probs, ds.y)
     excess = noise_excess(calibrated, ds.y)
     pairs = targeted_pairs(probs, ds.y, calibrated)
-    # with label poisoning established for the dataset, an issue's confidence is the calibrated probability that its
-    # label is wrong; without it, issues are noise to review (confidence 0)
+    # with label poisoning established for the dataset, an issue's confidence is the share of labels as improbable as
+    # its own that natural noise does not explain; without it, issues are noise to review (confidence 0)
     confidence = np.zeros(n)
     if excess.poisoned:
-        confidence[issues] = 1.0 - calibrated[issues, ds.y[issues]]
+        confidence[issues] = excess_confidence(calibrated, ds.y)[issues]
     floor = _flip_floor(ds.y, probs, issues, refit)
     floored = np.flatnonzero(floor.poisoned[ds.y] & (floor.posterior >= FLOOR_MIN_POSTERIOR))
     confidence[floored] = np.maximum(confidence[floored], floor.posterior[floored])
