@@ -107,20 +107,24 @@ class TargetedPair:
 CONFIDENCE_EDGES = (0.0, 0.001, 0.01, 0.03, 0.1, 0.3, 0.5)  # bins of a label's calibrated probability
 
 
+def _labels_in_bin(probs: np.ndarray, p_given: np.ndarray, low: float, high: float) -> tuple[np.ndarray, float]:
+    """The labels whose probability lies in [low, high), and how many a calibrated model expects there."""
+    return (p_given >= low) & (p_given < high), float(probs[(probs >= low) & (probs < high)].sum())
+
+
 def excess_confidence(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per sample, the probability that its label is one of the excess rather than natural noise: in the bin of
     calibrated label probabilities it falls in, the share of observed labels that the model's own probabilities do not
-    explain, 1 - expected / observed (one minus Efron's local false discovery rate). A dataset with 6% natural noise
-    and 200 poisoned labels holds some 470 label issues; the calibrated probability that a label is wrong says which
-    labels are wrong, not which were planted, and would send all 470 to the quarantine. Labels the model finds more
-    likely right than wrong (over 0.5) get 0."""
+    explain, 1 - expected / observed (one minus Efron's local false discovery rate). AG News with BadNL at 3% holds
+    641 label issues, 167 of them poisoned: the calibrated probability that a label is wrong says which labels are
+    wrong, not which were planted, and sent all 641 to the quarantine. Labels the model finds more likely right than
+    wrong (over 0.5) get 0."""
     n = len(y)
     p_given = probs[np.arange(n), y]
     confidence = np.zeros(n)
     for low, high in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:]):
-        inside = (p_given >= low) & (p_given < high)
+        inside, expected = _labels_in_bin(probs, p_given, low, high)
         observed = int(inside.sum())
-        expected = float(probs[(probs >= low) & (probs < high)].sum())
         if observed:
             confidence[inside] = max(0.0, 1.0 - expected / observed)
     return confidence
@@ -134,8 +138,8 @@ def noise_excess(probs: np.ndarray, y: np.ndarray) -> NoiseExcess:
     bins, best = [], None
     tests = len(CUTOFFS)
     for cutoff in CUTOFFS:
-        observed = int((p_given < cutoff).sum())
-        expected = float(probs[probs < cutoff].sum())  # labels a calibrated model expects to land under the cut-off
+        below, expected = _labels_in_bin(probs, p_given, 0.0, cutoff)  # probabilities are never negative
+        observed = int(below.sum())
         pvalue = min(1.0, float(poisson.sf(observed - 1, max(expected, 1e-9))) * tests) if observed else 1.0
         share = max(0.0, 1.0 - expected / observed) if observed else 0.0
         bins.append({"cutoff": cutoff, "observed": observed, "expected": round(expected, 2), "excess_share": round(share, 4),
