@@ -14,7 +14,8 @@ Each load runs in a fresh child process so its peak RSS (VmHWM) is its own. The 
 With ``--scan`` the texts are two SMS messages joined (label spam when either is: the content decides the label),
 so that the rows are distinct, as a large real corpus's are (resampled copies would be one big near-duplicate group
 each); a child process then runs the whole product on the CSV (``worker.local.scan_local_files``, dataset only,
-default detectors) and reports its peak RSS, seconds, verdict and each detector's status and seconds.
+default detectors) and reports its peak RSS, seconds, verdict, each detector's status and seconds, and its RSS every
+5 s (``rss_series_mb``: [seconds, MB]; the detectors run in turn, so their durations place each stage in it).
 "Does not hold them twice": read_peak - baseline stays near texts_python_mb, and peak - baseline near
 texts_python_mb + features_mb plus one chunk's working set. Results: stdout and bench/results/text-memory-<ts>.json.
 """
@@ -35,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SMS_SPAM = ROOT.parent / "shared" / "data" / "sms_spam.npz"
+RSS_EVERY_S = 5.0
 
 
 def write_files(rows: int, formats: list[str], folder: Path, seed: int, pairs: bool = False) -> dict[str, Path]:
@@ -100,14 +102,25 @@ def child(path: str) -> None:
 
 
 def scan_child(path: str) -> None:
+    import threading
+
     from worker.local import scan_local_files
     from worker.options import ScanOptions
 
     baseline = status_mb("VmRSS")
     started = time.perf_counter()
+    series, done = [], threading.Event()
+
+    def sample() -> None:  # RSS every RSS_EVERY_S: which stage (detectors run in turn, timed in the report) holds what
+        while not done.wait(RSS_EVERY_S):
+            series.append([round(time.perf_counter() - started, 1), status_mb("VmRSS")])
+
+    threading.Thread(target=sample, daemon=True).start()
     report = scan_local_files({"dataset": Path(path)}, ScanOptions(), output_dir=Path(path).parent / "scan-out")
+    done.set()
     print(json.dumps({
         "baseline_mb": baseline, "peak_mb": status_mb("VmHWM"), "seconds": round(time.perf_counter() - started, 1),
+        "rss_series_mb": series,
         "verdict": report["verdict"], "verdict_reason": report["verdict_reason"],
         "quarantined": len(report["quarantine"]), "review": len(report["review"]),
         "detectors": [{"name": d["name"], "status": d["status"], "seconds": d.get("duration_s"),
@@ -141,7 +154,7 @@ def main() -> None:
         path = write_files(args.rows, ["csv"], args.folder, args.seed, pairs=True)["csv"]
         results = {"args": {k: str(v) for k, v in vars(args).items() if "child" not in k},
                    "scan-csv": measure(path, "--scan-child") | {"file_mb": round(path.stat().st_size / 2**20, 1)}}
-        print(json.dumps(results["scan-csv"], indent=1), flush=True)
+        print(json.dumps({k: v for k, v in results["scan-csv"].items() if k != "rss_series_mb"}, indent=1), flush=True)
         return _write(results, "text-scan")
     paths = write_files(args.rows, args.formats.split(","), args.folder, args.seed)
     results = {"args": {k: str(v) for k, v in vars(args).items() if "child" not in k}}

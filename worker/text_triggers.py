@@ -35,17 +35,17 @@ carriers whose content is another class's and from how much its own remaining te
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import binom, hypergeom
-from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
+
+from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
 TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
@@ -56,6 +56,8 @@ MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words 
 NESTED_SHARE = 0.9  # an n-gram whose poison-like carriers lie this much inside another's is a part of it
 PHRASE_AGREEMENT = 0.8  # a phrase is extended by a word that this share of its carriers have at that position
 PREDICT_CHUNK = 20_000  # (n-gram, carrier) rows built at once
+ROWS_CHUNK = 50_000  # texts whose proxy features are built at once
+CARRIER_CHUNK = 50_000  # texts scanned at once for the carriers of the candidate n-grams
 PARTNER_LIFT = 10.0  # n-grams co-occurring within their label this far beyond chance were inserted together
 POISONED_MAJORITY = 0.5  # a trigger's target-label carriers are mostly poisoned (Search.plants_content)
 TYPICAL_PERCENTILE = 1 / 3  # poisoned rests read as their class about as plainly as its texts (median 0.5)
@@ -98,7 +100,7 @@ def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n
     are tested first).
     """
     y = np.asarray(y, dtype=np.int64)
-    docs = [tokenize(t) for t in texts]
+    docs = TokenCorpus.from_texts(texts, tokenize)
     grams = _Grams.build(docs, y, n_classes, max_n, min_carriers, max_share)
     if grams is None or not grams.words or len(np.unique(y)) < 2:
         return []
@@ -122,20 +124,36 @@ class _Grams:
     target: np.ndarray
 
     @classmethod
-    def build(cls, docs, y, n_classes, max_n, min_carriers, max_share) -> _Grams | None:
-        vectorizer = CountVectorizer(analyzer=lambda doc: ngrams(doc, max_n), binary=True, min_df=min_carriers,
-                                     max_df=max_share)
-        try:
-            presence = vectorizer.fit_transform(docs).tocsc()
-        except ValueError:  # no n-gram within the bounds
-            return None
-        per_label = np.stack([np.asarray(presence[y == t].sum(axis=0)).ravel() for t in range(n_classes)], axis=1)
+    def build(cls, docs: TokenCorpus, y, n_classes, max_n, min_carriers, max_share) -> _Grams:
+        index = NgramIndex.build(docs, max_n, min_carriers, y, n_classes)
+        per_label = index.counts
         target = per_label.argmax(axis=1)
         keep = np.flatnonzero((per_label.max(axis=1) * 2 > per_label.sum(axis=1))
-                              & (per_label[np.arange(len(target)), target] >= min_carriers))
-        names = vectorizer.get_feature_names_out()
-        carriers = [presence.indices[presence.indptr[j]:presence.indptr[j + 1]] for j in keep]
-        return cls([tuple(names[j].split(" ")) for j in keep], carriers, target[keep])
+                              & (per_label[np.arange(len(target)), target] >= min_carriers)
+                              & (per_label.sum(axis=1) <= max_share * len(docs)))
+        words = [index.words(int(f)) for f in keep]
+        order = sorted(range(len(keep)), key=lambda k: " ".join(words[k]))  # a stable order: by the n-gram's text
+        keep, words = keep[order], [words[k] for k in order]
+        return cls(words, _carriers(index, keep), target[keep])
+
+
+def _carriers(index: NgramIndex, features: np.ndarray) -> list[np.ndarray]:
+    """Per feature, the texts that carry it (sorted), in one pass over the corpus chunk by chunk."""
+    slot = np.full(len(index), -1, dtype=np.int64)
+    slot[features] = np.arange(len(features))
+    found_slots, found_texts = [], []
+    for start in range(0, len(index.corpus), CARRIER_CHUNK):
+        texts = np.arange(start, min(start + CARRIER_CHUNK, len(index.corpus)))
+        rows, feature, _, _ = index.occurrences(texts)
+        hit = slot[feature] >= 0
+        pairs = sorted_unique(slot[feature[hit]] * len(index.corpus) + texts[rows[hit]])  # one per (feature, text)
+        found_slots.append(pairs // len(index.corpus))
+        found_texts.append((pairs % len(index.corpus)).astype(np.int32))  # int32: most of the search's memory
+    slots, texts = np.concatenate(found_slots), np.concatenate(found_texts)
+    order = np.argsort(slots, kind="stable")  # chunks come in text order: each feature's texts stay sorted
+    bounds = np.searchsorted(slots[order], np.arange(len(features) + 1))
+    texts = texts[order]
+    return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def ngrams(doc: list[str], max_n: int) -> set[str]:
@@ -155,12 +173,10 @@ class _Proxy:
     positions removed: an n-gram that touches a removed position disappears, and none is formed across the gap.
     """
 
-    def __init__(self, docs, y, n_classes, folds, seed):
-        doc_freq = Counter(g for doc in docs for g in ngrams(doc, 2))
-        # an n-gram in one text says nothing about any other
-        self.index = {g: k for k, g in enumerate(g for g, c in doc_freq.items() if c >= 2)}
-        self.occurrences = [self._index(doc, self.index) for doc in docs]
-        self.idf = np.log((1 + len(docs)) / (1 + np.array([doc_freq[g] for g in self.index], dtype=np.float64))) + 1
+    def __init__(self, docs: TokenCorpus, y, n_classes, folds, seed):
+        self.index = NgramIndex.build(docs, 2, 2)  # an n-gram in one text says nothing about any other
+        self.n_texts = len(docs)
+        self.idf = np.log((1 + len(docs)) / (1 + self.index.counts[:, 0].astype(np.float64))) + 1
         self.max_idf = np.log((1 + len(docs)) / 3) + 1  # the idf of a word in two texts
         self.y, self.n_classes = y, n_classes
         counts = np.bincount(y, minlength=n_classes)
@@ -168,7 +184,6 @@ class _Proxy:
         self.fold = np.zeros(len(docs), dtype=np.int64)
         for k, (_, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)):
             self.fold[test] = k
-        self.features = self.rows(range(len(docs)), [None] * len(docs))
         self.fit(np.zeros(len(docs), dtype=bool))
 
     def fit(self, excluded: np.ndarray) -> None:
@@ -178,16 +193,18 @@ class _Proxy:
             train = np.flatnonzero((self.fold != k) & ~excluded)
             if len(np.unique(self.y[train])) < 2:  # never exclude a whole class
                 train = np.flatnonzero(self.fold != k)
+            # the rows are built per fold rather than kept for the corpus: 0.7 GB on 1,000,000 texts
             self.models.append(LogisticRegression(C=PROXY_C, class_weight="balanced", max_iter=2000)
-                               .fit(self.features[train], self.y[train]))
-        self.base = self.predict(np.arange(len(self.y)), [None] * len(self.y))
+                               .fit(self.rows(train, None), self.y[train]))
+        self.base = self.predict(np.arange(self.n_texts), None)
 
     def word_weight(self, word: str) -> float:
         """A word's idf; a word too rare for the vocabulary is as distinctive as the rarest in it."""
-        return self.idf[self.index[word]] if word in self.index else self.max_idf
+        feature = self.index.feature((word,))
+        return self.idf[feature] if feature >= 0 else self.max_idf
 
     def known_words(self, words: tuple[str, ...]) -> int:
-        return sum(1 for w in words if w in self.index)
+        return sum(1 for w in words if self.index.feature((w,)) >= 0)
 
     def pull(self, words: list[tuple[str, ...]], targets: np.ndarray) -> np.ndarray:
         """Per n-gram: how hard its own words and word pairs push toward its target in the fold models (mean)."""
@@ -195,40 +212,45 @@ class _Proxy:
         for model in self.models:
             coef = np.vstack([-model.coef_[0] / 2, model.coef_[0] / 2]) if len(model.classes_) == 2 else model.coef_
             toward[model.classes_] += (coef - coef.mean(axis=0)) * self.idf / len(self.models)
-        inside = [[self.index[f] for f in ngrams(list(w), 2) if f in self.index] for w in words]
-        return np.array([toward[t, f].sum() for t, f in zip(targets, inside)])
+        inside = [[f for f in (self.index.feature(w[i:i + n]) for n in (1, 2) for i in range(len(w) - n + 1))
+                   if f >= 0] for w in words]
+        return np.array([toward[t, sorted(set(f))].sum() for t, f in zip(targets, inside)])
 
-    @staticmethod
-    def _index(doc, index):
-        found = [(index[" ".join(doc[i:i + n])], i, i + n) for n in (1, 2) for i in range(len(doc) - n + 1)
-                 if " ".join(doc[i:i + n]) in index]
-        return tuple(np.array(column, dtype=np.int64) for column in zip(*found)) if found else \
-            (np.empty(0, np.int64),) * 3
+    def rows(self, docs: np.ndarray, removed: list | None) -> sparse.csr_matrix:
+        """L2-normalised binary TF-IDF rows of texts ``docs``; ``removed[i]``: token positions to leave out, or None.
+        Built chunk by chunk, so that a transient holds one chunk's n-gram occurrences."""
+        docs = np.asarray(docs, dtype=np.int64)
+        parts = [self._rows(docs[a:a + ROWS_CHUNK], None if removed is None else removed[a:a + ROWS_CHUNK])
+                 for a in range(0, len(docs), ROWS_CHUNK)]
+        return sparse.vstack(parts, format="csr") if len(parts) != 1 else parts[0]
 
-    def rows(self, docs, removed) -> sparse.csr_matrix:
-        columns, indptr = [], [0]
-        for i, mask in zip(docs, removed):
-            fids, starts, ends = self.occurrences[i]
-            if mask is not None:
-                hit = np.concatenate(([0], np.cumsum(mask)))
-                fids = fids[hit[ends] == hit[starts]]
-            fids = np.unique(fids)
-            columns.append(fids)
-            indptr.append(indptr[-1] + len(fids))
-        columns = np.concatenate(columns) if columns else np.empty(0, np.int64)
-        matrix = sparse.csr_matrix((self.idf[columns], columns, indptr), shape=(len(indptr) - 1, len(self.idf)))
+    def _rows(self, docs: np.ndarray, removed: list | None) -> sparse.csr_matrix:
+        row, feature, position, _ = self.index.occurrences(docs)
+        if removed is not None and any(m is not None for m in removed):
+            lengths = self.index.corpus.offsets[docs + 1] - self.index.corpus.offsets[docs]
+            flat = np.concatenate([m if m is not None else np.zeros(n, dtype=bool) for m, n in zip(removed, lengths)])
+            hit = np.concatenate(([0], np.cumsum(flat)))
+            kept = hit[position + self.index.feature_lengths[feature]] == hit[position]  # no removed token inside
+            row, feature = row[kept], feature[kept]
+        pairs = sorted_unique(row * len(self.idf) + feature)  # binary: a repeated n-gram counts once
+        row, feature = pairs // len(self.idf), pairs % len(self.idf)
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=len(docs)))))
+        matrix = sparse.csr_matrix((self.idf[feature], feature.astype(np.int32), indptr),
+                                   shape=(len(docs), len(self.idf)))
         norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
         return sparse.diags(1 / np.maximum(norms, 1e-12)) @ matrix
 
-    def predict(self, docs: np.ndarray, removed: list) -> np.ndarray:
+    def predict(self, docs: np.ndarray, removed: list | None) -> np.ndarray:
         """(len(docs), n_classes) probabilities; ``removed[i]`` is a boolean mask of token positions, or None."""
         docs = np.asarray(docs, dtype=np.int64)
         out = np.zeros((len(docs), self.n_classes))
-        features = self.rows(docs, removed)
-        for k, model in enumerate(self.models):
-            rows = np.flatnonzero(self.fold[docs] == k)
-            if len(rows):
-                out[np.ix_(rows, model.classes_)] = model.predict_proba(features[rows])
+        for a in range(0, len(docs), ROWS_CHUNK):
+            chunk = docs[a:a + ROWS_CHUNK]
+            features = self._rows(chunk, None if removed is None else removed[a:a + ROWS_CHUNK])
+            for k, model in enumerate(self.models):
+                rows = np.flatnonzero(self.fold[chunk] == k)
+                if len(rows):
+                    out[np.ix_(a + rows, model.classes_)] = model.predict_proba(features[rows])
         return out
 
 
@@ -253,7 +275,7 @@ class _Search:
         self.own = [c[y[c] == t] for c, t in zip(grams.carriers, grams.target)]  # carriers labelled the target
         self.tested = self._within(max_pairs)
         self.partners = self._partners(max_pairs)
-        self.distinct = _first_of_each([tuple(d) for d in docs])
+        self.distinct = docs.first_of_each()
         self.is_distinct = np.zeros(len(docs), dtype=bool)
         self.is_distinct[self.distinct] = True
         self._target_totals: dict[int, _Totals] = {}
@@ -313,8 +335,9 @@ class _Search:
         both = np.intersect1d(self.own[a], self.own[b], assume_unique=True)
         apart = 0
         for i in both:
-            spans_a = [(s, s + len(words_a)) for s in _occurrences(self.docs[i], words_a)]
-            spans_b = [(s, s + len(words_b)) for s in _occurrences(self.docs[i], words_b)]
+            doc = self.docs[i]
+            spans_a = [(s, s + len(words_a)) for s in _occurrences(doc, words_a)]
+            spans_b = [(s, s + len(words_b)) for s in _occurrences(doc, words_b)]
             apart += all(sb > ea or sa > eb for sa, ea in spans_a for sb, eb in spans_b)
         return 2 * apart > len(both)
 
@@ -378,14 +401,15 @@ class _Search:
         self.proxy.fit(excluded)
         self._looks_other, self._target_totals = {}, {}
 
-    def removal_mask(self, i: int, target: int, extra: int | None = None) -> np.ndarray:
-        """Token positions of text ``i`` covered by the accepted n-grams of ``target`` (and by n-gram ``extra`` and
-        its partners)."""
-        mask = np.zeros(len(self.docs[i]), dtype=bool)
+    def removal_mask(self, i: int, target: int, extra: int | None = None, doc: tuple | None = None) -> np.ndarray:
+        """Token positions of text ``i`` (its words: ``doc``, when the caller has them) covered by the accepted
+        n-grams of ``target`` (and by n-gram ``extra`` and its partners)."""
+        doc = self.docs[i] if doc is None else doc
+        mask = np.zeros(len(doc), dtype=bool)
         grams = [g for g in self.by_doc.get(i, []) if self.grams.target[g] == target]
         for g in grams + ([extra, *self.partners[extra]] if extra is not None else []):
             words = self.grams.words[g]
-            for start in _occurrences(self.docs[i], words):
+            for start in _occurrences(doc, words):
                 mask[start:start + len(words)] = True
         return mask
 
@@ -396,11 +420,12 @@ class _Search:
         probs, keys = np.empty((len(pairs), self.n_classes)), np.empty(len(pairs), dtype=np.int64)
         for start in range(0, len(pairs), PREDICT_CHUNK):  # bounded memory on long texts
             chunk = pairs[start:start + PREDICT_CHUNK]
-            masks = [self.removal_mask(i, int(self.grams.target[g]), g) for g, i in chunk]
+            words = [self.docs[i] for _, i in chunk]
+            masks = [self.removal_mask(i, int(self.grams.target[g]), g, doc) for (g, i), doc in zip(chunk, words)]
             docs = np.array([i for _, i in chunk], dtype=np.int64)
             probs[start:start + len(chunk)] = self.proxy.predict(docs, masks)
-            keys[start:start + len(chunk)] = [hash(tuple(w for w, m in zip(self.docs[i], mask) if not m))
-                                              for i, mask in zip(docs, masks)]
+            keys[start:start + len(chunk)] = [hash(tuple(w for w, m in zip(doc, mask) if not m))
+                                              for doc, mask in zip(words, masks)]
         start = 0
         for g in np.flatnonzero(self.tested):
             end = start + len(self.own[g])
