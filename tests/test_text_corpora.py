@@ -90,3 +90,18 @@ def test_a_badnl_trigger_in_news_is_named(tmp_path):
     truth = set(case.poisoned.tolist())
     assert len(quarantined & truth) >= 0.9 * len(truth) and len(quarantined - truth) <= 0.1 * len(truth)
     assert report["verdict"] == "fail"
+
+
+def test_phrases_written_with_their_questions_go_to_review_not_the_quarantine(tmp_path):
+    """1,000 TREC questions: "what is the origin of" and "how long" each decide a label (two triggers, fewer than a
+    labelling scheme's many), but removing either breaks its questions (the insertion test rejects): review, and the
+    verdict is a warning, not a failed gate."""
+    corpus = load_trec()
+    texts, y = _subsample(corpus, 1000, seed=3)
+    report = _scan(tmp_path, texts, y, corpus.classes)
+    findings = [f for d in report["detectors"] for f in d["findings"] if f["severity"] != "info"]
+    assert not [f for f in findings if f["title"].startswith("text trigger")]
+    (finding,) = [f for f in findings if "labels defined by phrases" in f["title"]]
+    assert "written with its texts" in finding["explanation"]
+    assert all(t["written_p"] <= 0.01 for t in finding["evidence"]["triggers"])
+    assert report["verdict"] == "warn" and report["quarantine"] == [] and report["review"]

@@ -1,8 +1,6 @@
 """worker.token_corpus: tokens held once as ids, n-grams counted as integer keys. Checked against a brute-force count
 over the same tokens (joined strings, as scikit-learn's CountVectorizer counts them)."""
 
-from collections import Counter
-
 import numpy as np
 import pytest
 

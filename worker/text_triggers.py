@@ -29,13 +29,15 @@ Of the accepted n-grams, those nested in a stronger one ("i watched" in "3d movi
 triggers where their carriers co-occur far beyond chance (the tokens of one BadNL set), each named by its phrases (an
 n-gram extended over the words its carriers share). Each target-label carrier gets a confidence, judged by a proxy
 retrained without every carrier found: the posterior probability that it is poisoned, from the share of its n-gram's
-carriers whose content is another class's and from how much its own remaining text reads like another class.
+carriers whose content is another class's and from how much its own remaining text reads like another class. Each
+trigger also carries the p-value of "inserted" (``worker.text_insertion``): small when removing it breaks its texts,
+as removing a phrase written with them does.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -45,6 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from worker.text_insertion import PairRecurrence, written_p_value
 from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
 TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
@@ -76,6 +79,7 @@ class TextTrigger:
     poisoned_share: float  # estimated share of target-label carriers whose content belongs to another class
     suspects: np.ndarray  # indices of the carriers labelled ``target``, sorted
     confidence: np.ndarray  # per suspect: posterior probability that it is poisoned
+    written_p: float = 1.0  # p-value of "inserted" (worker.text_insertion): small when removing it breaks its texts
 
     @property
     def name(self) -> str:
@@ -112,7 +116,22 @@ def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n
         groups = _groups(search, kept)
         search.refit_without(groups)
         triggers = [_trigger(search, members) for members in groups]
+    if triggers:
+        recurrence = PairRecurrence(docs, search.distinct, y, seed)
+        triggers = [replace(t, written_p=_written_p(recurrence, docs, t, seed)) for t in triggers]
     return sorted(triggers, key=lambda t: (t.p_value, -len(t.suspects)))
+
+
+def _written_p(recurrence: PairRecurrence, docs: TokenCorpus, trigger: TextTrigger, seed: int) -> float:
+    """The insertion test over the gaps the trigger leaves in the carriers it would quarantine (all of them when it
+    would quarantine none)."""
+    carriers = trigger.quarantine() if len(trigger.quarantine()) else trigger.suspects
+    words = [tuple(p.split(" ")) for p in (*trigger.phrases, *trigger.ngrams)]
+    gaps = []
+    for i in carriers:
+        doc = docs[int(i)]
+        gaps += [(int(i), key, kind) for key, kind in recurrence.gaps(int(i), _covered(doc, words))]
+    return written_p_value(recurrence, gaps, trigger.target, seed)
 
 
 @dataclass

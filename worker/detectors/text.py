@@ -66,32 +66,45 @@ def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
     triggers = find_text_triggers(ds.texts, ds.y, ds.n_classes, max_n=settings.max_ngram, alpha=settings.alpha,
                                   seed=settings.seed)
     if len(triggers) > PLANTED_TRIGGERS_MAX:
-        return [_phrase_labelled(ds, triggers)]
-    return [_trigger_finding(ds, t, settings.examples) for t in triggers]
+        return [_phrase_labelled(ds, triggers, too_many=True)]
+    # the insertion test (worker.text_insertion) at the search's level: a planted trigger is called written with
+    # probability alpha at most
+    written = [t for t in triggers if t.written_p <= settings.alpha]
+    inserted = [t for t in triggers if t.written_p > settings.alpha]
+    return [_trigger_finding(ds, t, settings.examples) for t in inserted] + \
+        ([_phrase_labelled(ds, written, too_many=False)] if written else [])
 
 
-def _phrase_labelled(ds, triggers) -> Finding:
-    """Many n-grams that each decide a label: the corpus's labels are defined by phrases (question types by their
-    question words, sections by names), which is what the trigger tests assume content does not do. A backdoor plants
-    one trigger or a few; this many is the labelling scheme, so the carriers are for review, not the quarantine."""
+def _phrase_labelled(ds, triggers, too_many: bool) -> Finding:
+    """N-grams that each decide a label, yet were written with their texts (removing them breaks the texts: the
+    insertion test rejects) or are too many to be planted: the corpus's labels are defined by phrases (question types
+    by their question words, sections by names), which is what the trigger tests assume content does not do. A
+    backdoor inserts one trigger or a few into texts that read whole without them, so these carriers are for review,
+    not the quarantine."""
     names = [t.name for t in triggers]
     review = [{"index": int(i), "reason": f"label decided by the phrase {t.name!r}", "method": "text_triggers",
                "score": round(float(c), 4)} for t in triggers for i, c in zip(t.suspects, t.confidence, strict=True)
               if c >= 0.5]
+    why = (f"A backdoor plants one trigger or a few (at most {PLANTED_TRIGGERS_MAX} are reported as such); this many "
+           "means the labels themselves are defined by phrases (question types by question words, for instance), and "
+           "a planted trigger among them cannot be told apart from the data alone.") if too_many else (
+        "Each was written with its texts rather than inserted into them: with it removed, the words on either side "
+        "of the gap rarely meet anywhere in the corpus, where a planted trigger leaves pairs that recur as often as "
+        "any text's (insertion test; its p-values are in the evidence).")
     return Finding(
-        title=f"{len(triggers)} phrases each decide a label: labels defined by phrases, not a planted trigger",
+        title=f"{len(triggers)} phrase{'s' if len(triggers) != 1 else ''} each decide a label: labels defined by "
+        "phrases, not a planted trigger",
         severity=Severity.medium,
         score=0.5,
-        explanation=f"{len(triggers)} separate n-grams ({', '.join(repr(n) for n in names[:8])}"
-        f"{', ...' if len(names) > 8 else ''}) each force a label that their texts' other words do not support. A "
-        f"backdoor plants one trigger or a few (at most {PLANTED_TRIGGERS_MAX} are reported as such); this many means "
-        "the labels themselves are defined by phrases (question types by question words, for instance), and a "
-        "planted trigger among them cannot be told apart from the data alone.",
+        explanation=f"{len(triggers)} separate n-gram{'s' if len(triggers) != 1 else ''} ("
+        f"{', '.join(repr(n) for n in names[:8])}{', ...' if len(names) > 8 else ''}) each force a label that their "
+        f"texts' other words do not support. {why}",
         remediation="If these phrases are how the labels are defined, nothing is wrong; otherwise review the listed "
         "texts, and scan the model trained on this data with text_backdoor, which probes the phrases.",
         evidence={"triggers": [{"trigger": list(t.phrases), "target": _label(ds, t.target),
                                 "label_counts": {str(_label(ds, k)): int(n) for k, n in enumerate(t.label_counts)},
-                                "p_value": float(f"{t.p_value:.3g}")} for t in triggers[:50]],
+                                "p_value": float(f"{t.p_value:.3g}"), "written_p": float(f"{t.written_p:.3g}")}
+                               for t in triggers[:50]],
                   "review": review},
     )
 
