@@ -60,6 +60,7 @@ NESTED_SHARE = 0.9  # an n-gram whose poison-like carriers lie this much inside 
 PHRASE_AGREEMENT = 0.8  # a phrase is extended by a word that this share of its carriers have at that position
 PREDICT_CHUNK = 20_000  # (n-gram, carrier) rows built at once
 ROWS_CHUNK = 50_000  # texts whose proxy features are built at once
+PROXY_TRAIN_MAX = 200_000  # texts each fold model trains on at most (a seeded sample beyond), as the data layer's folds
 CARRIER_CHUNK = 50_000  # texts scanned at once for the carriers of the candidate n-grams
 PARTNER_LIFT = 10.0  # n-grams co-occurring within their label this far beyond chance were inserted together
 POISONED_MAJORITY = 0.5  # a trigger's target-label carriers are mostly poisoned (Search.plants_content)
@@ -157,22 +158,30 @@ class _Grams:
 
 
 def _carriers(index: NgramIndex, features: np.ndarray) -> list[np.ndarray]:
-    """Per feature, the texts that carry it (sorted), in one pass over the corpus chunk by chunk."""
+    """Per feature, the texts that carry it (sorted), in one pass over the corpus chunk by chunk. Each chunk's pairs
+    come sorted by feature and are copied into place (a counting sort): on 1,000,000 texts some 60 million pairs, so
+    no int64 copy or argsort of all of them is made."""
     slot = np.full(len(index), -1, dtype=np.int64)
     slot[features] = np.arange(len(features))
-    found_slots, found_texts = [], []
+    chunks, counts = [], np.zeros(len(features), dtype=np.int64)
     for start in range(0, len(index.corpus), CARRIER_CHUNK):
         texts = np.arange(start, min(start + CARRIER_CHUNK, len(index.corpus)))
         rows, feature, _, _ = index.occurrences(texts)
         hit = slot[feature] >= 0
-        pairs = sorted_unique(slot[feature[hit]] * len(index.corpus) + texts[rows[hit]])  # one per (feature, text)
-        found_slots.append(pairs // len(index.corpus))
-        found_texts.append((pairs % len(index.corpus)).astype(np.int32))  # int32: most of the search's memory
-    slots, texts = np.concatenate(found_slots), np.concatenate(found_texts)
-    order = np.argsort(slots, kind="stable")  # chunks come in text order: each feature's texts stay sorted
-    bounds = np.searchsorted(slots[order], np.arange(len(features) + 1))
-    texts = texts[order]
-    return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        pairs = sorted_unique(slot[feature[hit]] * len(texts) + rows[hit])  # one per (feature, text), by feature
+        per_slot = np.bincount(pairs // len(texts), minlength=len(features))
+        chunks.append((per_slot.astype(np.int32), (pairs % len(texts) + start).astype(np.int32)))
+        counts += per_slot
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    carriers = np.empty(bounds[-1], dtype=np.int32)  # int32: most of the search's memory
+    written = bounds[:-1].copy()
+    while chunks:
+        per_slot, chunk_texts = chunks.pop(0)
+        chunk_slots = np.repeat(np.arange(len(features)), per_slot)
+        first_in_chunk = np.cumsum(per_slot) - per_slot
+        carriers[written[chunk_slots] + np.arange(len(chunk_slots)) - first_in_chunk[chunk_slots]] = chunk_texts
+        written += per_slot
+    return [carriers[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def ngrams(doc: list[str], max_n: int) -> set[str]:
@@ -197,7 +206,7 @@ class _Proxy:
         self.n_texts = len(docs)
         self.idf = np.log((1 + len(docs)) / (1 + self.index.counts[:, 0].astype(np.float64))) + 1
         self.max_idf = np.log((1 + len(docs)) / 3) + 1  # the idf of a word in two texts
-        self.y, self.n_classes = y, n_classes
+        self.y, self.n_classes, self.seed = y, n_classes, seed
         counts = np.bincount(y, minlength=n_classes)
         folds = max(2, min(folds, int(counts[counts > 0].min())))
         self.fold = np.zeros(len(docs), dtype=np.int64)
@@ -208,10 +217,13 @@ class _Proxy:
     def fit(self, excluded: np.ndarray) -> None:
         """Train the fold models without the ``excluded`` texts (samples already known to be poisoned)."""
         self.models = []
+        rng = np.random.default_rng(self.seed)
         for k in range(self.fold.max() + 1):
             train = np.flatnonzero((self.fold != k) & ~excluded)
             if len(np.unique(self.y[train])) < 2:  # never exclude a whole class
                 train = np.flatnonzero(self.fold != k)
+            if len(train) > PROXY_TRAIN_MAX:  # what a text reads as is learned from far fewer; memory is not
+                train = np.sort(rng.choice(train, PROXY_TRAIN_MAX, replace=False))
             # the rows are built per fold rather than kept for the corpus: 0.7 GB on 1,000,000 texts
             self.models.append(LogisticRegression(C=PROXY_C, class_weight="balanced", max_iter=2000)
                                .fit(self.rows(train, None), self.y[train]))
