@@ -355,9 +355,9 @@ class _Search:
 
     def _presence(self, grams: np.ndarray) -> sparse.csc_matrix:
         """(texts, len(grams)) indicator of which texts carry each n-gram with its target label."""
-        rows = np.concatenate([self.own[g] for g in grams])
-        cols = np.repeat(np.arange(len(grams)), [len(self.own[g]) for g in grams])
-        return sparse.csc_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(self.y), len(grams)))
+        rows = np.concatenate([self.own[g] for g in grams])  # sorted per column: a CSC matrix as it stands
+        indptr = np.concatenate(([0], np.cumsum([len(self.own[g]) for g in grams])))
+        return sparse.csc_matrix((np.ones(len(rows), np.float32), rows, indptr), shape=(len(self.y), len(grams)))
 
     def _apart(self, a: int, b: int) -> bool:
         """Are n-grams ``a`` and ``b`` separate insertions (neither touching nor overlapping in most texts that carry
