@@ -171,3 +171,15 @@ def test_fast_on_20000_by_128():
     result = untangle(reps, labels)
     assert time.perf_counter() - start < 10
     assert result.targets == []
+
+
+def test_a_pca_fitted_on_a_sample_finds_the_same_target(monkeypatch):
+    """Past PCA_FIT_MAX rows (200,000) the PCA is fitted on a seeded sample and every row projected in blocks, with
+    float32 activations never copied whole to float64: the target and its poison are found as with all rows."""
+    from worker import untangle as module
+
+    reps, labels, poison = _poisoned(0)
+    monkeypatch.setattr(module, "PCA_FIT_MAX", len(reps) // 3)
+    monkeypatch.setattr(module, "PCA_BLOCK", 97)
+    result = untangle(reps.astype(np.float32), labels)
+    assert result.targets == [TARGET] and _f1(result.minority[TARGET], poison) >= 0.9

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 Progress = Callable[[str, float], None]
 MAX_PCA_FIT_ROWS = 20_000  # the projection is fitted on a sample: enough for its components, bounded in time
+STANDARDIZE_BLOCK = 50_000  # rows standardized at once (beyond one block)
 
 
 def features_for(x: np.ndarray, kind: str, *, components: int = 64, seed: int = 0) -> np.ndarray:
@@ -31,7 +32,22 @@ def features_for(x: np.ndarray, kind: str, *, components: int = 64, seed: int = 
         for start in range(0, len(flat), 10_000):  # project in blocks: never a float copy of all pixels at once
             out[start:start + 10_000] = pca.transform(flat[start:start + 10_000].astype(np.float32) / scale)
         return out  # not standardized: that would inflate the low-variance (noise) components
-    return StandardScaler().fit_transform(x.reshape(len(x), -1).astype(np.float32, copy=False)).astype(np.float32, copy=False)
+    flat = x.reshape(len(x), -1)
+    if len(flat) <= STANDARDIZE_BLOCK:
+        return StandardScaler().fit_transform(flat.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+    return _standardized_in_blocks(flat)
+
+
+def _standardized_in_blocks(flat: np.ndarray) -> np.ndarray:
+    """StandardScaler's result, computed block by block: its float64 temporaries of 1,000,000 x 128 are 1 GB."""
+    blocks = range(0, len(flat), STANDARDIZE_BLOCK)
+    mean = sum(flat[a:a + STANDARDIZE_BLOCK].sum(axis=0, dtype=np.float64) for a in blocks) / len(flat)
+    var = sum(np.square(flat[a:a + STANDARDIZE_BLOCK] - mean).sum(axis=0) for a in blocks) / len(flat)
+    scale = np.where(var > 0, np.sqrt(var), 1.0)  # a constant column stays 0, as StandardScaler leaves it
+    out = np.empty(flat.shape, dtype=np.float32)
+    for a in blocks:
+        out[a:a + STANDARDIZE_BLOCK] = (flat[a:a + STANDARDIZE_BLOCK] - mean) / scale
+    return out
 
 
 def make_model(name: str, n_rows: int, seed: int):

@@ -51,6 +51,8 @@ from worker.robust import centre_and_spread
 THRESHOLD = math.exp(2)  # the paper's: a class is a target when its anomaly index exceeds e**2
 SHRINK = 1e-4  # covariances are shrunk by this fraction towards (trace / dims) * I
 RESTARTS = 3  # seeded k-means++ starts of the untangling, besides the principal-direction split
+PCA_FIT_MAX = 200_000  # rows the PCA is fitted on (a seeded sample beyond); every row is projected
+PCA_BLOCK = 50_000  # rows projected at once
 
 
 @dataclass
@@ -77,7 +79,7 @@ def untangle(reps: np.ndarray, labels: np.ndarray, *, reference: np.ndarray | No
     min_class: classes with fewer rows get no statistic (nan) and are never targets.
     threshold: anomaly index above which a class is a target.
     """
-    reps = np.asarray(reps, dtype=np.float64)
+    reps = np.asarray(reps)  # float32 activations stay float32: a float64 copy of 1,000,000 x 256 is 2 GB
     labels = np.asarray(labels)
     if reps.ndim != 2 or labels.shape != (len(reps),):
         raise ValueError(f"reps must be (n, d) and labels (n,); got {reps.shape} and {labels.shape}")
@@ -158,12 +160,26 @@ def _reduce(reps: np.ndarray, dims: int, seed: int) -> np.ndarray:
     q = min(dims, d, n - 1)
     if q < 1:
         raise ValueError("too few rows or dimensions")
-    pca = PCA(n_components=q, random_state=seed).fit(reps)
+    if n <= PCA_FIT_MAX:
+        full = np.asarray(reps, dtype=np.float64)
+        pca = PCA(n_components=q, random_state=seed).fit(full)
+        return pca.transform(full)[:, _varying(pca)]
+    # fitted on a seeded sample (the components of a few hundred thousand rows are those of all), projected in blocks
+    sample = np.sort(np.random.default_rng(seed).choice(n, PCA_FIT_MAX, replace=False))
+    pca = PCA(n_components=q, random_state=seed).fit(np.asarray(reps[sample], dtype=np.float64))
+    keep = _varying(pca)
+    out = np.empty((n, int(keep.sum())))
+    for start in range(0, n, PCA_BLOCK):
+        out[start:start + PCA_BLOCK] = pca.transform(np.asarray(reps[start:start + PCA_BLOCK], dtype=np.float64))[:, keep]
+    return out
+
+
+def _varying(pca: PCA) -> np.ndarray:
     var = pca.explained_variance_
     keep = var > max(var.max(), 1e-300) * 1e-9
     if not keep.any():
         raise ValueError("the representations do not vary")
-    return pca.transform(reps)[:, keep]
+    return keep
 
 
 def _shrink(cov: np.ndarray) -> np.ndarray:
