@@ -25,9 +25,9 @@ KEY_BITS = 63  # an n-gram key must fit an int64
 class TokenCorpus:
     """Texts as token ids: ``corpus[i]`` is text i's words (a tuple, built on demand), ``len(corpus)`` the texts."""
 
-    def __init__(self, vocabulary: list[str], ids: np.ndarray, offsets: np.ndarray):
-        self.vocabulary = np.array(vocabulary, dtype=object)  # id -> word
-        self.word_ids = {w: i for i, w in enumerate(vocabulary)}
+    def __init__(self, word_ids: dict[str, int], ids: np.ndarray, offsets: np.ndarray):
+        self.vocabulary = np.array(list(word_ids), dtype=object)  # id -> word (the dict's order is the ids')
+        self.word_ids = word_ids  # word -> id
         self.ids = ids  # int32, every text's tokens one after another
         self.offsets = offsets  # int64, len(texts) + 1: text i is ids[offsets[i]:offsets[i + 1]]
 
@@ -38,7 +38,7 @@ class TokenCorpus:
         for text in texts:
             ids.extend([word_ids.setdefault(w, len(word_ids)) for w in tokenize(text)])
             offsets.append(len(ids))
-        return cls(list(word_ids), np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64))
+        return cls(word_ids, np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
