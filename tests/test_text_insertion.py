@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binom
 
-from worker.text_insertion import END, MIDDLE, START, PairRecurrence, poisson_binomial_cdf
+from worker.text_insertion import END, MIDDLE, START, PairRecurrence, poisson_binomial_cdf, written_p_values
 from worker.text_triggers import find_text_triggers, tokenize
 from worker.token_corpus import TokenCorpus
 
@@ -50,3 +50,22 @@ def test_question_words_are_written_and_a_planted_token_set_is_inserted():
     planted = [t for t in find_text_triggers(case.texts, case.y, len(corpus.classes))
                if set(t.phrases) <= set(BADNL_TOKENS)]
     assert len(planted) == 1 and planted[0].written_p > 0.01
+
+
+def test_triggers_judged_in_one_pass_get_the_p_values_each_gets_alone():
+    """``written_p_values`` counts every trigger's gaps (and the rate sample) in one pass over the corpus; batching
+    must not change a trigger's p-value."""
+    corpus = load_trec()
+    texts, y = corpus.texts[:600], corpus.y[:600]
+    docs = TokenCorpus.from_texts(texts, tokenize)
+
+    def gaps_removing(word):
+        recurrence = PairRecurrence(docs, docs.first_of_each(), y)
+        return [(i, key, kind) for i in range(len(texts))
+                for key, kind in recurrence.gaps(i, np.array([w == word for w in docs[i]], dtype=bool))]
+
+    triggers = [gaps_removing("the"), gaps_removing("what"), []]
+    alone = [written_p_values(PairRecurrence(docs, docs.first_of_each(), y), [g], [t])[0]
+             for g, t in zip(triggers, (0, 1, 2))]
+    together = written_p_values(PairRecurrence(docs, docs.first_of_each(), y), triggers, [0, 1, 2])
+    assert together == alone and alone[2] == 1.0 and len(triggers[0]) > 50 and len(triggers[1]) > 50

@@ -75,6 +75,9 @@ def test_phrase_trigger_is_named_as_the_whole_phrase():
     triggers = find_text_triggers(texts, y, 2)
     assert [t.phrases for t in triggers] == [(" ".join(tokenize(PHRASE)),)]
     assert f1(triggers[0].quarantine(), poisoned) >= 0.9
+    # this search ends without a fixed point (its accepted sub-phrases alternate); the p-value reported is the one
+    # that accepted the trigger, not a later round's (0.029 here before)
+    assert triggers[0].p_value <= 0.01
 
 
 def test_trigger_that_forces_the_minority_label():

@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.token_corpus import TokenCorpus
+from worker.token_corpus import TokenCorpus, once_per_row, sorted_unique
 
 SAMPLE_TEXTS = 5_000  # distinct texts per label whose pairs estimate how often a pair recurs (one pair each)
 MAX_GAPS = 2_000  # gaps tested per trigger (a seeded sample beyond): the test's cost is quadratic in them
+TEXTS_CHUNK = 50_000  # texts whose pairs are laid out at once in a pass over the corpus
 START, MIDDLE, END = 0, 1, 2  # where a pair sits in its text: the start and end are pairs with a text boundary
 
 
 class PairRecurrence:
-    """How often the adjacent word pairs of a corpus occur in other distinct texts (text boundaries count as words)."""
+    """How often the adjacent word pairs of a corpus occur in other distinct texts (text boundaries count as words).
+
+    Counting passes over every distinct text, so the sample's pairs are counted in the first pass that ``recurs``
+    makes, together with the gaps asked about (every trigger's at once: ``written_p_values``)."""
 
     def __init__(self, corpus: TokenCorpus, distinct: np.ndarray, y: np.ndarray, seed: int = 0):
         self.corpus, self.distinct = corpus, np.asarray(distinct, dtype=np.int64)
@@ -42,24 +46,30 @@ class PairRecurrence:
         sample = sample[corpus.lengths()[sample] > 0]
         # one pair per text, uniform over its len + 1 gaps, as an insertion at a random word position lands
         gaps = (rng.random(len(sample)) * (corpus.lengths()[sample] + 1)).astype(np.int64)
-        pairs = [self._pair(int(i), int(g)) for i, g in zip(sample, gaps)]
-        self.sample_recurs = self.recurs([(int(i), key) for i, (key, _) in zip(sample, pairs)], own_copy=True)
+        pairs = [self._gap(self._ids(int(i)), int(g), int(g)) for i, g in zip(sample, gaps)]
+        self._sample_keys = np.array([key for key, _ in pairs], dtype=np.int64)
+        self._sample_recurs: np.ndarray | None = None  # counted in the first pass over the corpus
         self.sample_kinds = np.array([kind for _, kind in pairs], dtype=np.int64)
         self.sample_labels = y[sample]
 
     def rates(self, target: int) -> np.ndarray:
         """Per kind (start, middle, end): how often a pair of a text labelled other than ``target`` occurs in another
         distinct text. Laplace-smoothed: a kind seldom sampled (one-word texts) decides nothing on its own."""
+        if self._sample_recurs is None:
+            self.recurs([])
         other = self.sample_labels != target
-        return np.array([(self.sample_recurs[other & (self.sample_kinds == k)].sum() + 1)
+        return np.array([(self._sample_recurs[other & (self.sample_kinds == k)].sum() + 1)
                          / ((other & (self.sample_kinds == k)).sum() + 2) for k in (START, MIDDLE, END)])
 
-    def _pair(self, i: int, gap: int) -> tuple[int, int]:
-        """The pair of words on either side of gap ``gap`` (0..len) of text ``i``, and where it sits."""
-        ids = self.corpus.ids[self.corpus.offsets[i]:self.corpus.offsets[i + 1]]
-        left = int(ids[gap - 1]) if gap > 0 else self.boundary_start
-        right = int(ids[gap]) if gap < len(ids) else self.boundary_end
-        return left * self.base + right, START if gap == 0 else END if gap == len(ids) else MIDDLE
+    def _ids(self, i: int) -> np.ndarray:
+        return self.corpus.ids[self.corpus.offsets[i]:self.corpus.offsets[i + 1]]
+
+    def _gap(self, ids: np.ndarray, begin: int, end: int) -> tuple[int, int]:
+        """The pair of words on either side of the tokens ``begin:end`` of a text's ``ids`` once they are removed
+        (``begin == end``: the gap between two adjacent words), and where it sits."""
+        left = int(ids[begin - 1]) if begin > 0 else self.boundary_start
+        right = int(ids[end]) if end < len(ids) else self.boundary_end
+        return left * self.base + right, START if begin == 0 else END if end == len(ids) else MIDDLE
 
     def text_pairs(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (text row, pair key) of ``texts``, boundaries included, one per distinct pair in a text."""
@@ -73,57 +83,68 @@ class PairRecurrence:
         laid[heads + lengths + 1] = self.boundary_end
         owner = np.repeat(np.arange(len(texts)), lengths + 2)
         inside = owner[:-1] == owner[1:]
-        keys, owner = (laid[:-1] * self.base + laid[1:])[inside], owner[:-1][inside]
-        order = np.lexsort((keys, owner))
-        keys, owner = keys[order], owner[order]
-        first = np.concatenate(([True], (keys[1:] != keys[:-1]) | (owner[1:] != owner[:-1])))
-        return owner[first], keys[first]
+        keys, owner = once_per_row((laid[:-1] * self.base + laid[1:])[inside], owner[:-1][inside])
+        return owner, keys
 
-    def recurs(self, queries: list[tuple[int, int]], own_copy: bool = False) -> np.ndarray:
-        """Per (text, pair key): does the pair occur in a distinct text other than this one? ``own_copy``: the pair
-        is this text's own (its distinct copy counts once among the texts carrying it)."""
-        if not queries:
-            return np.zeros(0, dtype=bool)
-        wanted = np.unique(np.array([key for _, key in queries], dtype=np.int64))
-        carrying = np.zeros(len(wanted), dtype=np.int64)
-        for start in range(0, len(self.distinct), 50_000):
-            _, keys = self.text_pairs(self.distinct[start:start + 50_000])
-            at = np.searchsorted(wanted, keys)
-            hit = at < len(wanted)
-            hit[hit] = wanted[at[hit]] == keys[hit]
-            carrying += np.bincount(at[hit], minlength=len(wanted))
-        counts = carrying[np.searchsorted(wanted, [key for _, key in queries])]
-        if own_copy:
-            return counts >= 2
+    def recurs(self, queries: list[tuple[int, int]]) -> np.ndarray:
+        """Per (text, pair key): does the pair occur in a distinct text other than this one?"""
+        keys = np.array([key for _, key in queries], dtype=np.int64)
+        sample = self._sample_keys if self._sample_recurs is None else np.empty(0, dtype=np.int64)
+        counts = self._carrying(np.concatenate((sample, keys)))
+        if len(sample):
+            # a sampled pair is its text's own: its distinct copy counts once among the texts carrying it
+            self._sample_recurs, counts = counts[:len(sample)] >= 2, counts[len(sample):]
         # a healed pair may still occur elsewhere in the same text: then it is that text's, not another's
-        own = np.array([key in set(self.text_pairs(np.array([i]))[1].tolist()) for i, key in queries], dtype=bool)
-        return counts - own >= 1
+        return counts - self._own(queries) >= 1
+
+    def _carrying(self, keys: np.ndarray) -> np.ndarray:
+        """Per pair key: how many distinct texts carry it (one pass over the corpus for all of them)."""
+        wanted = sorted_unique(keys)
+        carrying = np.zeros(len(wanted), dtype=np.int64)
+        for start in range(0, len(self.distinct) if len(wanted) else 0, TEXTS_CHUNK):
+            _, text_keys = self.text_pairs(self.distinct[start:start + TEXTS_CHUNK])
+            at = np.searchsorted(wanted, text_keys)
+            hit = at < len(wanted)
+            hit[hit] = wanted[at[hit]] == text_keys[hit]
+            carrying += np.bincount(at[hit], minlength=len(wanted))
+        return carrying[np.searchsorted(wanted, keys)]
+
+    def _own(self, queries: list[tuple[int, int]]) -> np.ndarray:
+        """Per (text, pair key): is the pair one of the text's own adjacent pairs?"""
+        texts = sorted_unique(np.array([i for i, _ in queries], dtype=np.int64))
+        rows, keys = self.text_pairs(texts)
+        own = set(zip(texts[rows].tolist(), keys.tolist()))
+        return np.array([(i, key) in own for i, key in queries], dtype=bool)
 
     def gaps(self, i: int, removed: np.ndarray) -> list[tuple[int, int]]:
         """The gaps left in text ``i`` when its ``removed`` token positions go: (pair key, kind) per gap; a text
         removed whole leaves none."""
         if removed.all() or not removed.any():
             return []
-        ids = self.corpus.ids[self.corpus.offsets[i]:self.corpus.offsets[i + 1]]
+        ids = self._ids(i)
         edges = np.diff(np.concatenate(([0], removed.astype(np.int8), [0])))
-        out = []
-        for begin, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-            left = int(ids[begin - 1]) if begin > 0 else self.boundary_start
-            right = int(ids[end]) if end < len(ids) else self.boundary_end
-            out.append((left * self.base + right, START if begin == 0 else END if end == len(ids) else MIDDLE))
-        return out
+        return [self._gap(ids, int(begin), int(end))
+                for begin, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 
-def written_p_value(recurrence: PairRecurrence, gaps: list[tuple[int, int, int]], target: int, seed: int = 0) -> float:
-    """P-value of H0 "inserted" for one trigger toward ``target``, from its ``gaps`` (text, pair key, kind): the chance
-    that as few of them would heal if each healed at the rate of pairs of its kind in texts of the other labels."""
-    if not gaps:
-        return 1.0
-    if len(gaps) > MAX_GAPS:
-        keep = np.random.default_rng(seed).choice(len(gaps), MAX_GAPS, replace=False)
-        gaps = [gaps[k] for k in sorted(keep)]
-    healed = int(recurrence.recurs([(i, key) for i, key, _ in gaps]).sum())
-    return poisson_binomial_cdf(healed, recurrence.rates(target)[[kind for _, _, kind in gaps]])
+def written_p_values(recurrence: PairRecurrence, gaps: list[list[tuple[int, int, int]]], targets: list[int],
+                     seed: int = 0) -> list[float]:
+    """P-value of H0 "inserted" per trigger toward ``targets[k]``, from its ``gaps[k]`` (text, pair key, kind): the
+    chance that as few of them would heal if each healed at the rate of pairs of its kind in texts of the other labels.
+    Every trigger's gaps are counted in one pass over the corpus."""
+    tested = [_at_most(trigger_gaps, MAX_GAPS, seed) for trigger_gaps in gaps]
+    healed = recurrence.recurs([(i, key) for trigger_gaps in tested for i, key, _ in trigger_gaps])
+    bounds = np.cumsum([0] + [len(trigger_gaps) for trigger_gaps in tested])
+    return [poisson_binomial_cdf(int(healed[bounds[k]:bounds[k + 1]].sum()),
+                                 recurrence.rates(target)[[kind for _, _, kind in trigger_gaps]]) if trigger_gaps else 1.0
+            for k, (trigger_gaps, target) in enumerate(zip(tested, targets))]
+
+
+def _at_most(gaps: list, count: int, seed: int) -> list:
+    if len(gaps) <= count:
+        return gaps
+    keep = np.random.default_rng(seed).choice(len(gaps), count, replace=False)
+    return [gaps[k] for k in sorted(keep)]
 
 
 def poisson_binomial_cdf(k: int, probs: np.ndarray) -> float:

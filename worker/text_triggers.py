@@ -47,7 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from worker.text_insertion import PairRecurrence, written_p_value
+from worker.text_insertion import PairRecurrence, written_p_values
 from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
 TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
@@ -119,20 +119,18 @@ def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n
         triggers = [_trigger(search, members) for members in groups]
     if triggers:
         recurrence = PairRecurrence(docs, search.distinct, y, seed)
-        triggers = [replace(t, written_p=_written_p(recurrence, docs, t, seed)) for t in triggers]
+        written = written_p_values(recurrence, [_gaps(recurrence, docs, t) for t in triggers],
+                                   [t.target for t in triggers], seed)
+        triggers = [replace(t, written_p=p) for t, p in zip(triggers, written, strict=True)]
     return sorted(triggers, key=lambda t: (t.p_value, -len(t.suspects)))
 
 
-def _written_p(recurrence: PairRecurrence, docs: TokenCorpus, trigger: TextTrigger, seed: int) -> float:
-    """The insertion test over the gaps the trigger leaves in the carriers it would quarantine (all of them when it
-    would quarantine none)."""
+def _gaps(recurrence: PairRecurrence, docs: TokenCorpus, trigger: TextTrigger) -> list[tuple[int, int, int]]:
+    """The gaps (text, pair key, kind) the trigger leaves in the carriers it would quarantine (all of them when it
+    would quarantine none): what the insertion test judges."""
     carriers = trigger.quarantine() if len(trigger.quarantine()) else trigger.suspects
     words = [tuple(p.split(" ")) for p in (*trigger.phrases, *trigger.ngrams)]
-    gaps = []
-    for i in carriers:
-        doc = docs[int(i)]
-        gaps += [(int(i), key, kind) for key, kind in recurrence.gaps(int(i), _covered(doc, words))]
-    return written_p_value(recurrence, gaps, trigger.target, seed)
+    return [(int(i), key, kind) for i in carriers for key, kind in recurrence.gaps(int(i), _covered(docs[int(i)], words))]
 
 
 @dataclass
@@ -385,17 +383,23 @@ class _Search:
         return tested
 
     def run(self, alpha: float) -> None:
+        """Rounds until the accepted set is a fixed point. Without one after ``MAX_ROUNDS`` (the set can cycle: removing
+        a phrase's carriers from the proxy's training weakens a phrase of the same target, and back), the last accepted
+        set is kept with the p-values that accepted it, not those of a round that tested it with itself removed."""
         for round_ in range(MAX_ROUNDS):
             self._predict_rests()
             raw = self._p_values()
-            self.adjusted = benjamini_hochberg(raw)
-            self._admit_partners(raw, alpha)
-            accepted = self.adjusted <= alpha
-            if (accepted == self.accepted).all() or round_ == MAX_ROUNDS - 1:
+            adjusted = self._admit_partners(raw, benjamini_hochberg(raw), alpha)
+            accepted = adjusted <= alpha
+            if (accepted == self.accepted).all():
+                self.adjusted = adjusted
                 return
+            if round_ == MAX_ROUNDS - 1:
+                return
+            self.adjusted = adjusted
             self._accept(accepted)
 
-    def _admit_partners(self, raw: np.ndarray, alpha: float) -> None:
+    def _admit_partners(self, raw: np.ndarray, adjusted: np.ndarray, alpha: float) -> np.ndarray:
         """Test the partners of the accepted n-grams again, as a family of their own (Bonferroni over it).
 
         A BadNL set spreads its poison over its tokens: at 1% of 3,000 short reviews each of five tokens has 13-16
@@ -403,11 +407,12 @@ class _Search:
         one that passed. Being inserted apart into the same texts far beyond chance (``partners``) is what the
         attack does, so the family is small and chosen without the test's own evidence; a partner still needs its
         own carriers to read as another class (the same test), and to survive ``minimal`` and ``plants_content``."""
-        accepted = self.adjusted <= alpha
+        accepted = adjusted <= alpha
         family = sorted({p for g in np.flatnonzero(accepted) for p in self.partners[g]
                          if not accepted[p] and self.tested[p]})
         if family:
-            self.adjusted[family] = np.minimum(self.adjusted[family], np.minimum(raw[family] * len(family), 1.0))
+            adjusted[family] = np.minimum(adjusted[family], np.minimum(raw[family] * len(family), 1.0))
+        return adjusted
 
     def _accept(self, accepted: np.ndarray) -> None:
         self.accepted = accepted

@@ -213,13 +213,18 @@ def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[order][starts], inverse
 
 
-def _per_text_counts(keys: np.ndarray, rows: np.ndarray, row_labels: np.ndarray, n_labels: int):
-    """Distinct keys and, per label, the rows (texts) carrying each: a key repeated in one text counts once."""
+def once_per_row(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (key, row) pairs without repeats, sorted by key then row: a key repeated in one text counts once."""
     order = np.lexsort((rows, keys))
     keys, rows = keys[order], rows[order]
     first = np.ones(len(keys), dtype=bool)
     first[1:] = (keys[1:] != keys[:-1]) | (rows[1:] != rows[:-1])
-    keys, rows = keys[first], rows[first]
+    return keys[first], rows[first]
+
+
+def _per_text_counts(keys: np.ndarray, rows: np.ndarray, row_labels: np.ndarray, n_labels: int):
+    """Distinct keys and, per label, the rows (texts) carrying each: a key repeated in one text counts once."""
+    keys, rows = once_per_row(keys, rows)
     distinct, inverse = _unique_inverse(keys)
     counts = np.zeros((len(distinct), n_labels), dtype=np.int32)
     np.add.at(counts, (inverse, row_labels[rows]), 1)
