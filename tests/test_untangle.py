@@ -183,3 +183,18 @@ def test_a_pca_fitted_on_a_sample_finds_the_same_target(monkeypatch):
     monkeypatch.setattr(module, "PCA_BLOCK", 97)
     result = untangle(reps.astype(np.float32), labels)
     assert result.targets == [TARGET] and _f1(result.minority[TARGET], poison) >= 0.9
+
+
+def test_statistics_accumulated_in_blocks_are_those_of_all_rows_at_once(monkeypatch):
+    """Past STATS_BLOCK rows the reference's sums and scatter are accumulated, and the rows whitened in place, block by
+    block (no copy of every row): the statistic is that of one block, up to rounding, and so are target and split."""
+    from worker import untangle as module
+
+    reps, labels, poison = _poisoned(0)
+    reference = np.flatnonzero(~poison)[::2]
+    whole = untangle(reps, labels, reference=reference)
+    monkeypatch.setattr(module, "STATS_BLOCK", 97)
+    blocks = untangle(reps, labels, reference=reference)
+    assert np.allclose(blocks.statistic, whole.statistic, rtol=1e-9)
+    assert blocks.targets == whole.targets == [TARGET]
+    assert np.array_equal(blocks.minority[TARGET], whole.minority[TARGET])
