@@ -14,10 +14,12 @@ held-out: tokens jq, xv, kz, wb (1-2 per text) -> spam at 3%.
    text of the non-target class; the share then predicted as the target (baseline: the same texts without the trigger).
    The clean model is measured with the BadNL tokens -> ham, as a reference.
 2. The product: ``worker.local.scan_local_files({"model": .keras, "dataset": train.csv},
-   ScanOptions(detectors=["text_poisoning", "text_backdoor"]))`` (no holdout file, detector defaults): verdict, the
-   target text_backdoor names ("text model backdoored ..." findings), its trigger and whether it consists of the
-   inserted words only (tokens) or lies inside the phrase, the remediation finding's attack success and clean accuracy
-   before/after, the quarantine scored against the poisoned indices.
+   ScanOptions(detectors=["text_poisoning", "text_backdoor", "backdoor_activations"]))`` (no holdout file, detector
+   defaults): verdict, the target text_backdoor names ("text model backdoored ..." findings), its trigger and whether
+   it consists of the inserted words only (tokens) or lies inside the phrase, the remediation finding's attack success
+   and clean accuracy before/after, the quarantine scored against the poisoned indices. The model layer
+   (``backdoor_activations``: activation clustering, spectral signatures and SCAn on the model's own pooling and
+   embedding activations, through the image decision layer) is also scored alone ("ours AC"), beside ART's.
 3. ART 1.20 at its defaults on the same weights: string input cannot be wrapped, so the layers after TextVectorization
    are copied into a Sequential on the token ids (float input, cast by the Embedding), wrapped in an eager
    TensorFlowV2Classifier, and ``ActivationDefence`` / ``SpectralSignatureDefense`` (expected_pp_poison=0.33,
@@ -108,7 +110,8 @@ def scan(model_path: Path, texts: list[str], y: np.ndarray, truth: set, spec, fo
         csv.writer(f).writerows([["text", "label"]] + [[t, LABELS[int(label)]] for t, label in zip(texts, y)])
     started = time.perf_counter()
     report = scan_local_files({"model": model_path, "dataset": data},
-                              ScanOptions(detectors=["text_poisoning", "text_backdoor"]), output_dir=folder / "out")
+                              ScanOptions(detectors=["text_poisoning", "text_backdoor", "backdoor_activations"]),
+                              output_dir=folder / "out")
     seconds = time.perf_counter() - started
     detectors = {d["name"]: d for d in report["detectors"]}
     findings = detectors.get("text_backdoor", {}).get("findings", [])
@@ -119,6 +122,8 @@ def scan(model_path: Path, texts: list[str], y: np.ndarray, truth: set, spec, fo
     trigger = (hit or (targets[0] if targets else {})).get("evidence", {}).get("trigger")
     fix = next((f for f in fixes if f["evidence"].get("target") == want), fixes[0] if fixes else None)
     quarantined = {int(e["index"]) for e in report["quarantine"]}
+    layer = detectors.get("backdoor_activations", {})
+    layer_flagged = {int(e["index"]) for f in layer.get("findings", []) for e in f.get("evidence", {}).get("flagged", [])}
     return {"verdict": report["verdict"], "reason": report["verdict_reason"],
             "targets_named": [f["evidence"].get("target") for f in targets],
             "target_named": bool(hit) if spec else not targets,
@@ -130,6 +135,9 @@ def scan(model_path: Path, texts: list[str], y: np.ndarray, truth: set, spec, fo
             "text_backdoor": {"status": detectors.get("text_backdoor", {}).get("status"),
                               "titles": [f["title"] for f in findings]},
             "errors": {n: d.get("error") or d.get("status") for n, d in detectors.items() if d["status"] == "error"},
+            "model_layer": {"status": layer.get("status"), "titles": [f["title"] for f in layer.get("findings", [])],
+                            "prf": prf(layer_flagged, truth), "flagged": len(layer_flagged),
+                            "clean_flagged_pct": clean_share(layer_flagged, truth, len(y))},
             "quarantine": prf(quarantined, truth), "quarantined": len(quarantined),
             "clean_quarantined_pct": clean_share(quarantined, truth, len(y)), "seconds": round(seconds, 1)}
 
@@ -225,7 +233,8 @@ def row(r: dict) -> str:
             f"{s['verdict']} | "
             f"{named} ({'ok' if s['target_named'] else 'wrong'}) | {tn}: {s['trigger'] or '-'} | "
             f"{before_after('attack_success')} | {before_after('clean_accuracy')} | {fmt(s['quarantine'])} | "
-            f"{s['clean_quarantined_pct']:.2f} | {art_cell(a, 'activation')} | {art_cell(a, 'spectral')} | "
+            f"{s['clean_quarantined_pct']:.2f} | {fmt(s['model_layer']['prf'])} "
+            f"({s['model_layer']['clean_flagged_pct']:.1f}%) | {art_cell(a, 'activation')} | {art_cell(a, 'spectral')} | "
             f"{s['seconds']} (train {r['train_seconds']}, ART {a['seconds']}) |")
 
 
@@ -242,8 +251,8 @@ def main() -> int:
     train, held = (x[:-HELD_OUT], y[:-HELD_OUT]), (x[-HELD_OUT:], y[-HELD_OUT:])
     only = set(filter(None, args.only.split(",")))
     print("| case | model ASR | ≥0.9 | verdict | target named | trigger named | remediation ASR before→after | "
-          "clean acc before→after | quarantine P/R/F1 | clean q% | ART AC P/R/F1 (clean%) | ART SS P/R/F1 (clean%) | "
-          "s |\n" + "|---" * 13 + "|", flush=True)
+          "clean acc before→after | quarantine P/R/F1 | clean q% | ours AC P/R/F1 (clean%) | ART AC P/R/F1 (clean%) | "
+          "ART SS P/R/F1 (clean%) | s |\n" + "|---" * 14 + "|", flush=True)
     rows = []
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):

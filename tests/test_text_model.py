@@ -213,3 +213,29 @@ def test_a_scan_of_only_text_backdoor_fails_closed_on_a_keras_model_it_cannot_lo
     (finding,) = detector["findings"]
     assert detector["status"] == "ok" and finding["title"].startswith("uploaded model not analysed")
     assert finding["severity"] == "high" and report["verdict"] == "fail", report["verdict_reason"]
+
+
+def test_the_model_layer_reads_the_uploaded_text_model_itself(victims, tmp_path):
+    """backdoor_activations on a text model: activations of the model's own penultimate layer (and the layer below
+    that differs in size), computed on the texts, not a proxy network's; a clean model's classes do not split into a
+    backdoor target."""
+    import csv
+
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    model, texts, y = victims["clean"]
+    model.save(tmp_path / "model.keras")
+    with (tmp_path / "train.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts, y)])
+    report = scan_local_files({"model": tmp_path / "model.keras", "dataset": tmp_path / "train.csv"},
+                              ScanOptions(detectors=["backdoor_activations"]), output_dir=tmp_path / "out")
+    (detector,) = report["detectors"]
+    assert detector["status"] == "ok", detector
+    titles = [f["title"] for f in detector["findings"]]
+    assert "text model: activations from a proxy network" not in titles and titles == ["no class looks like a backdoor target"]
+    evidence = detector["findings"][-1]["evidence"]
+    pooling, embedding = model.layers[-2].name, model.layers[-3].name
+    assert evidence["model"] == "uploaded" and evidence["layers"] == [pooling, embedding], evidence
+    assert evidence["dims"][0] == 16 and set(evidence["per_class"]) == {"ham", "spam"}
+    assert report["verdict"] == "pass", report["verdict_reason"]

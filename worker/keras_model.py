@@ -84,6 +84,15 @@ def as_model_input(x: np.ndarray, shape: tuple) -> np.ndarray:
     return data
 
 
+def string_batch(model, texts):
+    """Texts as a string tensor shaped as the model's input: (n,), or (n, 1) for a model built on ``Input((1,))``."""
+    import tensorflow as tf
+
+    chunk = tf.constant(list(texts), dtype=tf.string)
+    rank = len(model.inputs[0].shape) if getattr(model, "inputs", None) else 1
+    return tf.reshape(chunk, (-1, 1)) if rank == 2 else chunk
+
+
 def representation_layers(model, names: list[str] | None = None) -> list:
     """The layers analysed by the model layer: by name, or the penultimate layer and the nearest earlier layer whose
     output differs in size (skipping Dropout-like pass-throughs). Two views of the sample: a source class that the
@@ -118,7 +127,8 @@ def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int | None = 2
     """Activations of several layers in one compiled pass, in batches. A layer wider than ``max_dims`` is multiplied by
     a fixed Gaussian random projection inside the pass (distances are kept, Johnson-Lindenstrauss), so memory is
     n x max_dims floats per layer whatever the layer's width: a 1,000,000-sample set never holds a conv layer whole.
-    ``max_dims=None`` keeps every layer whole."""
+    ``max_dims=None`` keeps every layer whole. ``x``: arrays in the model's input form, or a list of strings for a
+    model that takes text (its TextVectorization inside)."""
     import keras
     import tensorflow as tf
 
@@ -138,14 +148,15 @@ def embed_layers(model, x: np.ndarray, layers: list, *, max_dims: int | None = 2
 
     outs: list[np.ndarray] = []
     for start in range(0, len(x), batch):
-        chunk = as_model_input(x[start:start + batch], shape)
-        acts = [a.numpy() for a in step(tf.constant(chunk))]
+        part = x[start:start + batch]
+        chunk = string_batch(model, part) if isinstance(x, list) else tf.constant(as_model_input(part, shape))
+        acts = [a.numpy() for a in step(chunk)]
         if not outs:  # sized from the first batch: a layer's width may only be known once it has run
             outs = [np.empty((len(x), a.shape[1]), dtype=np.float32) for a in acts]
         for out, a in zip(outs, acts):
-            out[start:start + len(chunk)] = a
+            out[start:start + len(part)] = a
         if progress:
-            progress(min(1.0, (start + len(chunk)) / len(x)))
+            progress(min(1.0, (start + len(part)) / len(x)))
     return outs
 
 

@@ -56,7 +56,9 @@ def run_model_layer(context: "ScanContext", settings: "ModelLayerConfig", progre
     _check_output(model, ds)
     layers = representation_layers(model, settings.layers)
     clock = time.perf_counter()
-    reps = embed_layers(model, ds.x, layers, batch=settings.batch, seed=seed,
+    # a text model reads the texts themselves; the input-space neighbours below stay the texts' features
+    samples = list(ds.texts) if source.get("input") == "text" else ds.x
+    reps = embed_layers(model, samples, layers, batch=settings.batch, seed=seed,
                         progress=lambda f: progress("activations", base + (0.85 - base) * f))
     timings["activations_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -87,7 +89,8 @@ def _untangle(penultimate, labels, analysis, seed: int):
 
 def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progress) -> tuple[object, dict, list[Finding]]:
     """The uploaded Keras model, loaded safely (the context's); else (none uploaded, or not one we load) a proxy
-    trained on the data."""
+    trained on the data. A text model is analysed on the texts when the dataset is text and its graph can be cut at
+    the representation layers (a subclassed model cannot)."""
     from worker.keras_model import ModelRejected, unanalysed_model_finding
     from worker.text_model import is_text_model
 
@@ -98,9 +101,13 @@ def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progres
             model = context.model()
             if not is_text_model(model):
                 return model, {"model": "uploaded"}, notes
+            why = _unreadable_text_model(model, ds, settings)
+            if not why:
+                return model, {"model": "uploaded", "input": "text"}, notes
             notes.append(Finding("text model: activations from a proxy network", Severity.info, 0.0,
-                                 "The uploaded model takes text; it is probed with triggers by text_backdoor. Activation "
-                                 "clustering ran on a proxy network trained on the texts' features."))
+                                 f"The uploaded model takes text, but {why}; it is probed with triggers by "
+                                 "text_backdoor. Activation clustering ran on a proxy network trained on the texts' "
+                                 "features."))
         except ModelRejected as exc:  # the supply-chain layer reports why; the data still gets a model-layer check
             notes.append(unanalysed_model_finding(inputs.model, exc, "a proxy network was trained on the dataset"))
     from worker.proxy_network import train_proxy
@@ -110,6 +117,21 @@ def _model_for(context: "ScanContext", ds, settings: "ModelLayerConfig", progres
                                  budget_s=settings.proxy_budget_s,
                                  progress=lambda f: progress("proxy", 0.02 + 0.5 * f))
     return model, {"model": "proxy", "proxy": trained}, notes
+
+
+def _unreadable_text_model(model, ds, settings: "ModelLayerConfig") -> str:
+    """Why the text model's own activations cannot be read on this dataset ("" when they can)."""
+    import keras
+
+    from worker.keras_model import representation_layers
+
+    if ds.texts is None:
+        return "the dataset is not text"
+    try:
+        keras.Model(model.inputs, [layer.output for layer in representation_layers(model, settings.layers)])
+    except (AttributeError, ValueError, TypeError) as exc:
+        return f"its graph cannot be cut at a representation layer ({type(exc).__name__}: {str(exc)[:200]})"
+    return ""
 
 
 def _check_output(model, ds) -> None:

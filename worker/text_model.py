@@ -108,14 +108,14 @@ def text_predictor(model, *, batch: int = BATCH):
     ((n,) or (n, 1))."""
     import tensorflow as tf
 
-    rank = len(model.inputs[0].shape) if getattr(model, "inputs", None) else 1
+    from worker.keras_model import string_batch
+
     forward = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
 
     def predict(texts: list[str]) -> np.ndarray:
         parts = []
         for i in range(0, len(texts), batch):
-            chunk = tf.constant(list(texts[i:i + batch]), dtype=tf.string)
-            parts.append(np.asarray(forward(tf.reshape(chunk, (-1, 1)) if rank == 2 else chunk)).argmax(-1))
+            parts.append(np.asarray(forward(string_batch(model, texts[i:i + batch]))).argmax(-1))
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     return predict
@@ -125,19 +125,16 @@ def activations_per_class(model, texts: list[str], y: np.ndarray, n_classes: int
     """Mean activation of the penultimate layer per class (rows of classes without texts are NaN); None when the
     model's graph cannot be cut there (a subclassed model)."""
     import keras
-    import tensorflow as tf
 
-    from worker.keras_model import representation_layer
+    from worker.keras_model import representation_layer, string_batch
 
     try:
         extractor = keras.Model(model.inputs, representation_layer(model).output)
     except (AttributeError, ValueError):
         return None
-    rank = len(model.inputs[0].shape)
     acts = []
     for i in range(0, len(texts), BATCH):
-        chunk = tf.constant(list(texts[i:i + BATCH]), dtype=tf.string)
-        out = np.asarray(extractor(tf.reshape(chunk, (-1, 1)) if rank == 2 else chunk, training=False))
+        out = np.asarray(extractor(string_batch(model, texts[i:i + BATCH]), training=False))
         acts.append(out.reshape(len(out), -1))
     acts = np.concatenate(acts)
     y = np.asarray(y)
