@@ -8,12 +8,13 @@ that decides a label because the labels are defined by it ("company" in question
 questions asking for a number) was written with its sentence: remove it and the gap joins words that rarely meet
 ("what makes"), as the removal of an ordinary word does.
 
-Test, per trigger: H0 "inserted": each gap heals (its pair occurs in another distinct text) with the probability that
-an adjacent pair of the same kind (at the start of a text, in the middle, at its end) of a text labelled otherwise
-(where the poison came from) occurs in another distinct text, estimated on a seeded sample of those texts' pairs. The count of healed gaps is tested one-sided (Poisson
-binomial, lower tail). A rejection says "written": the trigger explains the labels but was not planted. Under H0 the
-rejection rate is the level, whatever the corpus; natural phrases are rejected when they have enough carriers (in
-TREC's questions, "company" with 44 carriers heals 30% of its gaps where pairs recur 59% of the time).
+Test, per trigger: H0 "inserted": each gap heals (its pair occurs in another distinct text) with the probability that an
+adjacent pair of the same kind (at the start of a text, in the middle, at its end) of a text labelled otherwise (where
+the poison came from) occurs in another distinct text, estimated on a seeded sample of those texts' pairs. The count of
+healed gaps is tested one-sided (Poisson binomial, lower tail). A rejection says "written": the trigger explains the
+labels but was not planted. Under H0 the rejection rate is the level, whatever the corpus; natural phrases are rejected
+when they have enough carriers (in TREC's questions, "company" with 44 carriers heals 30% of its gaps where pairs recur
+59% of the time).
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ def written_p_values(recurrence: PairRecurrence, gaps: list[list[tuple[int, int,
     tested = [_at_most(trigger_gaps, MAX_GAPS, seed) for trigger_gaps in gaps]
     healed = recurrence.recurs([(i, key) for trigger_gaps in tested for i, key, _ in trigger_gaps])
     bounds = np.cumsum([0] + [len(trigger_gaps) for trigger_gaps in tested])
-    return [poisson_binomial_cdf(int(healed[bounds[k]:bounds[k + 1]].sum()),
-                                 recurrence.rates(target)[[kind for _, _, kind in trigger_gaps]]) if trigger_gaps else 1.0
-            for k, (trigger_gaps, target) in enumerate(zip(tested, targets))]
+    p_values = []
+    for k, (trigger_gaps, target) in enumerate(zip(tested, targets)):
+        rates = recurrence.rates(target)[[kind for _, _, kind in trigger_gaps]]
+        p_values.append(poisson_binomial_cdf(int(healed[bounds[k]:bounds[k + 1]].sum()), rates) if trigger_gaps else 1.0)
+    return p_values
 
 
 def _at_most(gaps: list, count: int, seed: int) -> list:

@@ -21,9 +21,10 @@ n-gram (1..max_n words, in at most ``max_share`` of the texts, mostly in one lab
 distinct remaining text, and near-duplicates (variants of one canned message) count once together: the tests assume
 independent carriers. Triggers of several tokens hide each other (removing "cf" leaves "mn" to hold the label): a
 candidate is removed together with its partners, the n-grams of its target inserted into the same texts apart from it
-(within their label they co-occur ten times beyond chance; words of a class do not), and the search repeats: accepted n-grams are removed together with each candidate of the same target, and the proxy is
-retrained without the accepted carriers that read as another class (poisoned samples stop teaching it that another
-class's content belongs to the target), until the accepted set is stable.
+(within their label they co-occur ten times beyond chance; words of a class do not), and the search repeats: accepted
+n-grams are removed together with each candidate of the same target, and the proxy is retrained without the accepted
+carriers that read as another class (poisoned samples stop teaching it that another class's content belongs to the
+target), until the accepted set is stable.
 
 Of the accepted n-grams, those nested in a stronger one ("i watched" in "3d movie last") are dropped; the rest form
 triggers where their carriers co-occur far beyond chance (the tokens of one BadNL set), each named by its phrases (an
