@@ -9,7 +9,7 @@ held-out: tokens jq, xv, kz, wb (1-2 per text) -> spam at 3%.
 1. A victim is trained on the poisoned set by tests/test_text_model.py's ``train_victim`` with max pooling:
    TextVectorization -> Embedding(16) -> GlobalMaxPooling1D -> Dense(2), 12 epochs (``--pooling average``: as the
    tests train it); a backdoored victim whose attack success stays under 0.9 is trained again from scratch with 24,
-   then 48 epochs (the epochs used are in the results), saved as .keras and loaded back
+   48, then 96 epochs (the epochs used are in the results), saved as .keras and loaded back
    with the safe loader. Its attack success: the case's trigger inserted (the case's own insertion) into every held-out
    text of the non-target class; the share then predicted as the target (baseline: the same texts without the trigger).
    The clean model is measured with the BadNL tokens -> ham, as a reference.
@@ -49,7 +49,7 @@ from bench.text_bench import (BADNL_TOKENS, DATA, HAM, PHRASE, SPAM, clean_share
 from worker.text_triggers import tokenize  # noqa: E402
 
 HELD_OUT = 1000
-VICTIM_EPOCHS = (12, 24, 48)
+VICTIM_EPOCHS = (12, 24, 48, 96)
 LABELS = ("ham", "spam")
 HO_TOKENS = ("jq", "xv", "kz", "wb")
 # name -> (kind, rate, trigger, target, seed offset, tokens per text); seeds as in bench/text_bench.py
