@@ -218,7 +218,7 @@ def test_a_scan_of_only_text_backdoor_fails_closed_on_a_keras_model_it_cannot_lo
 def test_the_model_layer_reads_the_uploaded_text_model_itself(victims, tmp_path):
     """backdoor_activations on a text model: activations of the model's own penultimate layer (and the layer below
     that differs in size), computed on the texts, not a proxy network's; a clean model's classes do not split into a
-    backdoor target."""
+    backdoor target, and the HTML report plots them."""
     import csv
 
     from worker.local import scan_local_files
@@ -239,3 +239,8 @@ def test_the_model_layer_reads_the_uploaded_text_model_itself(victims, tmp_path)
     assert evidence["model"] == "uploaded" and evidence["layers"] == [pooling, embedding], evidence
     assert evidence["dims"][0] == 16 and set(evidence["per_class"]) == {"ham", "spam"}
     assert report["verdict"] == "pass", report["verdict_reason"]
+    # the HTML report draws the text model's activations as it does an image model's
+    from worker.report_formats.html import to_html
+
+    page = to_html(report, lambda entry: (tmp_path / "out" / entry["name"]).read_bytes())
+    assert 'id="projection-plot"' in page
