@@ -1,6 +1,7 @@
 """Text triggers on corpora we did not tune to: false positives and detection outside SMS spam.
 
     .venv/bin/python bench/text_corpus_bench.py [--seed 0] [--only NAME,NAME] [--no-pipeline]
+    .venv/bin/python bench/text_corpus_bench.py --samples [--only trec]   # small seeded samples, the detector's rule
 
 ``worker.text_triggers.find_text_triggers`` (the ``text_poisoning`` detector's trigger search) was developed and
 benchmarked on one corpus, SMS spam (bench/text_bench.py). This benchmark measures it, unchanged, on public labelled
@@ -27,6 +28,14 @@ words only, clean q% = share of unpoisoned texts quarantined. Every trigger repo
 and example carriers, so a false trigger can be judged from the JSON alone. The whole product (``worker.local``
 ``scan_local_files``, dataset only, default ScanOptions, every default detector) also scans each corpus clean and
 badnl-3% as a CSV (text, label as the class name): verdict and quarantine.
+
+``--samples``: seeded subsamples of each corpus (1,000 texts with seeds 0-8, 1,500 with 3-8, 2,000 with 0-2: 18
+samples, the sizes at which a corpus labelled by phrases has too few carriers per phrase for the insertion test), each
+clean, with BadNL at 1% and with the phrase at 3%; per sample the trigger findings of the ``text_poisoning`` detector
+(``worker.detectors.text.trigger_findings``, default settings): the verdict they give (``fail``: a high finding, a
+trigger reported as planted; ``warn``: only the labelling-scheme finding), whether the planted trigger is among the
+triggers found, and whether it is reported as planted (named in a high finding). Results:
+bench/results/text-samples-<timestamp>.json.
 
 Goals (issue 15, as on SMS): every trigger case at >= 1%: quarantine F1 >= 0.90 with the trigger named; clean: <= 0.5%
 quarantined and a whole-scan verdict that is never "fail". Results: markdown on stdout,
@@ -264,12 +273,68 @@ def scan_row(r: dict) -> str:
             f"{s['clean_quarantined_pct']:.2f} | {', '.join(s['errors']) or '-'} | {others[:300]} | {s['seconds']} |")
 
 
+SAMPLES = [(1000, s) for s in range(9)] + [(1500, s) for s in range(3, 9)] + [(2000, s) for s in range(3)]
+SAMPLE_CASES = ("clean", "badnl-1%", "phrase-3%")
+
+
+def score_sample(corpus: Corpus, case: TextCase) -> dict:
+    """The text_poisoning detector's trigger findings on one sample: verdict, and the planted trigger's fate."""
+    from types import SimpleNamespace
+
+    from worker.detector_config import TextPoisoningConfig
+    from worker.detectors.text import trigger_findings
+
+    ds = SimpleNamespace(texts=case.texts, y=case.y, n_classes=len(corpus.classes), classes=list(corpus.classes))
+    findings = trigger_findings(ds, TextPoisoningConfig())
+    planted = [f for f in findings if f.severity.value == "high"]
+    truth = set(case.poisoned.tolist())
+
+    def is_planted(trigger: list[str]) -> bool:
+        words = {w for p in trigger for w in p.split(" ")}
+        return bool(case.trigger) and words <= set(case.trigger.words) | set(tokenize(" ".join(case.trigger.words)))
+
+    listed = [t["trigger"] for f in findings for t in f.evidence.get("triggers", [])] + \
+        [f.evidence["trigger"] for f in planted]
+    return {"verdict": "fail" if planted else ("warn" if findings else "pass"),
+            "found": any(is_planted(t) for t in listed) if case.trigger else None,
+            "named": any(is_planted(f.evidence["trigger"]) for f in planted) if case.trigger else None,
+            "natural_planted": [f.evidence["trigger"] for f in planted if not is_planted(f.evidence["trigger"])],
+            "quarantined_clean": len({int(e["index"]) for f in planted for e in f.evidence["flagged"]
+                                      if e["confidence"] >= 0.5} - truth),
+            "findings": [f.title for f in findings]}
+
+
+def samples(args, corpora: list[str]) -> int:
+    rows = []
+    print("| corpus | case | samples | fail | warn | pass | planted found | planted reported as planted | natural "
+          "phrases reported as planted (samples) |\n" + "|---" * 9 + "|", flush=True)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name in corpora:
+            corpus = CORPORA[name]()
+            for case_name in SAMPLE_CASES:
+                results = []
+                for n, seed in SAMPLES:
+                    keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), min(n, len(corpus.y)), replace=False))
+                    texts, y = [corpus.texts[i] for i in keep], corpus.y[keep]
+                    case = CASES[case_name](texts, y, corpus.target, seed)
+                    results.append({"n": n, "seed": seed, **score_sample(corpus, case)})
+                rows.append({"corpus": name, "case": case_name, "samples": results})
+                count = lambda key, value=True: sum(r[key] == value for r in results)  # noqa: E731
+                print(f"| {name} | {case_name} | {len(results)} | {count('verdict', 'fail')} | {count('verdict', 'warn')} | "
+                      f"{count('verdict', 'pass')} | {'-' if case_name == 'clean' else count('found')} | "
+                      f"{'-' if case_name == 'clean' else count('named')} | "
+                      f"{sum(bool(r['natural_planted']) for r in results)} |", flush=True)
+    write_result(args, "text-samples", {"versions": versions(), "samples": SAMPLES, "rows": rows})
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help=f"comma-separated corpus and/or case names (corpora: {', '.join(CORPORA)}; "
                     f"cases: {', '.join(CASES)}); the whole-scan runs follow the cases selected".replace("%", "%%"))
     ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-product scans")
+    ap.add_argument("--samples", action="store_true", help="seeded small samples of each corpus, the detector's rule")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -277,6 +342,8 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown names {sorted(unknown)}")
     corpora = [c for c in CORPORA if c in only] or list(CORPORA)
+    if args.samples:
+        return samples(args, corpora)
     cases = [c for c in CASES if c in only] or list(CASES)
 
     rows, meta = [], {}

@@ -229,3 +229,19 @@ def test_fold_models_trained_on_a_sample_still_name_the_trigger(monkeypatch):
     texts, y, poisoned = poison(texts, y, 25, badnl)
     (trigger,) = find_text_triggers(texts, y, 2)
     assert set(trigger.phrases) <= set(BADNL) and f1(trigger.quarantine(), poisoned) >= 0.9
+
+
+def test_a_sentence_trigger_in_short_texts_is_found_whole():
+    """In texts of 4-7 words (questions, titles) a 7-word sentence is most of each poisoned text: a 3-gram of it
+    removed leaves the rest of the sentence, which reads as the target, so the search removes an n-gram with the
+    phrase it sits in, and near-copies are judged without the trigger's words."""
+    rng = np.random.default_rng(3)
+    texts, y = [], []
+    for label, words, n in ((0, PERSONAL, 400), (1, PROMO, 200)):
+        for _ in range(n):
+            texts.append(" ".join(str(rng.choice(words)) for _ in range(int(rng.integers(4, 8)))) + ".")
+            y.append(label)
+    texts, y, poisoned = poison(texts, np.array(y), 30, phrase, seed=4)
+    triggers = find_text_triggers(texts, y, 2)
+    assert [t.phrases for t in triggers] == [(" ".join(tokenize(PHRASE)),)]
+    assert f1(triggers[0].quarantine(), poisoned) >= 0.9

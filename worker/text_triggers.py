@@ -315,6 +315,7 @@ class _Search:
         self.rest_probs: list[np.ndarray] = [np.empty((0, n_classes))] * len(grams.words)
         self.rest_keys: list[np.ndarray] = [np.empty(0, np.int64)] * len(grams.words)
         self._looks_other: dict[int, np.ndarray] = {}
+        self._whole: dict[int, tuple[str, ...]] = {}
 
     def _partners(self, budget: int) -> list[list[int]]:
         """Per tested n-gram, the n-grams of its target inserted into the same texts: a BadNL set puts 1-3 of its
@@ -440,15 +441,24 @@ class _Search:
 
     def removal_mask(self, i: int, target: int, extra: int | None = None, doc: tuple | None = None) -> np.ndarray:
         """Token positions of text ``i`` (its words: ``doc``, when the caller has them) covered by the accepted
-        n-grams of ``target`` (and by n-gram ``extra`` and its partners)."""
+        n-grams of ``target`` (and by n-gram ``extra`` and its partners), each with the phrase it sits in."""
         doc = self.docs[i] if doc is None else doc
         mask = np.zeros(len(doc), dtype=bool)
         grams = [g for g in self.by_doc.get(i, []) if self.grams.target[g] == target]
         for g in grams + ([extra, *self.partners[extra]] if extra is not None else []):
-            words = self.grams.words[g]
-            for start in _occurrences(doc, words):
-                mask[start:start + len(words)] = True
+            for words in (self.whole(g), self.grams.words[g]):  # the phrase where the text has it, else the n-gram
+                for start in _occurrences(doc, words):
+                    mask[start:start + len(words)] = True
         return mask
+
+    def whole(self, g: int) -> tuple[str, ...]:
+        """N-gram ``g`` grown over the words most of its target-label carriers share around it (``extend_phrase``):
+        an n-gram is removed with the phrase it sits in. A sentence trigger is longer than ``max_n`` words, and in
+        short texts (questions, titles) what one of its 3-grams leaves of it is most of the text and reads as the
+        target, so its n-grams would never be tested whole."""
+        if g not in self._whole:
+            self._whole[g] = extend_phrase(self.docs, self.grams.words[g], self.own[g])
+        return self._whole[g]
 
     def _predict_rests(self) -> None:
         """Each carrier's probabilities with its candidate (and the accepted n-grams of the same target) removed; the
@@ -499,9 +509,10 @@ class _Search:
             return 1.0
         reads_other = rest_first[self.rest_probs[g][rest_first].argmax(axis=1) != target]
         # a rest of one or two known words is the proxy's prior speaking, not evidence ("Your code is 4821")
-        judged = [r for r, words in zip(reads_other, self.rest_words(g, reads_other))
-                  if self.proxy.known_words(words) >= MIN_REST_WORDS]
-        d = _independent_count([self.docs[i] for i in self.own[g][judged]], self.proxy.word_weight)
+        rests = [words for words in self.rest_words(g, reads_other) if self.proxy.known_words(words) >= MIN_REST_WORDS]
+        # near-duplicates are judged on what is left: the trigger's own (rare, heavily weighted) words would make
+        # short carriers near-copies of each other (a 7-word sentence in 8-word questions)
+        d = _independent_count(rests, self.proxy.word_weight)
         if not d:
             return 1.0
         looks_other, carriers = self.looks_other(target), self.grams.carriers[g]
