@@ -4,12 +4,15 @@
     .venv/bin/python bench/text_load_memory.py --scan --rows 1000000 --folder /tmp/text-bench   # writes the CSV
     .venv/bin/python bench/text_stage_memory.py triggers /tmp/text-bench/texts.csv
     .venv/bin/python bench/text_stage_memory.py model /tmp/text-bench/texts.csv
+    .venv/bin/python bench/text_stage_memory.py untangle 1000000   # SCAn alone on synthetic float32 activations
 
 Each stage resets the process's peak RSS (``/proc/self/clear_refs``, Linux) before it starts and prints its RSS before,
 its peak and its RSS after, and its seconds. ``triggers``: ``worker.text_triggers.find_text_triggers`` on the texts
 (tokenise, n-grams and carriers, proxy, partners, search rounds, refit, pair recurrence). ``model``: a dataset-only scan
 with ``backdoor_activations`` alone (proxy network, activations, input features, activation clustering, SCAn,
-projections). Memory a stage frees can stay with the allocator and serve the next one, so a stage's "before" may
+projections). ``untangle N``: ``worker.untangle.untangle`` alone on N x 64 float32 activations of two classes (a
+seeded 2% of class 0 shifted along four other directions, half of it outside the reference), its peak over the
+activations and the poison share its split recovers. Memory a stage frees can stay with the allocator and serve the next one, so a stage's "before" may
 already hold it: compare peaks, not sums. Output: stdout only.
 """
 
@@ -92,7 +95,23 @@ def model(path: Path) -> None:
     print(f"total {time.perf_counter() - started:.0f} s, verdict {report['verdict']}", flush=True)
 
 
+def untangle(rows: str) -> None:
+    from worker.untangle import untangle as scan
+
+    n, rng = int(rows), np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    reps = rng.standard_normal((n, 64), dtype=np.float32)
+    reps[labels == 1, :4] += 1.5
+    poison = np.flatnonzero(labels == 0)[: n // 50]
+    reps[poison, 4:8] += 3.0
+    reference = np.setdiff1d(np.arange(n), poison[: len(poison) // 2])
+    result = measured(scan, f"SCAn on {n} x 64 float32")(reps, labels, reference=reference, seed=0)
+    print(f"statistic {result.statistic.round(4).tolist()}, poison in class 0's minority "
+          f"{np.isin(poison, result.minority[0]).mean():.3f}", flush=True)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("triggers", "model"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("triggers", "model", "untangle"):
         sys.exit(__doc__)
-    {"triggers": triggers, "model": model}[sys.argv[1]](Path(sys.argv[2]))
+    {"triggers": triggers, "model": model, "untangle": lambda arg: untangle(arg)}[sys.argv[1]](
+        sys.argv[2] if sys.argv[1] == "untangle" else Path(sys.argv[2]))
