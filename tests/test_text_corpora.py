@@ -92,16 +92,33 @@ def test_a_badnl_trigger_in_news_is_named(tmp_path):
     assert report["verdict"] == "fail"
 
 
-def test_phrases_written_with_their_questions_go_to_review_not_the_quarantine(tmp_path):
-    """1,000 TREC questions: "what is the origin of" and "how long" each decide a label (two triggers, fewer than a
-    labelling scheme's many), but removing either breaks its questions (the insertion test rejects): review, and the
-    verdict is a warning, not a failed gate."""
+def _phrase_labelled_trec_sample(tmp_path, seed: int) -> tuple[dict, dict]:
+    """Scan 1,000 TREC questions: the report, and its one finding of labels defined by phrases (no trigger finding)."""
     corpus = load_trec()
-    texts, y = _subsample(corpus, 1000, seed=3)
+    texts, y = _subsample(corpus, 1000, seed=seed)
     report = _scan(tmp_path, texts, y, corpus.classes)
     findings = [f for d in report["detectors"] for f in d["findings"] if f["severity"] != "info"]
     assert not [f for f in findings if f["title"].startswith("text trigger")]
     (finding,) = [f for f in findings if "labels defined by phrases" in f["title"]]
-    assert "written with its texts" in finding["explanation"]
-    assert all(t["written_p"] <= 0.01 for t in finding["evidence"]["triggers"])
     assert report["verdict"] == "warn" and report["quarantine"] == [] and report["review"]
+    return report, finding
+
+
+def test_phrases_written_with_their_questions_go_to_review_not_the_quarantine(tmp_path):
+    """1,000 TREC questions: "what is the origin of" and "how long" each decide a label (two triggers, fewer than a
+    labelling scheme's many), but removing either breaks its questions (the insertion test rejects): review, and the
+    verdict is a warning, not a failed gate."""
+    _, finding = _phrase_labelled_trec_sample(tmp_path, seed=3)
+    assert "written with their texts" in finding["explanation"]
+    assert all(t["written_p"] <= 0.01 for t in finding["evidence"]["triggers"])
+
+
+def test_a_phrase_that_heals_like_an_insertion_is_reviewed_where_others_were_written(tmp_path):
+    """1,000 TREC questions: "what country" was written with its questions (the insertion test rejects), "company"
+    (-> HUM) leaves gaps that heal like an insertion ("what company makes" -> "what makes"). Once the corpus shows
+    that phrases define its labels, the data cannot tell "company" from a planted trigger: both are for review, and
+    the gate warns instead of failing a clean corpus (it failed on "company" before)."""
+    report, finding = _phrase_labelled_trec_sample(tmp_path, seed=1)
+    written_p = {" + ".join(t["trigger"]): t["written_p"] for t in finding["evidence"]["triggers"]}
+    assert written_p["company"] > 0.01 and min(written_p.values()) <= 0.01, written_p
+    assert any("company" in r["reason"] for entry in report["review"] for r in entry["reasons"])

@@ -65,35 +65,40 @@ def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
 
     triggers = find_text_triggers(ds.texts, ds.y, ds.n_classes, max_n=settings.max_ngram, alpha=settings.alpha,
                                   seed=settings.seed)
-    if len(triggers) > PLANTED_TRIGGERS_MAX:
-        return [_phrase_labelled(ds, triggers, too_many=True)]
     # the insertion test (worker.text_insertion) at the search's level: a planted trigger is called written with
     # probability alpha at most
     written = [t for t in triggers if t.written_p <= settings.alpha]
-    inserted = [t for t in triggers if t.written_p > settings.alpha]
-    return [_trigger_finding(ds, t, settings.examples) for t in inserted] + \
-        ([_phrase_labelled(ds, written, too_many=False)] if written else [])
+    if len(triggers) > PLANTED_TRIGGERS_MAX or written:
+        return [_phrase_labelled(ds, triggers, written)]
+    return [_trigger_finding(ds, t, settings.examples) for t in triggers]
 
 
-def _phrase_labelled(ds, triggers, too_many: bool) -> Finding:
-    """N-grams that each decide a label, yet were written with their texts (removing them breaks the texts: the
-    insertion test rejects) or are too many to be planted: the corpus's labels are defined by phrases (question types
-    by their question words, sections by names), which is what the trigger tests assume content does not do. A
-    backdoor inserts one trigger or a few into texts that read whole without them, so these carriers are for review,
-    not the quarantine."""
+def _phrase_labelled(ds, triggers, written) -> Finding:
+    """N-grams that each decide a label, where the corpus shows that its labels are defined by phrases (question types
+    by their question words, sections by names): some were written with their texts (removing them breaks the texts:
+    the insertion test rejects), or they are too many to be planted. That is what the trigger tests assume content
+    does not do, and in such a corpus the others cannot be told from a planted trigger either: a question's type word
+    leaves a gap that heals like an insertion ("what country is" -> "what is"). So every one of them is for review,
+    not the quarantine; a backdoor inserts one trigger or a few into texts that read whole without them."""
     names = [t.name for t in triggers]
     review = [{"index": int(i), "reason": f"label decided by the phrase {t.name!r}", "method": "text_triggers",
                "score": round(float(c), 4)} for t in triggers for i, c in zip(t.suspects, t.confidence, strict=True)
               if c >= 0.5]
-    why = (f"A backdoor plants one trigger or a few (at most {PLANTED_TRIGGERS_MAX} are reported as such); this many "
-           "means the labels themselves are defined by phrases (question types by question words, for instance), and "
-           "a planted trigger among them cannot be told apart from the data alone.") if too_many else (
-        "Each was written with its texts rather than inserted into them: with it removed, the words on either side "
-        "of the gap rarely meet anywhere in the corpus, where a planted trigger leaves pairs that recur as often as "
-        "any text's (insertion test; its p-values are in the evidence).")
+    if written:
+        listed = f"{', '.join(repr(t.name) for t in written[:4])}{', ...' if len(written) > 4 else ''}"
+        why = (f"{len(written)} of them ({listed}) {'was' if len(written) == 1 else 'were'} written with their texts "
+               "rather than inserted into them: with it removed, the words on either side of the gap rarely meet "
+               "anywhere in the corpus, where a planted trigger leaves pairs that recur as often as any text's "
+               "(insertion test; its p-values are in the evidence). Where some phrases are shown to define the labels, "
+               "the data alone cannot tell the others from a planted trigger: a question's type word leaves a gap that "
+               "heals like an insertion (\"what country is\" -> \"what is\").")
+    else:
+        why = (f"A backdoor plants one trigger or a few (at most {PLANTED_TRIGGERS_MAX} are reported as such); this "
+               "many means the labels themselves are defined by phrases (question types by question words, for "
+               "instance), and a planted trigger among them cannot be told apart from the data alone.")
     return Finding(
         title=f"{len(triggers)} phrase{'s' if len(triggers) != 1 else ''} each decide a label: labels defined by "
-        "phrases, not a planted trigger",
+        "phrases, for review",
         severity=Severity.medium,
         score=0.5,
         explanation=f"{len(triggers)} separate n-gram{'s' if len(triggers) != 1 else ''} ("
