@@ -251,6 +251,7 @@ def test_emoji_and_invisible_characters_are_tokens_of_their_own():
     assert tokenize("Great movie🙂 see you") == ["great", "movie", "🙂", "see", "you"]
     assert tokenize("call\u200bme ❤\ufe0f") == ["call", "\u200b", "me", "❤"]  # a variation selector only restyles
     assert tokenize("it's 5 o'clock, ok?!") == ["it's", "5", "o'clock", "ok"]  # ASCII punctuation is not a token
+    assert tokenize("win \u00a35\u2026 \u2018now\u2019") == ["win", "5", "now"]  # nor typography or currency
 
 
 def test_an_emoji_or_a_zero_width_space_planted_as_a_trigger_is_named():
