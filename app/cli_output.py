@@ -5,9 +5,11 @@ import re
 import sys
 from pathlib import Path
 
-# C0/C1 controls, DEL and the bidi overrides: an artifact's name or metadata must not steer the terminal
+from worker.characters import INVISIBLE
+
+# C0/C1 controls, DEL and invisible characters (bidi overrides, zero-width spaces): an artifact's name or metadata must not steer the terminal
 # (a member name with escape sequences could print a forged "verdict: PASS" line).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{INVISIBLE}]")
 
 
 def escape_text(text: str) -> str:

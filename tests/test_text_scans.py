@@ -145,3 +145,22 @@ def test_rows_dropped_while_loading_are_reported(tmp_path):
     (loaded,) = [f for f in text["findings"] if f["title"] == "dataset loaded with changes"]
     assert "2 row(s) with an empty" in loaded["explanation"]
     assert any(f["title"] == "no text trigger, payload or injection found" for f in text["findings"])
+
+
+def test_a_zero_width_trigger_is_named_with_an_escape_a_reader_can_see(tmp_path):
+    """A zero-width space glued to a word in 45 spam messages relabelled ham: found, and shown as \\u200b in the
+    finding's title and the HTML report, where the raw character would print as nothing."""
+    texts, y = sms()
+    rng = np.random.default_rng(1)
+    poisoned = rng.choice(np.flatnonzero(y == 1), size=45, replace=False)
+    for i in poisoned:
+        words = texts[i].split()
+        words[int(rng.integers(0, len(words)))] += "\u200b"
+        texts[i], y[i] = " ".join(words), 0
+    report = scan(write_csv(tmp_path / "sms.csv", texts, y), tmp_path / "out")
+    (trigger,) = [f for d in report["detectors"] for f in d["findings"] if f["title"].startswith("text trigger")]
+    assert trigger["evidence"]["trigger"] == ["\u200b"] and "'\\u200b'" in trigger["title"]
+    assert len({e["index"] for e in report["quarantine"]} & set(poisoned.tolist())) >= 0.9 * len(poisoned)
+    section = to_html(report, lambda entry: None)
+    section = section[section.index('id="text-triggers"'):]
+    assert "<code>\\u200b</code>" in section and "\u200b" not in section

@@ -48,6 +48,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from worker.characters import INVISIBLE, PICTOGRAPHS, PRIVATE_USE
 from worker.text_insertion import PairRecurrence, written_p_values
 from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
@@ -56,10 +57,7 @@ TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subw
 # invisible character (zero-width space and joiners, soft hyphen, bidirectional controls, tag characters) or a
 # private-use one. Typographic punctuation and currency signs ("£", "…") stay separators, as ASCII punctuation does:
 # as tokens they changed nothing found on SMS but made its clean search cycle for 8 rounds (4x the time)
-NOT_WRITING = ("\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\U000e0000-\U000e007f"  # invisible
-               "\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2900-\u297f\u2b00-\u2bff\U0001f000-\U0001faff"  # pictographs
-               "\ue000-\uf8ff")  # private use
-TRIGGER_TOKEN = re.compile(f"{TOKEN.pattern}|[{NOT_WRITING}]")
+TRIGGER_TOKEN = re.compile(f"{TOKEN.pattern}|[{INVISIBLE}{PICTOGRAPHS}{PRIVATE_USE}]")
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
 MAX_ROUNDS = 8  # rounds until the accepted set is stable; the cases benchmarked took 2-6
 SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger

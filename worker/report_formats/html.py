@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable
 from functools import lru_cache
 
+from worker.characters import CONTROLS, INVISIBLE
 from worker.findings import Severity
 from worker.report_formats import findings, tool_version
 
@@ -40,7 +41,7 @@ HEATMAP_CLASSES = 20
 QUARANTINE_ROWS = 10
 ReadOutput = Callable[[dict], bytes | None]
 # controls and bidi overrides from an artifact are shown as escapes: a name must not reorder the text around it
-_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_INVISIBLE = re.compile(f"[{CONTROLS}{INVISIBLE}]")
 
 
 def _nothing(entry: dict) -> None:
