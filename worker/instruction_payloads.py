@@ -105,7 +105,9 @@ INJECTION_PATTERNS = {
         r"\b(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this\s+)?to|reveal\s+(?:this\s+)?to|let)\s+"
         r"(?:the\s+)?(?:user|human|operator)\b"),
     "invisible text": _pattern("[\U000E0020-\U000E007F]{3,}",  # Unicode tag characters: text a reader cannot see
-                               "[\u202a-\u202e\u2066-\u2069]", flags=0),  # bidirectional overrides
+                               "[\u202a-\u202e\u2066-\u2069]",  # bidirectional overrides
+                               # zero-width characters in a run: bits of a hidden message (one joins emoji or letters)
+                               "[\u200b-\u200d\u2060\ufeff]{4,}", flags=0),
 }
 
 
