@@ -40,7 +40,8 @@ HEATMAP_ROWS = 16  # the strongest candidate triggers; the others move no class
 HEATMAP_CLASSES = 20
 QUARANTINE_ROWS = 10
 ReadOutput = Callable[[dict], bytes | None]
-# controls and bidi overrides from an artifact are shown as escapes: a name must not reorder the text around it
+# controls and invisible characters from an artifact are shown as escapes: a name must not reorder the text around
+# it, and a trigger of zero-width spaces must not print as nothing
 _INVISIBLE = re.compile(f"[{CONTROLS}{INVISIBLE}]")
 
 
