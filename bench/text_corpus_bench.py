@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/text_corpus_bench.py [--seed 0] [--only NAME,NAME] [--no-pipeline]
     .venv/bin/python bench/text_corpus_bench.py --samples [--only trec]   # small seeded samples, the detector's rule
+    .venv/bin/python bench/text_corpus_bench.py --samples --sample-scans --only clean   # + the whole scan of each
 
 ``worker.text_triggers.find_text_triggers`` (the ``text_poisoning`` detector's trigger search) was developed and
 benchmarked on one corpus, SMS spam (bench/text_bench.py). This benchmark measures it, unchanged, on public labelled
@@ -34,8 +35,9 @@ samples, the sizes at which a corpus labelled by phrases has too few carriers pe
 clean, with BadNL at 1% and with the phrase at 3%; per sample the trigger findings of the ``text_poisoning`` detector
 (``worker.detectors.text.trigger_findings``, default settings): the verdict they give (``fail``: a high finding, a
 trigger reported as planted; ``warn``: only the labelling-scheme finding), whether the planted trigger is among the
-triggers found, and whether it is reported as planted (named in a high finding). Results:
-bench/results/text-samples-<timestamp>.json.
+triggers found, and whether it is reported as planted (named in a high finding). ``--sample-scans`` adds the
+whole product's scan of each clean sample (dataset only, default detectors: the data layer's findings count too).
+Results: bench/results/text-samples-<timestamp>.json.
 
 Goals (issue 15, as on SMS): every trigger case at >= 1%: quarantine F1 >= 0.90 with the trigger named; clean: <= 0.5%
 quarantined and a whole-scan verdict that is never "fail". Results: markdown on stdout,
@@ -304,26 +306,40 @@ def score_sample(corpus: Corpus, case: TextCase) -> dict:
             "findings": [f.title for f in findings]}
 
 
-def samples(args, corpora: list[str]) -> int:
+def samples(args, corpora: list[str], only: set[str]) -> int:
     rows = []
     print("| corpus | case | samples | fail | warn | pass | planted found | planted reported as planted | natural "
           "phrases reported as planted (samples) |\n" + "|---" * 9 + "|", flush=True)
     with threadpool_limits(limits=1, user_api="blas"):
         for name in corpora:
             corpus = CORPORA[name]()
-            for case_name in SAMPLE_CASES:
+            for case_name in [c for c in SAMPLE_CASES if c in only] or SAMPLE_CASES:
                 results = []
                 for n, seed in SAMPLES:
                     keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), min(n, len(corpus.y)), replace=False))
                     texts, y = [corpus.texts[i] for i in keep], corpus.y[keep]
                     case = CASES[case_name](texts, y, corpus.target, seed)
                     results.append({"n": n, "seed": seed, **score_sample(corpus, case)})
+                    if args.sample_scans and case_name == "clean":
+                        scan = score_scan(corpus, case)
+                        results[-1]["scan"] = {k: scan[k] for k in ("verdict", "reason", "quarantined", "review",
+                                                                    "errors", "findings", "seconds")}
                 rows.append({"corpus": name, "case": case_name, "samples": results})
                 count = lambda key, value=True: sum(r[key] == value for r in results)  # noqa: E731
                 print(f"| {name} | {case_name} | {len(results)} | {count('verdict', 'fail')} | {count('verdict', 'warn')} | "
                       f"{count('verdict', 'pass')} | {'-' if case_name == 'clean' else count('found')} | "
                       f"{'-' if case_name == 'clean' else count('named')} | "
                       f"{sum(bool(r['natural_planted']) for r in results)} |", flush=True)
+    scanned = [(r["corpus"], [s["scan"] for s in r["samples"] if "scan" in s]) for r in rows]
+    if any(scans for _, scans in scanned):
+        print("\n### the whole scan of each clean sample (dataset only, default detectors)\n\n| corpus | samples | fail | "
+              "warn | pass | texts quarantined (most in one sample) | detector errors |\n" + "|---" * 7 + "|")
+        for name, scans in scanned:
+            if scans:
+                count = lambda v: sum(s["verdict"] == v for s in scans)  # noqa: E731
+                print(f"| {name} | {len(scans)} | {count('fail')} | {count('warn')} | {count('pass')} | "
+                      f"{sum(s['quarantined'] for s in scans)} ({max(s['quarantined'] for s in scans)}) | "
+                      f"{sum(len(s['errors']) for s in scans)} |", flush=True)
     write_result(args, "text-samples", {"versions": versions(), "samples": SAMPLES, "rows": rows})
     return 0
 
@@ -335,6 +351,8 @@ def main() -> int:
                     f"cases: {', '.join(CASES)}); the whole-scan runs follow the cases selected".replace("%", "%%"))
     ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-product scans")
     ap.add_argument("--samples", action="store_true", help="seeded small samples of each corpus, the detector's rule")
+    ap.add_argument("--sample-scans", action="store_true", help="with --samples: also scan each clean sample with the "
+                    "whole product (dataset only, default detectors)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -343,7 +361,7 @@ def main() -> int:
         ap.error(f"unknown names {sorted(unknown)}")
     corpora = [c for c in CORPORA if c in only] or list(CORPORA)
     if args.samples:
-        return samples(args, corpora)
+        return samples(args, corpora, only)
     cases = [c for c in CASES if c in only] or list(CASES)
 
     rows, meta = [], {}
