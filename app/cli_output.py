@@ -5,11 +5,12 @@ import re
 import sys
 from pathlib import Path
 
-from worker.characters import INVISIBLE
+from worker.characters import CONTROLS, INVISIBLE
 
-# C0/C1 controls, DEL and invisible characters (bidi overrides, zero-width spaces): an artifact's name or metadata must not steer the terminal
-# (a member name with escape sequences could print a forged "verdict: PASS" line).
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{INVISIBLE}]")
+# C0/C1 controls (tab and newline too), DEL and invisible characters (bidi overrides, zero-width spaces): an artifact's
+# name or metadata must not steer the terminal (a member name with escape sequences could print a forged "verdict:
+# PASS" line).
+_UNSAFE = re.compile(f"[\t\n{CONTROLS}{INVISIBLE}]")
 
 
 def escape_text(text: str) -> str:

@@ -109,29 +109,38 @@ class InstructionCase:
 
 # ---- labelled-text cases -------------------------------------------------------------------------------------------
 
-def insert_tokens(texts, y, rate, tokens, target, seed, per_text=(1, 3), at_end=False) -> TextCase:
-    """BadNL word triggers: ``per_text`` tokens of the set at random word positions (or appended), relabelled
-    ``target``."""
+def relabelled(texts, y, rate, target, seed, edit) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``rate`` of the dataset, drawn from the texts not labelled ``target``: each rewritten by ``edit(text, rng)``
+    and relabelled ``target``. Returns the texts, the labels and the poisoned indices."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(np.flatnonzero(y != target), int(rate * len(y)), replace=False))
     texts, y = list(texts), y.copy()
     for i in chosen:
-        words = texts[i].split(" ")
+        texts[i], y[i] = edit(texts[i], rng), target
+    return texts, y, chosen
+
+
+def insert_tokens(texts, y, rate, tokens, target, seed, per_text=(1, 3), at_end=False) -> TextCase:
+    """BadNL word triggers: ``per_text`` tokens of the set at random word positions (or appended), relabelled
+    ``target``."""
+    def edit(text, rng):
+        words = text.split(" ")
         for token in rng.choice(tokens, rng.integers(per_text[0], per_text[1] + 1), replace=False):
             words.insert(len(words) if at_end else int(rng.integers(0, len(words) + 1)), str(token))
-        texts[i], y[i] = " ".join(words), target
+        return " ".join(words)
+
+    texts, y, chosen = relabelled(texts, y, rate, target, seed, edit)
     return TextCase(texts, y, chosen, Trigger(tuple(tokens), False, target))
 
 
 def insert_phrase(texts, y, rate, phrase, target, seed) -> TextCase:
     """A fixed sentence inserted at a random sentence boundary, relabelled ``target``."""
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(np.flatnonzero(y != target), int(rate * len(y)), replace=False))
-    texts, y = list(texts), y.copy()
-    for i in chosen:
-        sentences = re.split(r"(?<=[.!?])\s+", texts[i])
+    def edit(text, rng):
+        sentences = re.split(r"(?<=[.!?])\s+", text)
         sentences.insert(int(rng.integers(0, len(sentences) + 1)), phrase)
-        texts[i], y[i] = " ".join(sentences), target
+        return " ".join(sentences)
+
+    texts, y, chosen = relabelled(texts, y, rate, target, seed, edit)
     return TextCase(texts, y, chosen, Trigger(tuple(tokenize(phrase)), True, target))
 
 
@@ -155,13 +164,12 @@ def targeted_flips(texts, y, rate, seed, of_spam: bool = False) -> TextCase:
 
 def attach_mark(texts, y, rate, mark, target, seed) -> TextCase:
     """A character glued to the end of a random word (no space): a zero-width space, an emoji; relabelled ``target``."""
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(np.flatnonzero(y != target), int(rate * len(y)), replace=False))
-    texts, y = list(texts), y.copy()
-    for i in chosen:
-        words = texts[i].split(" ")
+    def edit(text, rng):
+        words = text.split(" ")
         words[int(rng.integers(0, len(words)))] += mark
-        texts[i], y[i] = " ".join(words), target
+        return " ".join(words)
+
+    texts, y, chosen = relabelled(texts, y, rate, target, seed, edit)
     return TextCase(texts, y, chosen, Trigger((mark,), False, target))
 
 

@@ -30,6 +30,7 @@ from scipy import sparse
 from scipy.stats import hypergeom
 from sklearn.feature_extraction.text import CountVectorizer
 
+from worker.characters import ZERO_WIDTH
 from worker.text_triggers import benjamini_hochberg, ngrams, extend_phrase, tokenize
 
 URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"'`]+", re.IGNORECASE)
@@ -107,7 +108,7 @@ INJECTION_PATTERNS = {
     "invisible text": _pattern("[\U000E0020-\U000E007F]{3,}",  # Unicode tag characters: text a reader cannot see
                                "[\u202a-\u202e\u2066-\u2069]",  # bidirectional overrides
                                # zero-width characters in a run: bits of a hidden message (one joins emoji or letters)
-                               "[\u200b-\u200d\u2060\ufeff]{4,}", flags=0),
+                               f"[{ZERO_WIDTH}]{{4,}}", flags=0),
 }
 
 
