@@ -122,3 +122,40 @@ def test_a_phrase_that_heals_like_an_insertion_is_reviewed_where_others_were_wri
     written_p = {" + ".join(t["trigger"]): t["written_p"] for t in finding["evidence"]["triggers"]}
     assert written_p["company"] > 0.01 and min(written_p.values()) <= 0.01, written_p
     assert any("company" in r["reason"] for entry in report["review"] for r in entry["reasons"])
+
+
+def _data_scan(tmp_path: Path, texts, y, classes) -> dict:
+    from worker.local import scan_local_files
+    from worker.options import ScanOptions
+
+    tmp_path.mkdir()
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, classes[int(c)]] for t, c in zip(texts, y, strict=True)])
+    return scan_local_files({"dataset": path}, ScanOptions(detectors=["data_poisoning"]), output_dir=tmp_path / "out")
+
+
+def test_a_small_question_sample_keeps_its_natural_label_noise_and_flips_stay_poisoning(tmp_path):
+    """1,000 TREC questions: a logistic proxy at C=1 overfits and contradicts 20 correct labels under 0.01, 2.6 times
+    what its calibrated probabilities allow, and the random-flip test called that poisoning (19 clean questions
+    quarantined). The proxy's strength chosen by held-out Brier score removes it; 3% of the labels flipped at random are
+    still poisoning, most of them quarantined."""
+    corpus = load_trec()
+    texts, y = _subsample(corpus, 1000, seed=4)
+    report = _data_scan(tmp_path / "clean", texts, y, corpus.classes)
+    (labels,) = [f for d in report["detectors"] for f in d["findings"] if "proxy" in f["evidence"]]
+    assert labels["evidence"]["proxy"]["C"] < 1.0
+    assert not labels["title"].startswith("label poisoning") and report["verdict"] != "fail", report["verdict_reason"]
+    assert report["quarantine"] == []
+
+    rng = np.random.default_rng(99)
+    flipped = np.sort(rng.choice(len(y), 30, replace=False))
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, len(corpus.classes), len(flipped))) % len(corpus.classes)
+    report = _data_scan(tmp_path / "flipped", texts, y, corpus.classes)
+    assert report["verdict"] == "fail"
+    assert any(f["title"].startswith("label poisoning") for d in report["detectors"] for f in d["findings"])
+    # measured: 9 of the 30 flips quarantined and 8 clean questions (15 and 11 at C=1): a better-fitted proxy is
+    # surer of fewer flips; at 1,000 questions recall was never the strength of the data-only test
+    quarantined, truth = {q["index"] for q in report["quarantine"]}, set(flipped.tolist())
+    assert len(quarantined & truth) >= 0.25 * len(truth) and len(quarantined - truth) <= len(quarantined & truth)

@@ -50,18 +50,56 @@ def _standardized_in_blocks(flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_model(name: str, n_rows: int, seed: int):
-    if name == "logistic" or (name == "auto" and n_rows < 2_000):
-        return LogisticRegression(max_iter=500)
+# Regularization strengths of the logistic proxy, chosen per dataset on held-out data (``logistic_strength``).
+LOGISTIC_C = (1.0, 0.3, 0.1, 0.03, 0.01)
+
+
+def uses_logistic(name: str, n_rows: int) -> bool:
+    return name == "logistic" or (name == "auto" and n_rows < 2_000)
+
+
+def make_model(name: str, n_rows: int, seed: int, C: float = 1.0):
+    if uses_logistic(name, n_rows):
+        return LogisticRegression(C=C, max_iter=500)
     if name in ("mlp", "auto"):
         return MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, batch_size=256, learning_rate_init=2e-3,
                              max_iter=40, early_stopping=True, n_iter_no_change=4, random_state=seed)
     raise ValueError(f"unknown proxy model {name!r}; use 'auto', 'logistic' or 'mlp'")
 
 
+def logistic_strength(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto",
+                      seed: int = 0) -> float | None:
+    """The logistic proxy's C with the lowest out-of-sample Brier score (None when the proxy is not logistic).
+
+    The label tests downstream trust the proxy's small probabilities (``worker.label_evidence``): temperature scaling
+    fixes its overall sharpness, not the confident mistakes of an overfitted model. A logistic regression at C=1 on
+    1,000 short questions (128 dimensions, six classes) extrapolates: it gives correct labels probabilities under 0.01
+    ("When do you plant winter wheat ?", NUM, read as LOC), twice as many as its calibrated probabilities allow, which
+    the random-flip test took for poisoning. Choosing C on held-out data, as any model's regularization is chosen,
+    removes that. The score is Brier's, not the log loss: both are proper, but a flipped label costs the log loss
+    without bound, so 10% of the labels flipped pulled C to the weakest model tried (0.01 on 2,000 SMS), which then
+    missed the flips into the minority class; Brier's cost per label is at most 2 (it chose 0.03 there)."""
+    if not uses_logistic(model, _train_rows(labels, folds)):
+        return None
+    truth = np.eye(int(labels.max()) + 1)[labels]
+    scores = [np.square(cross_val_probs(features, labels, folds=folds, model=model, seed=seed, C=c) - truth).sum(axis=1).mean()
+              for c in LOGISTIC_C]
+    return LOGISTIC_C[int(np.argmin(scores))]
+
+
+def _folds(labels: np.ndarray, folds: int) -> int:
+    counts = np.bincount(labels)
+    return max(2, min(folds, int(counts[counts > 0].min())))  # a class needs a member in every fold
+
+
+def _train_rows(labels: np.ndarray, folds: int) -> int:
+    folds = _folds(labels, folds)
+    return len(labels) - len(labels) // folds
+
+
 def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto", seed: int = 0,
                     max_train_rows: int = 200_000, exclude: np.ndarray | None = None,
-                    progress: Progress | None = None) -> np.ndarray:
+                    progress: Progress | None = None, C: float | None = None) -> np.ndarray:
     """(n, k) probabilities, each row predicted by a model that never saw that row.
 
     ``exclude``: rows no fold trains on (they are still predicted): suspected flips, so that the model is not
@@ -69,10 +107,13 @@ def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
 
     Each fold trains on at most ``max_train_rows`` rows (a random subset), so time stays bounded on huge sets;
     every row is still predicted out of sample.
+
+    ``C``: the logistic proxy's regularization; None chooses it (``logistic_strength``).
     """
     k = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=k)
-    folds = max(2, min(folds, int(counts[counts > 0].min())))  # a class needs a member in every fold
+    if C is None:
+        C = logistic_strength(features, labels, folds=folds, model=model, seed=seed) or 1.0
+    folds = _folds(labels, folds)
     probs = np.zeros((len(labels), k), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)
@@ -81,7 +122,7 @@ def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
             train = np.setdiff1d(train, exclude, assume_unique=True)
         if len(train) > max_train_rows:
             train = np.sort(rng.choice(train, size=max_train_rows, replace=False))
-        clf = make_model(model, len(train), seed).fit(features[train], labels[train])
+        clf = make_model(model, len(train), seed, C).fit(features[train], labels[train])
         probs[np.ix_(test, clf.classes_)] = clf.predict_proba(features[test])
         if progress:
             progress(f"fold {i + 1}/{folds}", (i + 1) / folds)

@@ -30,7 +30,7 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     config: ``DataPoisoningConfig`` (``label_column``, ``folds``, ``model``, ``seed``, ``features``, ``layer``,
     ``datalab_max_rows``).
     """
-    from worker.proxy import cross_val_probs, features_for
+    from worker.proxy import cross_val_probs, features_for, logistic_strength
 
     settings = DataPoisoningConfig.model_validate(config)
     progress("load", 0.0)
@@ -42,16 +42,20 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     if ds.n_classes < 2:  # unlabelled (instruction data): no label to check, but outliers and duplicates still count
         progress("datalab", 0.85)
         return notes + datalab_findings(ds, features, None, max_rows=settings.datalab_max_rows, seed=settings.seed)
-    progress("folds", 0.15)
-    probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
-                            progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
+    progress("regularization", 0.15)
+    strength = logistic_strength(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed)
+    C = strength or 1.0
+    progress("folds", 0.2)
+    probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed, C=C,
+                            progress=lambda stage, frac: progress(f"folds:{stage}", 0.2 + 0.55 * frac))
     progress("cleanlab", 0.75)
 
-    def refit(suspects: np.ndarray) -> np.ndarray:  # the same folds, none trained on the suspects
-        return cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
+    def refit(suspects: np.ndarray) -> np.ndarray:  # the same folds and proxy, none trained on the suspects
+        return cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed, C=C,
                                exclude=suspects, progress=lambda stage, frac: progress(f"refit:{stage}", 0.75 + 0.1 * frac))
 
-    findings = notes + label_findings(ds, probs, refit)
+    proxy = {"model": "logistic regression", "C": strength} if strength else {"model": "mlp"}
+    findings = notes + label_findings(ds, probs, refit, proxy=proxy)
     if inputs.holdout is not None:
         progress("reference", 0.8)
         findings += reference_findings(inputs, ds, settings)
@@ -81,11 +85,13 @@ def model_features(context: ScanContext, ds, settings: DataPoisoningConfig, prog
                               evidence={"features": "model", "layer": layer, "dims": int(features.shape[1])})]
 
 
-def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Finding]:
+def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                   proxy: dict | None = None) -> list[Finding]:
     """Cleanlab's label issues, and what makes them poisoning rather than noise (``worker.label_evidence``): a
     targeted one-way flip, more confident contradictions than the model's own probabilities allow, or a floor of flips
     under even the most typical inputs. Issues without that evidence go to the review list, not the quarantine.
-    ``refit(suspects)``: out-of-sample probabilities again, from models that never train on ``suspects``."""
+    ``refit(suspects)``: out-of-sample probabilities again, from models that never train on ``suspects``. ``proxy``:
+    what produced the probabilities (reported in the evidence)."""
     from cleanlab.filter import find_label_issues
 
     from worker.label_evidence import calibrate, excess_confidence, noise_excess, targeted_pairs
@@ -128,7 +134,7 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
             review.append(record | {"reason": "label issue (no poisoning evidence)", "method": "cleanlab.find_label_issues"})
     share = len(issues) / n
     per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
-    evidence = {"flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
+    evidence = {"proxy": proxy, "flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
                 "flip_floor": _floor_evidence(ds, floor),
                 "noise_pairs": noise_pairs(ds.y[issues], suggested[issues], k)[:20],
                 # rows: given label, columns: label the model suggests, counted over the flagged samples
