@@ -22,7 +22,7 @@ Methods, side by side on the same poisoned labels:
               entries with a "label issue" reason (outliers / near-duplicates are counted separately as
               quarantined_other). Also recorded: the verdict under the default policy, every "targeted label
               flip: class S -> T" finding, and the accuracy of its proxy model's out-of-sample probabilities against
-              the clean and the poisoned labels (captured by wrapping worker.proxy.cross_val_probs, unchanged).
+              the clean and the poisoned labels (captured by wrapping worker.proxy.fit_proxy, unchanged).
   baseline    cleanlab.filter.find_label_issues(labels, pred_probs) with default arguments, pred_probs from
               sklearn cross_val_predict(LogisticRegression(max_iter=200), method="predict_proba") over
               StratifiedKFold(5, shuffle=True, random_state=seed); features: raw pixels scaled to [0, 1] for
@@ -118,20 +118,20 @@ def run_poisonscan(x: np.ndarray, labels: np.ndarray, tmp: Path) -> dict:
     path = tmp / "dataset.npz"
     np.savez(path, x=x, y=labels)
     captured = {}
-    original = worker.proxy.cross_val_probs
+    original = worker.proxy.fit_proxy
 
     def capture(*a, **kw):  # observe the proxy's probabilities; behaviour unchanged
-        probs = original(*a, **kw)
-        captured.setdefault("probs", probs)  # the first fit's; the flip-floor refit comes second
-        return probs
+        probs, C = original(*a, **kw)
+        captured["probs"] = probs  # the first fit's, at the chosen C (the flip-floor refit does not go through here)
+        return probs, C
 
-    worker.proxy.cross_val_probs = capture
+    worker.proxy.fit_proxy = capture
     try:
         t0 = time.perf_counter()
         report = scan_local_files({"dataset": path}, ScanOptions(detectors=["data_poisoning"]))
         elapsed = time.perf_counter() - t0
     finally:
-        worker.proxy.cross_val_probs = original
+        worker.proxy.fit_proxy = original
         path.unlink()
     (det,) = report["detectors"]
     flagged = sorted(q["index"] for q in report["quarantine"] if any(r["reason"] == "label issue" for r in q["reasons"]))

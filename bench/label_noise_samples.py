@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from data_bench import prf, versions, write_result  # noqa: E402
+from data_bench import prf, random_flips, versions, write_result  # noqa: E402
 from label_poisoning_bench import domain  # noqa: E402
 from text_corpus_bench import CORPORA, SAMPLES  # noqa: E402
 
@@ -49,12 +49,8 @@ def _npz(x, y):
 
 
 def flip(y: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rate`` of the labels moved to a uniformly drawn other class."""
-    k, rng = int(y.max()) + 1, np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(y), int(rate * len(y)), replace=False))
-    flipped = y.copy()
-    flipped[chosen] = (flipped[chosen] + rng.integers(1, k, len(chosen))) % k
-    return flipped, chosen
+    """``rate`` of the labels moved to a uniformly drawn other class (``data_bench.random_flips``, seeded here)."""
+    return random_flips(y, rate, np.random.default_rng(seed))
 
 
 def clean_cases():

@@ -78,14 +78,14 @@ def run_case(x, y, truth, tmp: Path):
     from worker.options import ScanOptions
 
     captured = {}
-    original = proxy.cross_val_probs
+    original = proxy.fit_proxy
 
     def capture(*a, **kw):  # the same probabilities the detector used, for Cleanlab's own list
-        probs = original(*a, **kw)
-        captured.setdefault("probs", probs)  # the first fit's; the flip-floor refit comes second
-        return probs
+        probs, C = original(*a, **kw)
+        captured["probs"] = probs  # the first fit's, at the chosen C (the flip-floor refit does not go through here)
+        return probs, C
 
-    proxy.cross_val_probs = capture
+    proxy.fit_proxy = capture
     try:
         path = tmp / "d.npz"
         np.savez(path, x=x, y=y)
@@ -93,7 +93,7 @@ def run_case(x, y, truth, tmp: Path):
         report = scan_local_files({"dataset": path}, ScanOptions(detectors=["data_poisoning"]))
         seconds = time.perf_counter() - started
     finally:
-        proxy.cross_val_probs = original
+        proxy.fit_proxy = original
     from cleanlab.filter import find_label_issues
 
     baseline = set(np.flatnonzero(find_label_issues(y, captured["probs"], n_jobs=1)).tolist())

@@ -159,7 +159,7 @@ def run_case(d: Domain, features: np.ndarray, case: str, seed: int) -> dict:
     from cleanlab.filter import find_label_issues
 
     from worker.detectors.data import label_findings
-    from worker.proxy import cross_val_probs
+    from worker.proxy import cross_val_probs, fit_proxy
 
     y, poisoned = CASES[case](d, seed)
     truth = set(poisoned.tolist())
@@ -177,9 +177,10 @@ def run_case(d: Domain, features: np.ndarray, case: str, seed: int) -> dict:
                        "expected": round(p.expected, 1), "p_value": p.p_value, "excess_share": round(p.excess_share, 4),
                        "poisoned": p.poisoned} for p in check.pairs[:6]]}
     started = time.perf_counter()
-    probs = cross_val_probs(features, y, seed=seed)
+    probs, C = fit_proxy(features, y, seed=seed)
     ds = SimpleNamespace(y=y, classes=d.classes, n_classes=len(d.classes))
-    findings = label_findings(ds, probs, lambda suspects: cross_val_probs(features, y, seed=seed, exclude=suspects))
+    findings = label_findings(ds, probs, lambda suspects: cross_val_probs(features, y, seed=seed, C=C or 1.0,
+                                                                          exclude=suspects))
     found = {r["index"] for f in findings for r in f.evidence.get("flagged", []) if r["confidence"] >= 0.5}
     row["data_only"] = score(found, truth, len(y)) | {"seconds": round(time.perf_counter() - started, 1)}
     flagged = set(np.flatnonzero(find_label_issues(y, probs, n_jobs=1)).tolist())

@@ -14,14 +14,15 @@ from text_bench import BADNL_TOKENS, insert_tokens  # noqa: E402
 from text_corpus_bench import load_ag_news, load_trec, load_uci_sentiment  # noqa: E402
 
 
-def _scan(tmp_path: Path, texts, y, classes) -> dict:
+def _scan(tmp_path: Path, texts, y, classes, detector: str = "text_poisoning") -> dict:
     from worker.local import scan_local_files
     from worker.options import ScanOptions
 
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "corpus.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["text", "label"]] + [[t, classes[int(c)]] for t, c in zip(texts, y, strict=True)])
-    return scan_local_files({"dataset": path}, ScanOptions(detectors=["text_poisoning"]), output_dir=tmp_path / "out")
+    return scan_local_files({"dataset": path}, ScanOptions(detectors=[detector]), output_dir=tmp_path / "out")
 
 
 def _subsample(corpus, n: int, seed: int = 0):
@@ -124,17 +125,6 @@ def test_a_phrase_that_heals_like_an_insertion_is_reviewed_where_others_were_wri
     assert any("company" in r["reason"] for entry in report["review"] for r in entry["reasons"])
 
 
-def _data_scan(tmp_path: Path, texts, y, classes) -> dict:
-    from worker.local import scan_local_files
-    from worker.options import ScanOptions
-
-    tmp_path.mkdir()
-    path = tmp_path / "labels.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["text", "label"]] + [[t, classes[int(c)]] for t, c in zip(texts, y, strict=True)])
-    return scan_local_files({"dataset": path}, ScanOptions(detectors=["data_poisoning"]), output_dir=tmp_path / "out")
-
-
 def test_a_small_question_sample_keeps_its_natural_label_noise_and_flips_stay_poisoning(tmp_path):
     """1,000 TREC questions: a logistic proxy at C=1 overfits and contradicts 20 correct labels under 0.01, 2.6 times
     what its calibrated probabilities allow, and the random-flip test called that poisoning (19 clean questions
@@ -142,7 +132,7 @@ def test_a_small_question_sample_keeps_its_natural_label_noise_and_flips_stay_po
     still poisoning, most of them quarantined."""
     corpus = load_trec()
     texts, y = _subsample(corpus, 1000, seed=4)
-    report = _data_scan(tmp_path / "clean", texts, y, corpus.classes)
+    report = _scan(tmp_path / "clean", texts, y, corpus.classes, "data_poisoning")
     (labels,) = [f for d in report["detectors"] for f in d["findings"] if "proxy" in f["evidence"]]
     assert labels["evidence"]["proxy"]["C"] < 1.0
     assert not labels["title"].startswith("label poisoning") and report["verdict"] != "fail", report["verdict_reason"]
@@ -152,7 +142,7 @@ def test_a_small_question_sample_keeps_its_natural_label_noise_and_flips_stay_po
     flipped = np.sort(rng.choice(len(y), 30, replace=False))
     y = y.copy()
     y[flipped] = (y[flipped] + rng.integers(1, len(corpus.classes), len(flipped))) % len(corpus.classes)
-    report = _data_scan(tmp_path / "flipped", texts, y, corpus.classes)
+    report = _scan(tmp_path / "flipped", texts, y, corpus.classes, "data_poisoning")
     assert report["verdict"] == "fail"
     assert any(f["title"].startswith("label poisoning") for d in report["detectors"] for f in d["findings"])
     # measured: 9 of the 30 flips quarantined and 8 clean questions (15 and 11 at C=1): a better-fitted proxy is

@@ -50,7 +50,7 @@ def _standardized_in_blocks(flat: np.ndarray) -> np.ndarray:
     return out
 
 
-# Regularization strengths of the logistic proxy, chosen per dataset on held-out data (``logistic_strength``).
+# Regularization strengths of the logistic proxy, chosen per dataset on held-out data (``fit_proxy``).
 LOGISTIC_C = (1.0, 0.3, 0.1, 0.03, 0.01)
 
 
@@ -67,24 +67,32 @@ def make_model(name: str, n_rows: int, seed: int, C: float = 1.0):
     raise ValueError(f"unknown proxy model {name!r}; use 'auto', 'logistic' or 'mlp'")
 
 
-def logistic_strength(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto",
-                      seed: int = 0) -> float | None:
-    """The logistic proxy's C with the lowest out-of-sample Brier score (None when the proxy is not logistic).
+def fit_proxy(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto", seed: int = 0,
+              progress: Progress | None = None) -> tuple[np.ndarray, float | None]:
+    """The proxy's out-of-sample probabilities, and the logistic C chosen for them (None when the proxy is the MLP).
 
-    The label tests downstream trust the proxy's small probabilities (``worker.label_evidence``): temperature scaling
-    fixes its overall sharpness, not the confident mistakes of an overfitted model. A logistic regression at C=1 on
-    1,000 short questions (128 dimensions, six classes) extrapolates: it gives correct labels probabilities under 0.01
-    ("When do you plant winter wheat ?", NUM, read as LOC), twice as many as its calibrated probabilities allow, which
-    the random-flip test took for poisoning. Choosing C on held-out data, as any model's regularization is chosen,
-    removes that. The score is Brier's, not the log loss: both are proper, but a flipped label costs the log loss
-    without bound, so 10% of the labels flipped pulled C to the weakest model tried (0.01 on 2,000 SMS), which then
-    missed the flips into the minority class; Brier's cost per label is at most 2 (it chose 0.03 there)."""
+    The logistic proxy's C is the one with the lowest out-of-sample Brier score. The label tests downstream trust the
+    proxy's small probabilities (``worker.label_evidence``): temperature scaling fixes its overall sharpness, not the
+    confident mistakes of an overfitted model. A logistic regression at C=1 on 1,000 short questions (128 dimensions,
+    six classes) extrapolates: it gives correct labels probabilities under 0.01 ("When do you plant winter wheat ?",
+    NUM, read as LOC), twice as many as its calibrated probabilities allow, which the random-flip test took for
+    poisoning. Choosing C on held-out data, as any model's regularization is chosen, removes that. The score is
+    Brier's, not the log loss: both are proper, but a flipped label costs the log loss without bound, so 10% of the
+    labels flipped pulled C to the weakest model tried (0.01 on 2,000 SMS), which then missed the flips into the
+    minority class; Brier's cost per label is at most 2 (it chose 0.03 there)."""
     if not uses_logistic(model, _train_rows(labels, folds)):
-        return None
+        return cross_val_probs(features, labels, folds=folds, model=model, seed=seed, progress=progress), None
     truth = np.eye(int(labels.max()) + 1)[labels]
-    scores = [np.square(cross_val_probs(features, labels, folds=folds, model=model, seed=seed, C=c) - truth).sum(axis=1).mean()
-              for c in LOGISTIC_C]
-    return LOGISTIC_C[int(np.argmin(scores))]
+    best: tuple[float, float, np.ndarray] | None = None
+    for j, c in enumerate(LOGISTIC_C):
+        def step(stage: str, frac: float, j=j, c=c) -> None:
+            if progress:
+                progress(f"C={c} {stage}", (j + frac) / len(LOGISTIC_C))
+        probs = cross_val_probs(features, labels, folds=folds, model=model, seed=seed, C=c, progress=step)
+        brier = float(np.square(probs - truth).sum(axis=1).mean())
+        if best is None or brier < best[0]:  # the first C wins a tie
+            best = (brier, c, probs)
+    return best[2], best[1]
 
 
 def _folds(labels: np.ndarray, folds: int) -> int:
@@ -99,7 +107,7 @@ def _train_rows(labels: np.ndarray, folds: int) -> int:
 
 def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, model: str = "auto", seed: int = 0,
                     max_train_rows: int = 200_000, exclude: np.ndarray | None = None,
-                    progress: Progress | None = None, C: float | None = None) -> np.ndarray:
+                    progress: Progress | None = None, C: float = 1.0) -> np.ndarray:
     """(n, k) probabilities, each row predicted by a model that never saw that row.
 
     ``exclude``: rows no fold trains on (they are still predicted): suspected flips, so that the model is not
@@ -108,11 +116,9 @@ def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
     Each fold trains on at most ``max_train_rows`` rows (a random subset), so time stays bounded on huge sets;
     every row is still predicted out of sample.
 
-    ``C``: the logistic proxy's regularization; None chooses it (``logistic_strength``).
+    ``C``: the logistic proxy's regularization (``fit_proxy`` chooses it).
     """
     k = int(labels.max()) + 1
-    if C is None:
-        C = logistic_strength(features, labels, folds=folds, model=model, seed=seed) or 1.0
     folds = _folds(labels, folds)
     probs = np.zeros((len(labels), k), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

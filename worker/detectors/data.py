@@ -30,7 +30,7 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     config: ``DataPoisoningConfig`` (``label_column``, ``folds``, ``model``, ``seed``, ``features``, ``layer``,
     ``datalab_max_rows``).
     """
-    from worker.proxy import cross_val_probs, features_for, logistic_strength
+    from worker.proxy import cross_val_probs, features_for, fit_proxy
 
     settings = DataPoisoningConfig.model_validate(config)
     progress("load", 0.0)
@@ -42,12 +42,10 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     if ds.n_classes < 2:  # unlabelled (instruction data): no label to check, but outliers and duplicates still count
         progress("datalab", 0.85)
         return notes + datalab_findings(ds, features, None, max_rows=settings.datalab_max_rows, seed=settings.seed)
-    progress("regularization", 0.15)
-    strength = logistic_strength(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed)
+    progress("folds", 0.15)  # for a small set, five folds per logistic C tried
+    probs, strength = fit_proxy(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
+                                progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
     C = strength or 1.0
-    progress("folds", 0.2)
-    probs = cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed, C=C,
-                            progress=lambda stage, frac: progress(f"folds:{stage}", 0.2 + 0.55 * frac))
     progress("cleanlab", 0.75)
 
     def refit(suspects: np.ndarray) -> np.ndarray:  # the same folds and proxy, none trained on the suspects
