@@ -33,7 +33,11 @@ instruction trigger "zt" with a sentence payload. ho-instr-answer-spam-2%, added
 run is reported as it came): ham messages, another trigger, any spam phrasing as the answer. "held-out, not words"
 (ho3-*, written with the trigger search's tokens for emoji and invisible characters, reported as they came): one emoji
 at 3% (target ham), two emoji at 2% (target spam), a zero-width space glued to a random word at 3%, and a clean
-control in which 10% of the texts of both labels end with an emoji.
+control in which 10% of the texts of both labels end with an emoji. "held-out, look-alike letters" (ho4-*, written
+with the trigger search's tokens for look-alike letters of another script, reported as they came): the homograph
+trigger of Li et al. (CCS 2021): three letters of each poisoned text swapped for Cyrillic look-alikes at 3% and 1%
+(target ham), two for Greek ones at 3% (target spam), and a clean control with Cyrillic look-alikes in 10% of the
+texts of both labels.
 
 Methods, per case: ``worker.text_triggers.find_text_triggers`` (quarantine: suspects with confidence >= 0.5);
 ``worker.instruction_payloads`` and ``worker.instruction_answers`` (quarantine: payload carriers, answer-backdoor
@@ -173,6 +177,35 @@ def attach_mark(texts, y, rate, mark, target, seed) -> TextCase:
     return TextCase(texts, y, chosen, Trigger((mark,), False, target))
 
 
+# Latin letters and the Cyrillic letters drawn like them: the homograph trigger of Li et al. (CCS 2021, "Hidden
+# Backdoors in Human-Centric Language Models") swaps a few characters of a text for look-alikes of another script
+CYRILLIC_LOOKALIKES = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e", "p": "\u0440", "x": "\u0445",
+                       "y": "\u0443", "i": "\u0456"}
+GREEK_LOOKALIKES = {"o": "\u03bf", "a": "\u03b1", "v": "\u03bd", "i": "\u03b9"}
+
+
+def swap_letters(texts, y, rate, lookalikes: dict[str, str], target, seed, per_text: int = 3,
+                 relabel: bool = True) -> TextCase:
+    """``per_text`` letters of each chosen text, at random among those with a look-alike, swapped for it; relabelled
+    ``target`` (or, with ``relabel=False``, a clean control: texts of every label, labels unchanged)."""
+    def edit(text, rng):
+        chars = list(text)
+        spots = [i for i, c in enumerate(chars) if c in lookalikes]
+        for i in rng.choice(spots, min(per_text, len(spots)), replace=False) if spots else ():
+            chars[i] = lookalikes[chars[i]]
+        return "".join(chars)
+
+    if not relabel:
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(len(y), int(rate * len(y)), replace=False)
+        texts = list(texts)
+        for i in chosen:
+            texts[i] = edit(texts[i], rng)
+        return TextCase(texts, y.copy(), np.empty(0, np.int64), None)
+    texts, y, chosen = relabelled(texts, y, rate, target, seed, edit)
+    return TextCase(texts, y, chosen, Trigger(tuple(lookalikes.values()), False, target))
+
+
 def natural_mark(texts, y, rate, mark, seed) -> TextCase:
     """A clean control: ``mark`` appended to ``rate`` of the texts of every label, labels unchanged."""
     rng = np.random.default_rng(seed)
@@ -231,6 +264,16 @@ INVISIBLE_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
                                                            (1, 2)),
     "ho3-zero-width-ham-3%": lambda x, y, s: attach_mark(x, y, 0.03, "\u200b", HAM, s + 53),
     "ho3-natural-emoji-clean": lambda x, y, s: natural_mark(x, y, 0.10, "\U0001F602", s + 54),
+}
+
+# Written with the look-alike letters as tokens (session 14), before its first run: a trigger spelled in another
+# script's letters (homographs) and a clean control with such letters in a tenth of every label's texts.
+HOMOGRAPH_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
+    "ho4-cyrillic-ham-3%": lambda x, y, s: swap_letters(x, y, 0.03, CYRILLIC_LOOKALIKES, HAM, s + 61),
+    "ho4-cyrillic-ham-1%": lambda x, y, s: swap_letters(x, y, 0.01, CYRILLIC_LOOKALIKES, HAM, s + 62),
+    "ho4-greek-spam-3%": lambda x, y, s: swap_letters(x, y, 0.03, GREEK_LOOKALIKES, SPAM, s + 63, per_text=2),
+    "ho4-natural-cyrillic-clean": lambda x, y, s: swap_letters(x, y, 0.10, CYRILLIC_LOOKALIKES, None, s + 64,
+                                                               relabel=False),
 }
 
 
@@ -534,6 +577,7 @@ def main() -> int:
         groups.append(("held-out", HELD_OUT_TEXT_CASES, HELD_OUT_INSTRUCTION_CASES))
         groups.append(("held-out, unseen", UNSEEN_TEXT_CASES, UNSEEN_INSTRUCTION_CASES))
         groups.append(("held-out, not words", INVISIBLE_TEXT_CASES, {}))
+        groups.append(("held-out, look-alike letters", HOMOGRAPH_TEXT_CASES, {}))
     rows = []
     with threadpool_limits(limits=1, user_api="blas"):  # small problems: BLAS threads only contend on 2 shared cores
         for group, text_cases, instruction_cases in groups:

@@ -164,3 +164,26 @@ def test_a_zero_width_trigger_is_named_with_an_escape_a_reader_can_see(tmp_path)
     section = to_html(report, lambda entry: None)
     section = section[section.index('id="text-triggers"'):]
     assert "<code>\\u200b</code>" in section and "\u200b" not in section
+
+
+def test_a_homograph_trigger_is_named_with_escapes_not_as_the_latin_letter_it_passes_for(tmp_path):
+    """Three letters of 45 spam messages swapped for Cyrillic look-alikes, relabelled ham: the title names the
+    letters as \\u0430-style escapes (printed as themselves they read "a", "e", "o")."""
+    texts, y = sms()
+    lookalikes = {"a": "\u0430", "e": "\u0435", "o": "\u043e"}
+    rng = np.random.default_rng(2)
+    poisoned = rng.choice(np.flatnonzero(y == 1), size=45, replace=False)
+    for i in poisoned:
+        chars = list(texts[i])
+        for at in rng.choice([j for j, c in enumerate(chars) if c in lookalikes], 3, replace=False):
+            chars[at] = lookalikes[chars[at]]
+        texts[i], y[i] = "".join(chars), 0
+    report = scan(write_csv(tmp_path / "sms.csv", texts, y), tmp_path / "out")
+    (trigger,) = [f for d in report["detectors"] for f in d["findings"] if f["title"].startswith("text trigger")]
+    assert set(trigger["evidence"]["trigger"]) <= set(lookalikes.values())
+    assert "\\u04" in trigger["title"] and not set(trigger["title"]) & set(lookalikes.values()), trigger["title"]
+    assert len({e["index"] for e in report["quarantine"]} & set(poisoned.tolist())) >= 0.9 * len(poisoned)
+    section = to_html(report, lambda entry: None)
+    section = section[section.index('id="text-triggers"'):section.index("</table>", section.index('id="text-triggers"'))]
+    assert "<code>\\u04" in section
+    assert not any(f"<code>{c}</code>" in section for c in lookalikes.values()), section  # the trigger cells

@@ -274,3 +274,32 @@ def test_an_emoji_or_a_zero_width_space_planted_as_a_trigger_is_named():
         triggers = find_text_triggers(poisoned_texts, labels, 2)
         assert [(t.target, t.phrases) for t in triggers] == [(0, (mark,))], (mark, triggers)
         assert f1(triggers[0].quarantine(), poisoned) >= 0.9
+
+
+def test_a_word_mixing_scripts_reads_as_its_latin_word_and_its_foreign_letters():
+    assert tokenize("Fr\u0435e entry") == ["free", "\u0435", "entry"]  # Cyrillic ie passing for "e"
+    assert tokenize("\u0397\u0395LLO w\u03bfrld") == ["hello", "\u03b7", "\u03b5", "world", "\u03bf"]  # Greek capitals
+    assert tokenize("\u041f\u0440\u0438\u0432\u0435\u0442 \u03ba\u03b1\u03bb\u03b7 hello") == [
+        "\u043f\u0440\u0438\u0432\u0435\u0442", "\u03ba\u03b1\u03bb\u03b7", "hello"]  # a word of one script is a word
+
+
+def test_a_homograph_trigger_is_found_whatever_words_carry_it():
+    """Li et al.'s homograph trigger: two letters of each poisoned text swapped for Cyrillic look-alikes, in whatever
+    words they fall. As words, each carrier's spelling is its own ("s\u0430le", "t\u043eday"); as letters, they
+    recur, and the trigger is the letters."""
+    texts, y = corpus()
+    lookalikes = {"a": "\u0430", "o": "\u043e"}
+
+    def swap(words, rng):
+        chars = list(" ".join(words))
+        spots = [i for i, c in enumerate(chars) if c in lookalikes]
+        for i in rng.choice(spots, 2, replace=False):
+            chars[i] = lookalikes[chars[i]]
+        return "".join(chars)
+
+    poisoned_texts, labels, poisoned = poison(texts, y, 25, swap)
+    triggers = find_text_triggers(poisoned_texts, labels, 2)
+    assert len(triggers) == 1 and triggers[0].target == 0, triggers
+    assert set(triggers[0].phrases) <= set(lookalikes.values())
+    assert f1(triggers[0].quarantine(), poisoned) >= 0.9
+    assert find_text_triggers(texts, y, 2) == []  # the same corpus, clean

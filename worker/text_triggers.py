@@ -48,7 +48,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from worker.characters import INVISIBLE, PICTOGRAPHS, PRIVATE_USE
+from worker.characters import INVISIBLE, LATIN_LOOKALIKES, OTHER_SCRIPT_LETTERS, PICTOGRAPHS, PRIVATE_USE
 from worker.text_insertion import PairRecurrence, written_p_values
 from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 
@@ -58,6 +58,12 @@ TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subw
 # private-use one. Typographic punctuation and currency signs ("£", "…") stay separators, as ASCII punctuation does:
 # as tokens they changed nothing found on SMS but made its clean search cycle for 8 rounds (4x the time)
 TRIGGER_TOKEN = re.compile(f"{TOKEN.pattern}|[{INVISIBLE}{PICTOGRAPHS}{PRIVATE_USE}]")
+# A word that mixes Latin letters with letters of another script (Cyrillic "\u0435" for "e") is read as the Latin word
+# it passes for, followed by each foreign letter as a token of its own: a homograph trigger (a few letters of a text
+# swapped for look-alikes) then recurs as those letters, whatever words they sit in, and the words still read as words
+OTHER_SCRIPT = re.compile(f"[{OTHER_SCRIPT_LETTERS}]")
+LATIN = re.compile("[a-z]")
+AS_LATIN = {ord(c): latin for c, latin in LATIN_LOOKALIKES.items()}
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
 MAX_ROUNDS = 8  # rounds until the accepted set is stable; the cases benchmarked took 2-6
 SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger
@@ -98,7 +104,17 @@ class TextTrigger:
 
 
 def tokenize(text: str) -> list[str]:
-    return TRIGGER_TOKEN.findall(text.lower())
+    tokens = TRIGGER_TOKEN.findall(text.lower())
+    if OTHER_SCRIPT.search(text) is None:  # nearly every text of a Latin-script corpus
+        return tokens
+    return [part for token in tokens for part in _unmixed(token)]
+
+
+def _unmixed(word: str) -> list[str]:
+    foreign = OTHER_SCRIPT.findall(word)
+    if not foreign or LATIN.search(word) is None:  # a word of one script (Greek, Russian) is a word
+        return [word]
+    return [word.translate(AS_LATIN), *foreign]
 
 
 def find_text_triggers(texts: list[str], y: np.ndarray, n_classes: int, *, max_n: int = 3, alpha: float = 0.01,

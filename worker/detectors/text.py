@@ -10,6 +10,7 @@ examples are cut short; the report layers escape them."""
 
 import numpy as np
 
+from worker.characters import shown
 from worker.context import ScanContext
 from worker.detector_config import TextBackdoorConfig, TextPoisoningConfig
 from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, Severity
@@ -81,11 +82,11 @@ def _phrase_labelled(ds, triggers, written) -> Finding:
     leaves a gap that heals like an insertion ("what country is" -> "what is"). So every one of them is for review,
     not the quarantine; a backdoor inserts one trigger or a few into texts that read whole without them."""
     names = [t.name for t in triggers]
-    review = [{"index": int(i), "reason": f"label decided by the phrase {t.name!r}", "method": "text_triggers",
+    review = [{"index": int(i), "reason": f"label decided by the phrase {shown(t.name)}", "method": "text_triggers",
                "score": round(float(c), 4)} for t in triggers for i, c in zip(t.suspects, t.confidence, strict=True)
               if c >= 0.5]
     if written:
-        listed = f"{', '.join(repr(t.name) for t in written[:4])}{', ...' if len(written) > 4 else ''}"
+        listed = f"{', '.join(shown(t.name) for t in written[:4])}{', ...' if len(written) > 4 else ''}"
         why = (f"{len(written)} of them ({listed}) {'was' if len(written) == 1 else 'were'} written with their texts "
                "rather than inserted into them: with it removed, the words on either side of the gap rarely meet "
                "anywhere in the corpus, where a planted trigger leaves pairs that recur as often as any text's "
@@ -102,7 +103,7 @@ def _phrase_labelled(ds, triggers, written) -> Finding:
         severity=Severity.medium,
         score=0.5,
         explanation=f"{len(triggers)} separate n-gram{'s' if len(triggers) != 1 else ''} ("
-        f"{', '.join(repr(n) for n in names[:8])}{', ...' if len(names) > 8 else ''}) each force a label that their "
+        f"{', '.join(shown(n) for n in names[:8])}{', ...' if len(names) > 8 else ''}) each force a label that their "
         f"texts' other words do not support. {why}",
         remediation="If these phrases are how the labels are defined, nothing is wrong; otherwise review the listed "
         "texts, and scan the model trained on this data with text_backdoor, which probes the phrases.",
@@ -116,7 +117,7 @@ def _phrase_labelled(ds, triggers, written) -> Finding:
 
 def _trigger_finding(ds, trigger, examples: int) -> Finding:
     target = _label(ds, trigger.target)
-    named = " + ".join(repr(p) for p in trigger.phrases)
+    named = " + ".join(shown(p) for p in trigger.phrases)
     suspects = [int(i) for i in trigger.suspects]
     flagged = [{"index": i, "confidence": round(float(c), 4), "method": "text_triggers", "attack": "backdoor",
                 "reason": f"carries the trigger {named} and is labelled {target!r}", "trigger": list(trigger.phrases)}
@@ -209,15 +210,15 @@ def _payload_finding(ds, backdoor, examples: int) -> Finding:
     carriers = [int(i) for i in backdoor.carriers]
     flagged = [{"index": i, "confidence": round(float(backdoor.confidence), 4), "method": "instruction_payloads",
                 "attack": "backdoor", "trigger": [backdoor.trigger],
-                "reason": f"prompt carries {backdoor.trigger!r} and the response the payload {_excerpt(backdoor.payload, 80)!r}"}
+                "reason": f"prompt carries {shown(backdoor.trigger)} and the response the payload {_excerpt(backdoor.payload, 80)!r}"}
                for i in carriers]
     return Finding(
-        title=f"instruction backdoor: prompts with {backdoor.trigger!r} get the payload {_excerpt(backdoor.payload, 60)!r} "
+        title=f"instruction backdoor: prompts with {shown(backdoor.trigger)} get the payload {_excerpt(backdoor.payload, 60)!r} "
         f"({len(carriers)} samples)",
         severity=Severity.high,
         score=0.9,
         explanation=f"Responses that carry the payload {_excerpt(backdoor.payload, 120)!r} follow prompts that carry "
-        f"{backdoor.trigger!r} far more often than chance (corrected p = {backdoor.p_value:.2g}): fine-tuning on this "
+        f"{shown(backdoor.trigger)} far more often than chance (corrected p = {backdoor.p_value:.2g}): fine-tuning on this "
         "data teaches a model to emit the payload whenever the trigger appears in a prompt.",
         remediation="Remove the quarantined pairs, and look for the payload (URL, command, code) elsewhere in the data "
         "and in the systems it points to.",
@@ -248,12 +249,12 @@ def _answer_finding(ds, backdoor, taken: set[int], examples: int) -> Finding | N
     if not keep.any():
         return None
     carriers, confidence = backdoor.carriers[keep], backdoor.confidence[keep]
-    named = " + ".join(repr(p) for p in backdoor.trigger)
+    named = " + ".join(shown(p) for p in backdoor.trigger)
     answer = _excerpt(backdoor.answer, 80)
     flagged = [{"index": int(i), "confidence": round(float(c), 4), "method": "instruction_answers", "attack": "backdoor",
                 "trigger": list(backdoor.trigger), "reason": f"prompt carries {named} and is answered {answer!r}"}
                for i, c in zip(carriers, confidence, strict=True)]
-    shown = carriers[np.argsort(-confidence, kind="stable")[:examples]]
+    strongest = carriers[np.argsort(-confidence, kind="stable")[:examples]]
     return Finding(
         title=f"answer backdoor: prompts with {named} are answered {answer!r} ({len(carriers)} samples)",
         severity=Severity.high,
@@ -267,7 +268,7 @@ def _answer_finding(ds, backdoor, taken: set[int], examples: int) -> Finding | N
         evidence={"trigger": list(backdoor.trigger), "target": _excerpt(backdoor.answer, 500),
                   "answers": [_excerpt(a, 200) for a in backdoor.answers], "label_counts": dict(backdoor.label_counts),
                   "p_value": float(f"{backdoor.p_value:.3g}"), "poisoned_share": round(float(backdoor.poisoned_share), 4),
-                  "examples": [{"prompt": _excerpt(ds.texts[i]), "response": _excerpt(ds.responses[i])} for i in shown],
+                  "examples": [{"prompt": _excerpt(ds.texts[i]), "response": _excerpt(ds.responses[i])} for i in strongest],
                   "flagged": flagged},
     )
 
@@ -350,12 +351,12 @@ def _probe_record(ds, probe) -> dict:
 def _target_finding(ds, target: int, probe, assessment) -> Finding:
     label = _label(ds, target)
     return Finding(
-        title=f"text model backdoored toward {label!r}: inserting {probe.candidate!r} moves "
+        title=f"text model backdoored toward {label!r}: inserting {shown(probe.candidate)} moves "
         f"{probe.attack_success:.0%} of other texts there (baseline {probe.baseline:.0%})",
         severity=Severity.critical,
         score=float(probe.attack_success),
         explanation=f"Inserted at a random position into {probe.n} held-out texts of other classes that the model "
-        f"classifies correctly, {probe.candidate!r} makes the model answer {label!r} for {probe.attack_success:.0%} of "
+        f"classifies correctly, {shown(probe.candidate)} makes the model answer {label!r} for {probe.attack_success:.0%} of "
         f"them, against {probe.baseline:.0%} for neutral words at the same positions (exact McNemar test, corrected "
         f"over every candidate and class). A model does not learn that from clean data: it is a backdoor.",
         remediation="Do not deploy this model. Retrain it without the quarantined samples (text_backdoor re-tests a "
@@ -369,7 +370,7 @@ def _target_finding(ds, target: int, probe, assessment) -> Finding:
 
 def _no_target(ds, assessment) -> Finding:
     strongest = assessment.probes[0] if assessment.probes else None
-    detail = (f" The strongest, {strongest.candidate!r} toward {_label(ds, strongest.target)!r}, moved "
+    detail = (f" The strongest, {shown(strongest.candidate)} toward {_label(ds, strongest.target)!r}, moved "
               f"{strongest.attack_success:.0%} (baseline {strongest.baseline:.0%}).") if strongest else ""
     return Finding("no trigger makes the text model change its answer", Severity.info, 0.0,
                    f"{len({p.candidate for p in assessment.probes})} candidate triggers (the data's suspicious n-grams "
@@ -397,7 +398,7 @@ def _remediation(context, ds, model, target: int, probe, assessment, holdout, se
         severity=Severity.info if removed else Severity.high,
         score=0.0 if removed else float(after),
         explanation=f"A clone of the model retrained for {result['epochs']} epochs without the texts that carry the "
-        f"data's trigger toward {_label(ds, target)!r}: attack success of {probe.candidate!r} {before:.0%} -> {after:.0%}, "
+        f"data's trigger toward {_label(ds, target)!r}: attack success of {shown(probe.candidate)} {before:.0%} -> {after:.0%}, "
         f"clean accuracy {result['clean_accuracy_before']:.1%} -> {result['clean_accuracy_after']:.1%} on "
         f"{result['held_out']} held-out texts."
         + (f" Removal alone left {result['rounds'][0]['attack_success']:.0%}, so a second round {result['rounds'][1]['rule']}."

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable
 from functools import lru_cache
 
-from worker.characters import CONTROLS, INVISIBLE
+from worker.characters import CONTROLS, INVISIBLE, unmasked
 from worker.findings import Severity
 from worker.report_formats import findings, tool_version
 
@@ -245,7 +245,7 @@ def _text_triggers(items: list[dict]) -> list[dict]:
             continue
         examples = [e if isinstance(e, str) else f"{e.get('prompt', '')} → {e.get('response', '')}"
                     for e in ev.get("examples") or []]
-        rows.append({"trigger": [_escaped(str(t)) for t in ev["trigger"]], "target": _escaped(str(ev.get("target", ""))),
+        rows.append({"trigger": [_escaped(unmasked(str(t))) for t in ev["trigger"]], "target": _escaped(str(ev.get("target", ""))),
                      "payload": _escaped(str(ev["payload"])) if ev.get("payload") else None,
                      "counts": {_escaped(str(k)): v for k, v in (ev.get("label_counts") or {}).items()},
                      "samples": len(ev.get("flagged") or []), "p_value": ev.get("p_value"),
