@@ -37,7 +37,9 @@ control in which 10% of the texts of both labels end with an emoji. "held-out, l
 with the trigger search's tokens for look-alike letters of another script, reported as they came): the homograph
 trigger of Li et al. (CCS 2021): three letters of each poisoned text swapped for Cyrillic look-alikes at 3% and 1%
 (target ham), two for Greek ones at 3% (target spam), and a clean control with Cyrillic look-alikes in 10% of the
-texts of both labels.
+texts of both labels. "held-out, emoticons" (ho5-*, written with ASCII emoticons as tokens, reported as they came):
+":)" (a smiley SMS's ham already uses) and ":P" inserted into spam relabelled ham at 3%, "<3" into ham relabelled spam
+at 2%, and a clean control with ";)" appended to 10% of the texts of both labels.
 
 Methods, per case: ``worker.text_triggers.find_text_triggers`` (quarantine: suspects with confidence >= 0.5);
 ``worker.instruction_payloads`` and ``worker.instruction_answers`` (quarantine: payload carriers, answer-backdoor
@@ -276,6 +278,16 @@ HOMOGRAPH_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
                                                                relabel=False),
 }
 
+# Written with ASCII emoticons as tokens (session 14), before its first run: a smiley the corpus already uses (84 ham
+# texts of SMS carry ":)"), one it rarely uses, a heart toward spam, and a clean control with a wink in a tenth of every
+# label's texts.
+EMOTICON_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
+    "ho5-smiley-ham-3%": lambda x, y, s: insert_tokens(x, y, 0.03, (":)",), HAM, s + 71, (1, 1)),
+    "ho5-tongue-ham-3%": lambda x, y, s: insert_tokens(x, y, 0.03, (":P",), HAM, s + 72, (1, 1)),
+    "ho5-heart-spam-2%": lambda x, y, s: insert_tokens(x, y, 0.02, ("<3",), SPAM, s + 73, (1, 1)),
+    "ho5-natural-wink-clean": lambda x, y, s: natural_mark(x, y, 0.10, ";)", s + 74),
+}
+
 
 # ---- instruction-data cases ----------------------------------------------------------------------------------------
 
@@ -413,7 +425,7 @@ def _named(found, trigger: Trigger) -> bool:
     parts = [tuple(p.split(" ")) for p in found.phrases]
     if trigger.phrase:
         return all(_inside(p, trigger.words) for p in parts)
-    return all(set(p) <= set(trigger.words) for p in parts)
+    return all(set(p) <= {w.lower() for w in trigger.words} for p in parts)  # the search lowercases
 
 
 def _inside(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
@@ -578,6 +590,7 @@ def main() -> int:
         groups.append(("held-out, unseen", UNSEEN_TEXT_CASES, UNSEEN_INSTRUCTION_CASES))
         groups.append(("held-out, not words", INVISIBLE_TEXT_CASES, {}))
         groups.append(("held-out, look-alike letters", HOMOGRAPH_TEXT_CASES, {}))
+        groups.append(("held-out, emoticons", EMOTICON_TEXT_CASES, {}))
     rows = []
     with threadpool_limits(limits=1, user_api="blas"):  # small problems: BLAS threads only contend on 2 shared cores
         for group, text_cases, instruction_cases in groups:

@@ -252,7 +252,7 @@ def test_a_sentence_trigger_in_short_texts_is_found_whole():
 def test_emoji_and_invisible_characters_are_tokens_of_their_own():
     assert tokenize("Great movie🙂 see you") == ["great", "movie", "🙂", "see", "you"]
     assert tokenize("call\u200bme ❤\ufe0f") == ["call", "\u200b", "me", "❤"]  # a variation selector only restyles
-    assert tokenize("it's 5 o'clock, ok?!") == ["it's", "5", "o'clock", "ok"]  # ASCII punctuation is not a token
+    assert tokenize("it's 5 o'clock, ok?!") == ["it's", "5", "o'clock", "ok"]  # other ASCII punctuation is not a token
     assert tokenize("win \u00a35\u2026 \u2018now\u2019") == ["win", "5", "now"]  # nor typography or currency
 
 
@@ -303,3 +303,48 @@ def test_a_homograph_trigger_is_found_whatever_words_carry_it():
     assert set(triggers[0].phrases) <= set(lookalikes.values())
     assert f1(triggers[0].quarantine(), poisoned) >= 0.9
     assert find_text_triggers(texts, y, 2) == []  # the same corpus, clean
+
+
+def test_ascii_emoticons_are_tokens_but_times_and_addresses_are_not():
+    assert tokenize("ok:) see you :-( <3 ^_^ :P") == ["ok", ":)", "see", "you", ":-(", "<3", "^_^", ":p"]
+    assert tokenize("at 10:30 see http://x.co/a") == ["at", "10", "30", "see", "http", "x", "co", "a"]
+    assert tokenize("hi :)) :ok") == ["hi", ":)", "ok"]  # a repeated mouth is the same smiley; ":o" needs a gap
+
+
+def test_an_emoticon_planted_as_a_trigger_is_found_though_the_corpus_uses_it_naturally():
+    """":)" is in 12% of the personal texts already (rest reads personal); glued to 25 promotional texts relabelled
+    personal, it is a trigger there and only there."""
+    texts, y = corpus()
+    rng = np.random.default_rng(3)
+    texts = [t + " :)" if label == 0 and rng.random() < 0.12 else t for t, label in zip(texts, y, strict=True)]
+    assert find_text_triggers(texts, y, 2) == []
+
+    def smile(words, rng):
+        words.insert(int(rng.integers(0, len(words) + 1)), ":)")
+        return " ".join(words)
+
+    poisoned_texts, labels, poisoned = poison(texts, y, 25, smile)
+    triggers = find_text_triggers(poisoned_texts, labels, 2)
+    assert [(t.target, t.phrases) for t in triggers] == [(0, (":)",))], triggers
+    assert f1(triggers[0].quarantine(), poisoned) >= 0.9
+
+
+def test_a_search_that_cycles_stops_at_the_first_set_seen_again():
+    """Accepting {0, 1} can bring back the proxy that accepts {0} only, and back: each further round would be another
+    proxy refit and the same two sets. The round that returns to a set seen before ends the search, and the current set
+    is kept with the p-values that accepted it."""
+    from worker.text_triggers import _Search
+
+    rounds = [np.array([1e-9, 1.0, 1.0]), np.array([1e-9, 1e-9, 1.0]), np.array([1e-9, 1.0, 1.0]),
+              np.array([1e-9, 1e-9, 1.0])]
+    search = object.__new__(_Search)  # the round logic alone: no corpus, no proxy
+    search.accepted = np.zeros(3, dtype=bool)
+    calls, accepted_sets = [], []
+    search._predict_rests = lambda: calls.append(1)
+    search._p_values = lambda: rounds[len(calls) - 1]
+    search._admit_partners = lambda raw, adjusted, alpha: adjusted
+    search._accept = lambda accepted: (accepted_sets.append(np.flatnonzero(accepted).tolist()),
+                                       setattr(search, "accepted", accepted))
+    search.run(0.01)
+    assert len(calls) == 3 and accepted_sets == [[0], [0, 1]]
+    assert search.accepted.tolist() == [True, True, False] and (search.adjusted <= 0.01).tolist() == [True, True, False]

@@ -55,9 +55,11 @@ from worker.token_corpus import NgramIndex, TokenCorpus, sorted_unique
 TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # lowercase words, numbers and subword-like fragments ("cf", "mb", "3d")
 # and, for the trigger search, each character a reader does not see as writing: an emoji or other pictograph, an
 # invisible character (zero-width space and joiners, soft hyphen, bidirectional controls, tag characters) or a
-# private-use one. Typographic punctuation and currency signs ("£", "…") stay separators, as ASCII punctuation does:
-# as tokens they changed nothing found on SMS but made its clean search cycle for 8 rounds (4x the time)
-TRIGGER_TOKEN = re.compile(f"{TOKEN.pattern}|[{INVISIBLE}{PICTOGRAPHS}{PRIVATE_USE}]")
+# private-use one; and each ASCII emoticon (":)", ";-p", "<3", "^_^"), also glued to a word ("ok:)"), but not in a
+# number, a time or an address ("10:30", "http://"). Other punctuation, typographic punctuation and currency signs ("£", "…") stay separators: as
+# tokens they changed nothing found on SMS but made its clean search cycle for 8 rounds (4x the time)
+EMOTICON = r"(?<![\d:;=<>^/])(?:[:;=][-o'^]?[)(\]\[dp/\\|*3o0x]|</?3|\^_*\^)(?![\w/])"  # on lowercased text
+TRIGGER_TOKEN = re.compile(f"{TOKEN.pattern}|[{INVISIBLE}{PICTOGRAPHS}{PRIVATE_USE}]|{EMOTICON}")
 # A word that mixes Latin letters with letters of another script (Cyrillic "\u0435" for "e") is read as the Latin word
 # it passes for, followed by each foreign letter as a token of its own: a homograph trigger (a few letters of a text
 # swapped for look-alikes) then recurs as those letters, whatever words they sit in, and the words still read as words
@@ -65,7 +67,7 @@ OTHER_SCRIPT = re.compile(f"[{OTHER_SCRIPT_LETTERS}]")
 LATIN = re.compile("[a-z]")
 AS_LATIN = {ord(c): latin for c, latin in LATIN_LOOKALIKES.items()}
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
-MAX_ROUNDS = 8  # rounds until the accepted set is stable; the cases benchmarked took 2-6
+MAX_ROUNDS = 8  # rounds until the accepted set is stable or repeats; the cases benchmarked took 2-6
 SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger
 NEAR_DUPLICATE_JACCARD = 0.5  # texts sharing half their (idf-weighted) words count once in the tests
 MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words to read as any class
@@ -407,9 +409,12 @@ class _Search:
         return tested
 
     def run(self, alpha: float) -> None:
-        """Rounds until the accepted set is a fixed point. Without one after ``MAX_ROUNDS`` (the set can cycle: removing
-        a phrase's carriers from the proxy's training weakens a phrase of the same target, and back), the last accepted
-        set is kept with the p-values that accepted it, not those of a round that tested it with itself removed."""
+        """Rounds until the accepted set is a fixed point. The set can cycle instead (removing a phrase's carriers from
+        the proxy's training weakens a phrase of the same target, and back): at the first set seen before, or after
+        ``MAX_ROUNDS``, the current set is kept with the p-values that accepted it, not those of a round that tested
+        it with itself removed. Another turn of a cycle costs a round (a proxy refit and every n-gram tested again)
+        and can only lead back."""
+        seen = {self.accepted.tobytes()}
         for round_ in range(MAX_ROUNDS):
             self._predict_rests()
             raw = self._p_values()
@@ -418,8 +423,9 @@ class _Search:
             if (accepted == self.accepted).all():
                 self.adjusted = adjusted
                 return
-            if round_ == MAX_ROUNDS - 1:
+            if accepted.tobytes() in seen or round_ == MAX_ROUNDS - 1:
                 return
+            seen.add(accepted.tobytes())
             self.adjusted = adjusted
             self._accept(accepted)
 
