@@ -186,36 +186,36 @@ CYRILLIC_LOOKALIKES = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e
 GREEK_LOOKALIKES = {"o": "\u03bf", "a": "\u03b1", "v": "\u03bd", "i": "\u03b9"}
 
 
-def swap_letters(texts, y, rate, lookalikes: dict[str, str], target, seed, per_text: int = 3,
-                 relabel: bool = True) -> TextCase:
-    """``per_text`` letters of each chosen text, at random among those with a look-alike, swapped for it; relabelled
-    ``target`` (or, with ``relabel=False``, a clean control: texts of every label, labels unchanged)."""
+def swap_letters(lookalikes: dict[str, str], per_text: int = 3):
+    """An edit: ``per_text`` letters of a text, at random among those with a look-alike, swapped for it."""
     def edit(text, rng):
         chars = list(text)
         spots = [i for i, c in enumerate(chars) if c in lookalikes]
         for i in rng.choice(spots, min(per_text, len(spots)), replace=False) if spots else ():
             chars[i] = lookalikes[chars[i]]
         return "".join(chars)
+    return edit
 
-    if not relabel:
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(len(y), int(rate * len(y)), replace=False)
-        texts = list(texts)
-        for i in chosen:
-            texts[i] = edit(texts[i], rng)
-        return TextCase(texts, y.copy(), np.empty(0, np.int64), None)
-    texts, y, chosen = relabelled(texts, y, rate, target, seed, edit)
+
+def homograph(texts, y, rate, lookalikes: dict[str, str], target, seed, per_text: int = 3) -> TextCase:
+    """``rate`` of the dataset with ``per_text`` letters swapped for look-alikes, relabelled ``target``."""
+    texts, y, chosen = relabelled(texts, y, rate, target, seed, swap_letters(lookalikes, per_text))
     return TextCase(texts, y, chosen, Trigger(tuple(lookalikes.values()), False, target))
 
 
-def natural_mark(texts, y, rate, mark, seed) -> TextCase:
-    """A clean control: ``mark`` appended to ``rate`` of the texts of every label, labels unchanged."""
+def natural_edit(texts, y, rate, seed, edit) -> TextCase:
+    """A clean control: ``edit(text, rng)`` applied to ``rate`` of the texts of every label, labels unchanged."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(y), int(rate * len(y)), replace=False)
     texts = list(texts)
     for i in chosen:
-        texts[i] += " " + mark
+        texts[i] = edit(texts[i], rng)
     return TextCase(texts, y.copy(), np.empty(0, np.int64), None)
+
+
+def natural_mark(texts, y, rate, mark, seed) -> TextCase:
+    """A clean control: ``mark`` appended to ``rate`` of the texts of every label, labels unchanged."""
+    return natural_edit(texts, y, rate, seed, lambda text, rng: text + " " + mark)
 
 
 def subsample(texts, y, n, seed) -> TextCase:
@@ -271,11 +271,10 @@ INVISIBLE_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
 # Written with the look-alike letters as tokens (session 14), before its first run: a trigger spelled in another
 # script's letters (homographs) and a clean control with such letters in a tenth of every label's texts.
 HOMOGRAPH_TEXT_CASES: dict[str, Callable[..., TextCase]] = {
-    "ho4-cyrillic-ham-3%": lambda x, y, s: swap_letters(x, y, 0.03, CYRILLIC_LOOKALIKES, HAM, s + 61),
-    "ho4-cyrillic-ham-1%": lambda x, y, s: swap_letters(x, y, 0.01, CYRILLIC_LOOKALIKES, HAM, s + 62),
-    "ho4-greek-spam-3%": lambda x, y, s: swap_letters(x, y, 0.03, GREEK_LOOKALIKES, SPAM, s + 63, per_text=2),
-    "ho4-natural-cyrillic-clean": lambda x, y, s: swap_letters(x, y, 0.10, CYRILLIC_LOOKALIKES, None, s + 64,
-                                                               relabel=False),
+    "ho4-cyrillic-ham-3%": lambda x, y, s: homograph(x, y, 0.03, CYRILLIC_LOOKALIKES, HAM, s + 61),
+    "ho4-cyrillic-ham-1%": lambda x, y, s: homograph(x, y, 0.01, CYRILLIC_LOOKALIKES, HAM, s + 62),
+    "ho4-greek-spam-3%": lambda x, y, s: homograph(x, y, 0.03, GREEK_LOOKALIKES, SPAM, s + 63, per_text=2),
+    "ho4-natural-cyrillic-clean": lambda x, y, s: natural_edit(x, y, 0.10, s + 64, swap_letters(CYRILLIC_LOOKALIKES)),
 }
 
 # Written with ASCII emoticons as tokens (session 14), before its first run: a smiley the corpus already uses (84 ham
