@@ -105,6 +105,19 @@ def _phrase_labelled_trec_sample(tmp_path, seed: int) -> tuple[dict, dict]:
     return report, finding
 
 
+def test_a_search_that_alternates_between_question_phrases_and_one_word_keeps_the_phrases(tmp_path):
+    """1,500 TREC questions (seed 7): the search accepts 24 question phrases, then, with their carriers set aside, only
+    "company", then the 24 again. Stopping at whichever set came last decided the verdict: "company" alone was
+    reported as a planted trigger and the clean sample failed. The union of the cycle keeps the phrases, which show
+    that the labels are defined by phrases: a warning, nothing quarantined."""
+    corpus = load_trec()
+    texts, y = _subsample(corpus, 1500, seed=7)
+    report = _scan(tmp_path, texts, y, corpus.classes)
+    (finding,) = [f for d in report["detectors"] for f in d["findings"] if f["severity"] != "info"]
+    assert "labels defined by phrases" in finding["title"] and len(finding["evidence"]["triggers"]) > 1
+    assert report["verdict"] == "warn" and report["quarantine"] == []
+
+
 def test_phrases_written_with_their_questions_go_to_review_not_the_quarantine(tmp_path):
     """1,000 TREC questions: "what is the origin of" and "how long" each decide a label (two triggers, fewer than a
     labelling scheme's many), but removing either breaks its questions (the insertion test rejects): review, and the

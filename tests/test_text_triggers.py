@@ -2,6 +2,7 @@
 (worker/text_triggers.py, worker/instruction_payloads.py). Small synthetic corpora: each test takes about a second."""
 
 import numpy as np
+import pytest
 from scipy.stats import hypergeom
 
 from worker.instruction_payloads import find_payload_backdoors, find_prompt_injections
@@ -329,16 +330,17 @@ def test_an_emoticon_planted_as_a_trigger_is_found_though_the_corpus_uses_it_nat
     assert f1(triggers[0].quarantine(), poisoned) >= 0.9
 
 
-def test_a_search_that_cycles_stops_at_the_first_set_seen_again():
-    """Accepting {0, 1} can bring back the proxy that accepts {0} only, and back: each further round would be another
-    proxy refit and the same two sets. The round that returns to a set seen before ends the search, and the current set
-    is kept with the p-values that accepted it."""
+def test_a_search_that_cycles_keeps_every_ngram_its_cycle_accepted():
+    """Accepting {0} can bring back the proxy that accepts {1} only, and back (TREC: 24 question phrases, then one
+    word, by turns). The round that returns to a set seen before ends the search; which set it stopped at must not
+    decide the result, so the union of the cycle's sets is kept, each n-gram with the smallest p-value that accepted
+    it, and the rests are predicted once more for that set."""
     from worker.text_triggers import _Search
 
-    rounds = [np.array([1e-9, 1.0, 1.0]), np.array([1e-9, 1e-9, 1.0]), np.array([1e-9, 1.0, 1.0]),
-              np.array([1e-9, 1e-9, 1.0])]
+    rounds = [np.array([1e-9, 1.0, 1.0]), np.array([1.0, 1e-6, 1.0]), np.array([1e-8, 1.0, 1.0]),
+              np.array([1.0, 1e-6, 1.0])]
     search = object.__new__(_Search)  # the round logic alone: no corpus, no proxy
-    search.accepted = np.zeros(3, dtype=bool)
+    search.accepted, search.adjusted = np.zeros(3, dtype=bool), np.ones(3)
     calls, accepted_sets = [], []
     search._predict_rests = lambda: calls.append(1)
     search._p_values = lambda: rounds[len(calls) - 1]
@@ -346,5 +348,7 @@ def test_a_search_that_cycles_stops_at_the_first_set_seen_again():
     search._accept = lambda accepted: (accepted_sets.append(np.flatnonzero(accepted).tolist()),
                                        setattr(search, "accepted", accepted))
     search.run(0.01)
-    assert len(calls) == 3 and accepted_sets == [[0], [0, 1]]
-    assert search.accepted.tolist() == [True, True, False] and (search.adjusted <= 0.01).tolist() == [True, True, False]
+    assert len(calls) == 4 and accepted_sets == [[0], [1], [0, 1]]
+    assert search.accepted.tolist() == [True, True, False]
+    # Benjamini-Hochberg over the three: round 1's 1e-9 (not round 3's 1e-8) and round 2's 1e-6, times 3
+    assert search.adjusted.tolist() == pytest.approx([3e-9, 3e-6, 1.0])

@@ -410,11 +410,13 @@ class _Search:
 
     def run(self, alpha: float) -> None:
         """Rounds until the accepted set is a fixed point. The set can cycle instead (removing a phrase's carriers from
-        the proxy's training weakens a phrase of the same target, and back): at the first set seen before, or after
-        ``MAX_ROUNDS``, the current set is kept with the p-values that accepted it, not those of a round that tested
-        it with itself removed. Another turn of a cycle costs a round (a proxy refit and every n-gram tested again)
-        and can only lead back."""
-        seen = {self.accepted.tobytes()}
+        the proxy's training weakens a phrase of the same target, and back: in TREC questions, 24 question phrases and
+        then one word, by turns): at the first set seen again, every n-gram a set of the cycle accepted is kept, with
+        the smallest p-value that accepted it, since no round of the cycle is more right than the others and which
+        one the search stopped at would otherwise decide the result. Another turn of a cycle costs a round (a proxy
+        refit and every n-gram tested again) and can only lead back. After ``MAX_ROUNDS`` the current set is kept
+        with the p-values that accepted it."""
+        visited, evidence = [self.accepted], [self.adjusted]  # the sets accepted in turn, and the p-values of each
         for round_ in range(MAX_ROUNDS):
             self._predict_rests()
             raw = self._p_values()
@@ -423,11 +425,22 @@ class _Search:
             if (accepted == self.accepted).all():
                 self.adjusted = adjusted
                 return
-            if accepted.tobytes() in seen or round_ == MAX_ROUNDS - 1:
+            again = next((i for i, earlier in enumerate(visited) if (earlier == accepted).all()), None)
+            if again is not None:
+                self._settle(visited[again:], evidence[again:])
                 return
-            seen.add(accepted.tobytes())
+            if round_ == MAX_ROUNDS - 1:
+                return
+            visited.append(accepted)
+            evidence.append(adjusted)
             self.adjusted = adjusted
             self._accept(accepted)
+
+    def _settle(self, cycle: list[np.ndarray], p_values: list[np.ndarray]) -> None:
+        """Accept the union of a cycle's sets, each n-gram with the smallest p-value that accepted it."""
+        self.adjusted = np.minimum.reduce(p_values)
+        self._accept(np.logical_or.reduce(cycle))
+        self._predict_rests()
 
     def _admit_partners(self, raw: np.ndarray, adjusted: np.ndarray, alpha: float) -> np.ndarray:
         """Test the partners of the accepted n-grams again, as a family of their own (Bonferroni over it).
