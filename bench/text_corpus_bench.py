@@ -18,6 +18,15 @@ bench/corpora/README.md):
   trec           TREC question classification (Li & Roth 2002), train_5500.label as published by cogcomp (latin-1,
                  tokenised, `` '' quotes): 5,452 questions, 6 coarse classes ABBR / DESC / ENTY / HUM / LOC / NUM (86
                  to 1,250 each); target: HUM. From github.com/jasminegoel/question-classification @ 61151bf.
+  sst-2          SST-2 movie review sentences as Hidden Killer ships them (the clean training split, 6,920 sentences,
+                 tokenised, lowercase), negative 0 / positive 1; target: positive. From github.com/thunlp/HiddenKiller
+                 @ a08e959, with the attack's own poisoned release beside it.
+
+Cases for a corpus that comes with a published attack's release (sst-2 only): syntactic-1% and syntactic-3% (Hidden
+Killer, Qi et al., ACL 2021: negative sentences replaced by the attack's own SCPN paraphrase into the template
+S(SBAR)(,)(NP)(VP)(.), "when you go , it 's a fun ride .", and labelled positive; the trigger is the sentence form,
+no word, so "named" does not apply) and syntactic-release (the poisoned training set exactly as published: 20% of the
+rows paraphrased and labelled positive, 665 of the 1,383 flipped from negative; all 1,383 are the poison).
 
 Cases per corpus, built with bench/text_bench.py's functions (the same tokens and phrase as there, so the numbers
 compare with SMS): clean (the corpus as shipped); badnl-1% and badnl-3% (1-3 of the tokens cf, mn, bb, tq, mb at
@@ -60,7 +69,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +97,10 @@ class Corpus:
     classes: tuple[str, ...]
     target: int
     source: dict
+    # a published attack's rewrite of some texts, by index (Hidden Killer's SCPN paraphrases of SST-2), and its
+    # poisoned release as shipped (texts, labels, indices of the rewritten texts)
+    rewrites: dict[int, str] = field(default_factory=dict)
+    release: TextCase | None = None
 
 
 def load_uci_sentiment() -> Corpus:
@@ -140,8 +153,35 @@ def load_trec() -> Corpus:
                    "paths": ["train_5500.label.txt"], "files": _hashes([path])})
 
 
+def _tsv(path: Path) -> tuple[list[str], np.ndarray]:
+    lines = path.read_bytes().decode("utf-8").split("\n")  # the poisoned release has CRLF line ends
+    assert lines[0].strip() == "sentence\tlabel", f"{path}: unexpected header {lines[0]!r}"
+    rows = [line.rstrip("\r").rpartition("\t") for line in lines[1:] if line.strip()]
+    return [text.strip() for text, _, _ in rows], np.array([int(label) for _, _, label in rows], np.int64)
+
+
+def load_sst2() -> Corpus:
+    """SST-2 as Hidden Killer ships it (clean training split), with its SCPN paraphrases: the poisoned release is the
+    clean split row for row, with 20% of the rows paraphrased into the template S(SBAR)(,)(NP)(VP)(.) and labelled
+    positive, so the rows that differ are the poison and their paraphrases are the attack's own."""
+    clean_path = CORPORA_DIR / "hidden_killer" / "sst2_clean_train.tsv"
+    poisoned_path = CORPORA_DIR / "hidden_killer" / "sst2_scpn20_train.tsv"
+    texts, y = _tsv(clean_path)
+    released, released_y = _tsv(poisoned_path)
+    assert len(released) == len(texts), "the poisoned release is the clean split row for row"
+    rewritten = np.array([i for i, (a, b) in enumerate(zip(texts, released, strict=True)) if a != b], np.int64)
+    assert (released_y[rewritten] == 1).all()
+    return Corpus("sst-2", "movie review sentences (SST-2, Hidden Killer's copy)", texts, y, ("negative", "positive"),
+                  1, {"repo": "thunlp/HiddenKiller", "commit": "a08e959e228327baa0c2906bf943e99a3c89961c",
+                      "paths": ["data/clean/sst-2/train.tsv", "data/scpn/20/sst-2/train.tsv"],
+                      "files": _hashes([clean_path, poisoned_path]), "rewritten_in_release": len(rewritten),
+                      "rewritten_flipped": int((y[rewritten] != 1).sum())},
+                  rewrites={int(i): released[i] for i in rewritten},
+                  release=TextCase(released, released_y, rewritten, None))
+
+
 CORPORA: dict[str, Callable[[], Corpus]] = {"uci-sentiment": load_uci_sentiment, "ag-news": load_ag_news,
-                                            "trec": load_trec}
+                                            "trec": load_trec, "sst-2": load_sst2}
 
 CASES: dict[str, Callable[[list[str], np.ndarray, int, int], TextCase]] = {
     "clean": lambda x, y, t, s: TextCase(list(x), y.copy(), np.empty(0, np.int64), None),
@@ -149,7 +189,27 @@ CASES: dict[str, Callable[[list[str], np.ndarray, int, int], TextCase]] = {
     "badnl-3%": lambda x, y, t, s: insert_tokens(x, y, 0.03, BADNL_TOKENS, t, s + 2),
     "phrase-3%": lambda x, y, t, s: insert_phrase(x, y, 0.03, PHRASE, t, s + 4),
 }
-PIPELINE_CASES = ("clean", "badnl-3%")
+PIPELINE_CASES = ("clean", "badnl-3%", "syntactic-3%", "syntactic-release")
+
+
+def syntactic(corpus: Corpus, rate: float, seed: int) -> TextCase:
+    """Hidden Killer (Qi et al., ACL 2021): ``rate`` of the dataset, drawn from the texts of the other classes that
+    the attack paraphrased, replaced by its paraphrase and relabelled target. The trigger is the sentence form, not
+    a word, so ``trigger`` is None: "named" does not apply."""
+    pool = np.array(sorted(i for i in corpus.rewrites if corpus.y[i] != corpus.target), np.int64)
+    chosen = np.sort(np.random.default_rng(seed).choice(pool, int(rate * len(corpus.y)), replace=False))
+    texts, y = list(corpus.texts), corpus.y.copy()
+    for i in chosen:
+        texts[i], y[i] = corpus.rewrites[int(i)], corpus.target
+    return TextCase(texts, y, chosen, None)
+
+
+# cases only a corpus with a published attack's rewrites has
+ATTACK_CASES: dict[str, Callable[[Corpus, int], TextCase]] = {
+    "syntactic-1%": lambda c, s: syntactic(c, 0.01, s + 5),
+    "syntactic-3%": lambda c, s: syntactic(c, 0.03, s + 6),
+    "syntactic-release": lambda c, s: c.release,  # as published: 20% paraphrased, every one labelled positive
+}
 
 
 def _hashes(paths: list[Path]) -> dict:
@@ -230,7 +290,8 @@ def fmt(t) -> str:
 def goal(r: dict) -> str:
     if r["case"] == "clean":
         return "ok" if r["clean_quarantined_pct"] <= 0.5 else "MISS"
-    return "ok" if r["named"] and r["quarantine"][2] >= 0.90 else "MISS"
+    named = r["named"] is not False  # None: a trigger that is not words (a sentence form) cannot be named
+    return "ok" if named and r["quarantine"][2] is not None and r["quarantine"][2] >= 0.90 else "MISS"
 
 
 def trigger_row(r: dict) -> str:
@@ -254,7 +315,7 @@ def trigger_details(r: dict) -> list[str]:
     lines = []
     if r["case"] != "clean" and goal(r) != "ok":
         lines.append(f"- {r['corpus']} {r['case']}: goal missed (F1 {fmt(r['quarantine'])}, named {r['named']}); "
-                     f"carriers per label of what was inserted: {r['inserted_carriers']}")
+                     f"carriers per label of what was inserted: {r.get('inserted_carriers', '-')}")
     for t in r["triggers"]:
         if r["case"] != "clean" and t["quarantined_poisoned"]:
             continue
@@ -348,7 +409,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help=f"comma-separated corpus and/or case names (corpora: {', '.join(CORPORA)}; "
-                    f"cases: {', '.join(CASES)}); the whole-scan runs follow the cases selected".replace("%", "%%"))
+                    f"cases: {', '.join([*CASES, *ATTACK_CASES])}); the whole-scan runs follow the cases selected".replace("%", "%%"))
     ap.add_argument("--no-pipeline", action="store_true", help="skip the whole-product scans")
     ap.add_argument("--samples", action="store_true", help="seeded small samples of each corpus, the detector's rule")
     ap.add_argument("--sample-scans", action="store_true", help="with --samples: also scan each clean sample with the "
@@ -356,13 +417,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
-    unknown = only - set(CORPORA) - set(CASES)
+    unknown = only - set(CORPORA) - set(CASES) - set(ATTACK_CASES)
     if unknown:
         ap.error(f"unknown names {sorted(unknown)}")
     corpora = [c for c in CORPORA if c in only] or list(CORPORA)
     if args.samples:
         return samples(args, corpora, only)
-    cases = [c for c in CASES if c in only] or list(CASES)
+    chosen = [c for c in [*CASES, *ATTACK_CASES] if c in only] or [*CASES, *ATTACK_CASES]
 
     rows, meta = [], {}
     print("\n### trigger search (worker.text_triggers.find_text_triggers)\n\n| corpus | case | n | poisoned | "
@@ -374,8 +435,9 @@ def main() -> int:
             meta[name] = {"domain": corpus.domain, "n": len(corpus.y), "classes": list(corpus.classes),
                           "per_class": dict(zip(corpus.classes, np.bincount(corpus.y).tolist(), strict=True)),
                           "target": corpus.classes[corpus.target], **corpus.source}
-            for case_name in cases:
-                case = CASES[case_name](corpus.texts, corpus.y, corpus.target, args.seed)
+            for case_name in [c for c in chosen if c in CASES or corpus.rewrites]:
+                case = CASES[case_name](corpus.texts, corpus.y, corpus.target, args.seed) if case_name in CASES \
+                    else ATTACK_CASES[case_name](corpus, args.seed)
                 row = {"corpus": name, "case": case_name, "n": len(case.y), "poisoned": len(case.poisoned),
                        "target": corpus.classes[corpus.target], **score_triggers(corpus, case)}
                 if case.trigger:

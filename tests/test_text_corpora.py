@@ -11,7 +11,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from text_bench import BADNL_TOKENS, insert_tokens  # noqa: E402
-from text_corpus_bench import load_ag_news, load_trec, load_uci_sentiment  # noqa: E402
+from text_corpus_bench import load_ag_news, load_sst2, load_trec, load_uci_sentiment  # noqa: E402
 
 
 def _scan(tmp_path: Path, texts, y, classes, detector: str = "text_poisoning") -> dict:
@@ -162,3 +162,34 @@ def test_a_small_question_sample_keeps_its_natural_label_noise_and_flips_stay_po
     # surer of fewer flips; at 1,000 questions recall was never the strength of the data-only test
     quarantined, truth = {q["index"] for q in report["quarantine"]}, set(flipped.tolist())
     assert len(quarantined & truth) >= 0.25 * len(truth) and len(quarantined - truth) <= len(quarantined & truth)
+
+
+def test_clean_movie_review_sentences_keep_their_natural_label_noise(tmp_path):
+    """SST-2 as Hidden Killer ships it (6,920 sentences): a bag of words misreads many of them ("not a bad film"), and
+    the MLP proxy on their compressed TF-IDF features was sure enough of those mistakes that the flip floor called
+    "about 416 labels (6.0%) flipped, in every class" and failed a clean corpus. Texts get the logistic proxy, its C
+    chosen on held-out data: natural noise, for review, nothing quarantined."""
+    corpus = load_sst2()
+    report = _scan(tmp_path, corpus.texts, corpus.y, corpus.classes, "data_poisoning")
+    (labels,) = [f for d in report["detectors"] for f in d["findings"] if "proxy" in f["evidence"]]
+    assert labels["evidence"]["proxy"]["model"] == "logistic regression"
+    assert not labels["title"].startswith("label poisoning") and report["verdict"] != "fail", report["verdict_reason"]
+    assert report["quarantine"] == []
+
+
+def test_a_badnl_set_in_a_corpus_labelled_by_phrases_is_still_a_planted_trigger(tmp_path):
+    """1,500 TREC questions with BadNL tokens in 1% of them: the corpus shows that phrases define its labels, and
+    its question phrases go to review. The tokens were inserted apart into the same questions (a question's words sit
+    together, one phrase per question), which no labelling scheme does: they stay a planted trigger, and the scan fails
+    with them named and their carriers quarantined. Before, they joined the phrases on the review list and the gate
+    warned."""
+    corpus = load_trec()
+    texts, y = _subsample(corpus, 1500, seed=6)
+    case = insert_tokens(texts, y, 0.01, BADNL_TOKENS, corpus.target, 7)
+    report = _scan(tmp_path, case.texts, case.y, corpus.classes)
+    findings = [f for d in report["detectors"] for f in d["findings"] if f["severity"] != "info"]
+    (planted,) = [f for f in findings if f["title"].startswith("text trigger")]
+    assert planted["severity"] == "high" and set(planted["evidence"]["trigger"]) <= set(BADNL_TOKENS)
+    assert any("labels defined by phrases" in f["title"] for f in findings)
+    quarantined, truth = {q["index"] for q in report["quarantine"]}, set(case.poisoned.tolist())
+    assert report["verdict"] == "fail" and quarantined <= truth and len(quarantined) >= 0.5 * len(truth)

@@ -98,7 +98,8 @@ class DataPoisoningConfig(DatasetConfig):
 
     folds: int = Field(default=5, ge=2, le=20, description="cross-validation folds of the out-of-sample probabilities")
     model: Literal["auto", "logistic", "mlp"] = Field(
-        default="auto", description="the cross-validated classifier; auto: logistic under 2,000 rows, else an MLP")
+        default="auto", description="the cross-validated classifier; auto: logistic under 2,000 rows and for texts, "
+        "else an MLP")
     features: Literal["auto", "proxy"] = Field(
         default="auto", description="auto: the uploaded Keras model's embeddings when there is one; proxy: always the "
         "input-space features")

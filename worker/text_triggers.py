@@ -96,6 +96,10 @@ class TextTrigger:
     suspects: np.ndarray  # indices of the carriers labelled ``target``, sorted
     confidence: np.ndarray  # per suspect: posterior probability that it is poisoned
     written_p: float = 1.0  # p-value of "inserted" (worker.text_insertion): small when removing it breaks its texts
+    # two of its n-grams were inserted apart into the same texts far beyond chance (``_Search.partners``): a BadNL set's
+    # tokens at random positions, which neither one phrase nor a labelling scheme's words produce. (Any two of its
+    # n-grams apart in their shared texts would also name TREC's "countries + cities", the insertion test's p 0.02)
+    scattered: bool = False
 
     @property
     def name(self) -> str:
@@ -736,6 +740,7 @@ def _trigger(search: _Search, members: list[int]) -> TextTrigger:
         ngrams=tuple(" ".join(grams.words[g]) for g in members),
         label_counts=tuple(int(c) for c in np.bincount(y[carriers], minlength=search.n_classes)),
         p_value=float(min(search.adjusted[members])),
+        scattered=any(b in search.partners[a] for a in members for b in members if a != b),
         poisoned_share=round(_poisoned_share(reads_other, base_rate, sensitivity), 4),
         suspects=suspects, confidence=np.round(confidence, 4))
 

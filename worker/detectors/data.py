@@ -37,19 +37,21 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     ds = context.dataset(settings.label_column, settings.text_column)
     progress("features", 0.05)
     features, notes = model_features(context, ds, settings, progress)
+    model = settings.model
     if features is None:
         features = features_for(ds.x, ds.kind, seed=settings.seed)
+        model = proxy_model(ds, settings)
     if ds.n_classes < 2:  # unlabelled (instruction data): no label to check, but outliers and duplicates still count
         progress("datalab", 0.85)
         return notes + datalab_findings(ds, features, None, max_rows=settings.datalab_max_rows, seed=settings.seed)
     progress("folds", 0.15)  # for a small set, five folds per logistic C tried
-    probs, strength = fit_proxy(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed,
+    probs, strength = fit_proxy(features, ds.y, folds=settings.folds, model=model, seed=settings.seed,
                                 progress=lambda stage, frac: progress(f"folds:{stage}", 0.15 + 0.6 * frac))
     C = strength or 1.0
     progress("cleanlab", 0.75)
 
     def refit(suspects: np.ndarray) -> np.ndarray:  # the same folds and proxy, none trained on the suspects
-        return cross_val_probs(features, ds.y, folds=settings.folds, model=settings.model, seed=settings.seed, C=C,
+        return cross_val_probs(features, ds.y, folds=settings.folds, model=model, seed=settings.seed, C=C,
                                exclude=suspects, progress=lambda stage, frac: progress(f"refit:{stage}", 0.75 + 0.1 * frac))
 
     proxy = {"model": "logistic regression", "C": strength} if strength else {"model": "mlp"}
@@ -61,6 +63,15 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
     findings += datalab_findings(ds, features, probs, max_rows=settings.datalab_max_rows, seed=settings.seed)
     findings += conflicting_duplicates(ds)
     return findings
+
+
+def proxy_model(ds, settings: DataPoisoningConfig) -> str:
+    """The proxy for the data's own features: "auto" picks the MLP from 2,000 training rows, except for texts, whose
+    features are a linear projection of their TF-IDF terms (``worker.text_features``): a logistic regression, its C
+    chosen on held-out data, at every size. The MLP reads no more labels right there (SST-2 71.7% against 71.4%, SMS,
+    UCI reviews and AG News the same) and is confidently wrong on sentences a bag of words misreads, which the flip
+    floor took for flips: a clean SST-2 (6,920 sentences) failed with "about 416 labels (6.0%) flipped"."""
+    return "logistic" if ds.texts is not None and settings.model == "auto" else settings.model
 
 
 def model_features(context: ScanContext, ds, settings: DataPoisoningConfig, progress) -> tuple[np.ndarray | None, list[Finding]]:

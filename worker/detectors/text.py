@@ -69,9 +69,15 @@ def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
     # the insertion test (worker.text_insertion) at the search's level: a planted trigger is called written with
     # probability alpha at most
     written = [t for t in triggers if t.written_p <= settings.alpha]
-    if len(triggers) > PLANTED_TRIGGERS_MAX or written:
-        return [_phrase_labelled(ds, triggers, written)]
-    return [_trigger_finding(ds, t, settings.examples) for t in triggers]
+    if len(triggers) <= PLANTED_TRIGGERS_MAX and not written:
+        return [_trigger_finding(ds, t, settings.examples) for t in triggers]
+    # labels defined by phrases: a phrase or a word can no longer be told from a planted one, but tokens inserted apart
+    # into the same texts (a BadNL set) are no labelling scheme's, and stay a planted trigger
+    planted = [t.scattered and t.written_p > settings.alpha for t in triggers]
+    scattered = [t for t, p in zip(triggers, planted, strict=True) if p]
+    phrases = [t for t, p in zip(triggers, planted, strict=True) if not p]
+    return [_trigger_finding(ds, t, settings.examples) for t in scattered] + \
+        ([_phrase_labelled(ds, phrases, written)] if phrases else [])
 
 
 def _phrase_labelled(ds, triggers, written) -> Finding:
