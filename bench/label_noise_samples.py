@@ -1,13 +1,13 @@
 """The data layer's label tests on small samples (1,000-2,000 rows) of clean corpora of other domains, and on small
 samples with labels flipped at random: does natural label noise pass, and do flips still fail?
 
-    .venv/bin/python bench/label_noise_samples.py [--only clean|flips] [--out bench/results]
+    .venv/bin/python bench/label_noise_samples.py [--only clean|flips] [--corpora sst-2,digits] [--out bench/results]
 
 Runs the whole pipeline as the CLI does (``worker.local.scan_local_files``, detector ``data_poisoning`` only, default
 settings, dataset only). Clean: the 18 samples of each text corpus that ``text_corpus_bench.py --samples`` draws
-(TREC questions, AG News, UCI review sentences; bench/corpora/), and 1,000-row samples of MNIST, MNIST-hard and UCI
-Adult (seeds 0-3). Flips: 3% of a 1,000-text sample relabelled at random (TREC, AG News, UCI; seeds 0-2), and 2% and
-5% of scikit-learn's digits. Per case: verdict, the label finding's title, what the random-flip excess test measured
+(TREC questions, AG News, UCI review sentences, SST-2 sentences; bench/corpora/), and 1,000-row samples of MNIST,
+MNIST-hard and UCI Adult (seeds 0-3). Flips: 3% of a 1,000-text sample relabelled at random (TREC, AG News, UCI,
+SST-2; seeds 0-2), and 2% and 5% of scikit-learn's digits. ``--corpora``: only those corpora or domains. Per case: verdict, the label finding's title, what the random-flip excess test measured
 (observed, expected, cut-off), the proxy (model and C), quarantine against the flipped rows.
 Results: markdown on stdout, bench/results/label-noise-samples-<timestamp>.json.
 """
@@ -53,8 +53,11 @@ def flip(y: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return random_flips(y, rate, np.random.default_rng(seed))
 
 
+TEXT_CORPORA = ("trec", "ag-news", "uci-sentiment", "sst-2")
+
+
 def clean_cases():
-    for name in ("trec", "ag-news", "uci-sentiment"):
+    for name in TEXT_CORPORA:
         corpus = CORPORA[name]()
         for n, seed in SAMPLES:
             keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), n, replace=False))
@@ -67,7 +70,7 @@ def clean_cases():
 
 
 def flip_cases():
-    for name in ("trec", "ag-news", "uci-sentiment"):
+    for name in TEXT_CORPORA:
         corpus = CORPORA[name]()
         for seed in range(3):
             keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), 1000, replace=False))
@@ -101,14 +104,18 @@ def run(write, truth) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=("clean", "flips"))
+    ap.add_argument("--corpora", default="", help="comma-separated corpus or domain names (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     groups = [g for g in ("clean", "flips") if args.only in (None, g)]
+    wanted = set(filter(None, args.corpora.split(",")))
     rows = []
     print("| group | corpus | sample | verdict | label finding | excess obs/exp @cut | proxy C | quarantined (clean) | "
           "P/R/F1 |\n" + "|---" * 9 + "|", flush=True)
     for group in groups:
         for corpus, sample, write, truth in (clean_cases() if group == "clean" else flip_cases()):
+            if wanted and corpus not in wanted:
+                continue
             r = {"group": group, "corpus": corpus, "sample": sample, **run(write, truth)}
             rows.append(r)
             e, q = r["excess"], r["quarantine"]
