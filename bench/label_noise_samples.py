@@ -56,26 +56,29 @@ def flip(y: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 TEXT_CORPORA = ("trec", "ag-news", "uci-sentiment", "sst-2")
 
 
-def clean_cases():
-    for name in TEXT_CORPORA:
+def clean_cases(include=lambda name: True):
+    """``include(name)``: whether to load and sample that corpus or domain at all."""
+    for name in filter(include, TEXT_CORPORA):
         corpus = CORPORA[name]()
         for n, seed in SAMPLES:
             keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), n, replace=False))
             yield name, f"{n}/{seed}", _csv([corpus.texts[i] for i in keep], corpus.y[keep], corpus.classes), []
-    for name in ("mnist", "mnist-hard", "adult"):
+    for name in filter(include, ("mnist", "mnist-hard", "adult")):
         x, y = domain(name, 60_000)
         for seed in range(4):
             keep = np.sort(np.random.default_rng(seed).choice(len(y), 1000, replace=False))
             yield name, f"1000/{seed}", _npz(x[keep], y[keep]), []
 
 
-def flip_cases():
-    for name in TEXT_CORPORA:
+def flip_cases(include=lambda name: True):
+    for name in filter(include, TEXT_CORPORA):
         corpus = CORPORA[name]()
         for seed in range(3):
             keep = np.sort(np.random.default_rng(seed).choice(len(corpus.y), 1000, replace=False))
             y, chosen = flip(corpus.y[keep], 0.03, 100 + seed)
             yield name, f"1000/{seed} flips 3%", _csv([corpus.texts[i] for i in keep], y, corpus.classes), chosen
+    if not include("digits"):
+        return
     x, y = domain("digits", 0)
     for rate in (0.02, 0.05):
         flipped, chosen = flip(y, rate, 5)
@@ -113,9 +116,8 @@ def main() -> int:
     print("| group | corpus | sample | verdict | label finding | excess obs/exp @cut | proxy C | quarantined (clean) | "
           "P/R/F1 |\n" + "|---" * 9 + "|", flush=True)
     for group in groups:
-        for corpus, sample, write, truth in (clean_cases() if group == "clean" else flip_cases()):
-            if wanted and corpus not in wanted:
-                continue
+        cases = clean_cases if group == "clean" else flip_cases
+        for corpus, sample, write, truth in cases(lambda name: not wanted or name in wanted):
             r = {"group": group, "corpus": corpus, "sample": sample, **run(write, truth)}
             rows.append(r)
             e, q = r["excess"], r["quarantine"]
