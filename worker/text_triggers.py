@@ -441,7 +441,10 @@ class _Search:
             self._accept(accepted)
 
     def _settle(self, cycle: list[np.ndarray], p_values: list[np.ndarray]) -> None:
-        """Accept the union of a cycle's sets, each n-gram with the smallest p-value that accepted it."""
+        """Accept the union of a cycle's sets, each n-gram with the smallest p-value that accepted it. The refit is not
+        redundant when the union is the set accepted now: the carriers left out of the proxy's training are those whose
+        rests read as another class in this round's predictions (skipping it changed 2 of 108 small-sample verdicts,
+        on TREC: a natural word's `fail` gained, a planted phrase's lost)."""
         self.adjusted = np.minimum.reduce(p_values)
         self._accept(np.logical_or.reduce(cycle))
         self._predict_rests()
