@@ -108,14 +108,28 @@ def _phrase_labelled_trec_sample(tmp_path, seed: int) -> tuple[dict, dict]:
 def test_a_search_that_alternates_between_question_phrases_and_one_word_keeps_the_phrases(tmp_path):
     """1,500 TREC questions (seed 7): the search accepts 24 question phrases, then, with their carriers set aside, only
     "company", then the 24 again. Stopping at whichever set came last decided the verdict: "company" alone was
-    reported as a planted trigger and the clean sample failed. The union of the cycle keeps the phrases, which show
-    that the labels are defined by phrases: a warning, nothing quarantined."""
+    reported as a planted trigger and the clean sample failed. "company" is accepted again by the proxy its own
+    acceptance trains and the phrases are not, but they are more separate phrases than a backdoor plants: the cycle
+    is the labelling scheme's, its union is kept, and the phrases show that the labels are defined by phrases: a
+    warning, nothing quarantined."""
     corpus = load_trec()
     texts, y = _subsample(corpus, 1500, seed=7)
     report = _scan(tmp_path, texts, y, corpus.classes)
     (finding,) = [f for d in report["detectors"] for f in d["findings"] if f["severity"] != "info"]
     assert "labels defined by phrases" in finding["title"] and len(finding["evidence"]["triggers"]) > 1
     assert report["verdict"] == "warn" and report["quarantine"] == []
+
+
+def test_a_natural_word_that_its_own_acceptance_rejects_is_not_a_trigger():
+    """1,000 AG News items (seed 5): 7 of the 8 "World" items with "still" (oil exports, cocoa prices, an
+    inauguration's price) read as another class against 14% of the class, p 0.003; with them out of the proxy's
+    training, the class's other economy items read as another class too and "still" is no longer unusual (p 0.11).
+    Accepted and rejected by turns, it was kept, and the clean sample failed on it."""
+    from worker.text_triggers import find_text_triggers
+
+    corpus = load_ag_news()
+    texts, y = _subsample(corpus, 1000, seed=5)
+    assert find_text_triggers(texts, y, len(corpus.classes)) == []
 
 
 def test_phrases_written_with_their_questions_go_to_review_not_the_quarantine(tmp_path):

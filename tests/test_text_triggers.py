@@ -330,25 +330,71 @@ def test_an_emoticon_planted_as_a_trigger_is_found_though_the_corpus_uses_it_nat
     assert f1(triggers[0].quarantine(), poisoned) >= 0.9
 
 
-def test_a_search_that_cycles_keeps_every_ngram_its_cycle_accepted():
-    """Accepting {0} can bring back the proxy that accepts {1} only, and back (TREC: 24 question phrases, then one
-    word, by turns). The round that returns to a set seen before ends the search; which set it stopped at must not
-    decide the result, so the union of the cycle's sets is kept, each n-gram with the smallest p-value that accepted
-    it, and the rests are predicted once more for that set."""
+def _cycling_search(rounds: list[np.ndarray], words: list[tuple[str, ...]]):
+    """A _Search reduced to its round logic (no corpus, no proxy): round k's adjusted p-values are ``rounds[k]``."""
+    from types import SimpleNamespace
+
     from worker.text_triggers import _Search
 
-    rounds = [np.array([1e-9, 1.0, 1.0]), np.array([1.0, 1e-6, 1.0]), np.array([1e-8, 1.0, 1.0]),
-              np.array([1.0, 1e-6, 1.0])]
-    search = object.__new__(_Search)  # the round logic alone: no corpus, no proxy
-    search.accepted, search.adjusted = np.zeros(3, dtype=bool), np.ones(3)
+    search = object.__new__(_Search)
+    search.accepted, search.adjusted = np.zeros(len(words), dtype=bool), np.ones(len(words))
+    search.grams = SimpleNamespace(words=words)
     calls, accepted_sets = [], []
     search._predict_rests = lambda: calls.append(1)
     search._p_values = lambda: rounds[len(calls) - 1]
-    search._admit_partners = lambda raw, adjusted, alpha: adjusted
+    search._admit_partners = lambda raw, adjusted, alpha: raw
     search._accept = lambda accepted: (accepted_sets.append(np.flatnonzero(accepted).tolist()),
                                        setattr(search, "accepted", accepted))
     search.run(0.01)
-    assert len(calls) == 4 and accepted_sets == [[0], [1], [0, 1]]
-    assert search.accepted.tolist() == [True, True, False]
-    # Benjamini-Hochberg over the three: round 1's 1e-9 (not round 3's 1e-8) and round 2's 1e-6, times 3
-    assert search.adjusted.tolist() == pytest.approx([3e-9, 3e-6, 1.0])
+    return search, calls, accepted_sets
+
+
+def test_a_cycle_keeps_the_ngrams_a_round_accepted_again_while_they_were_accepted():
+    """{0, 2} and {1, 2} by turns: n-gram 2 is accepted again by the proxy that its own acceptance trained, 0 and 1 are
+    each rejected by theirs (a natural word whose misread carriers stop being unusual once their kind is out of
+    training: "still" in a clean AG News sample). 2 is kept with the smallest p-value that confirmed it, and the
+    rests are predicted once more for the kept set."""
+    rounds = [np.array([1e-9, 1.0, 1e-4]), np.array([1.0, 1e-6, 1e-5]), np.array([1e-8, 1.0, 1e-3])]
+    search, calls, accepted_sets = _cycling_search(rounds, [("a",), ("b",), ("c",)])
+    assert len(calls) == 4 and accepted_sets == [[0, 2], [1, 2], [2]]
+    assert search.accepted.tolist() == [False, False, True]
+    assert search.adjusted[2] == pytest.approx(1e-5) and (search.adjusted[:2] > 0.01).all()
+
+
+def test_a_cycle_over_more_phrases_than_a_backdoor_plants_keeps_them_all():
+    """Four separate phrases, then one word, by turns (1,500 TREC questions: 24 question phrases, then "company"):
+    none is confirmed by its own proxy, but that many label-deciding phrases are the labelling scheme, and the
+    findings need to see it (a warning for review) rather than one of its words (a failed gate). The union is kept,
+    each n-gram with the smallest p-value that accepted it."""
+    words = [("how", "many"), ("how", "many", "people"), ("what", "city"), ("who",), ("where",), ("company",)]
+    phrases, word = np.array([1e-7, 1e-6, 1e-5, 1e-5, 1e-5, 1.0]), np.array([1.0] * 5 + [1e-4])
+    search, calls, accepted_sets = _cycling_search([phrases * 10, word, phrases], words)
+    assert accepted_sets == [[0, 1, 2, 3, 4], [5], [0, 1, 2, 3, 4, 5]]
+    assert search.accepted.all()
+    assert search.adjusted.tolist() == pytest.approx([1e-7, 1e-6, 1e-5, 1e-5, 1e-5, 1e-4])
+
+
+def test_separate_phrases_joins_ngrams_nested_or_overlapping_at_their_ends():
+    from worker.text_triggers import _separate_phrases
+
+    assert _separate_phrases([]) == 0
+    assert _separate_phrases([("how", "can"), ("can", "i", "find"), ("city",), ("stand", "for")]) == 3
+    assert _separate_phrases([("how", "many"), ("many",), ("how", "long"), ("how", "much")]) == 3
+
+
+def test_the_proxy_looks_up_a_repeated_text_once_and_lays_out_the_same_occurrences():
+    """A round predicts each text once per candidate n-gram it carries: the occurrences copied from one lookup must be
+    exactly those a lookup of every repeat gives, in the same end-to-end layout (positions index the removal masks)."""
+    from worker.text_triggers import _Proxy, tokenize
+    from worker.token_corpus import TokenCorpus
+
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{k}" for k in range(30)]
+    texts = [" ".join(rng.choice(vocabulary, int(rng.integers(1, 12)))) for _ in range(60)]
+    proxy = _Proxy(TokenCorpus.from_texts(texts, tokenize), np.arange(60) % 2, 2, 3, 0)
+    docs = rng.integers(0, 60, 200)  # most texts several times, in no order
+    expected = np.stack(proxy.index.occurrences(docs)[:3], axis=1)
+    copied = np.stack(proxy._occurrences(docs), axis=1)
+    assert len(copied) == len(expected) > 0
+    assert np.array_equal(np.unique(copied, axis=0), np.unique(expected, axis=0))
+    assert len(np.unique(expected, axis=0)) == len(expected)

@@ -68,6 +68,9 @@ LATIN = re.compile("[a-z]")
 AS_LATIN = {ord(c): latin for c, latin in LATIN_LOOKALIKES.items()}
 PROXY_C = 10.0  # weak regularisation: a trigger must be free to explain the labels it forces
 MAX_ROUNDS = 8  # rounds until the accepted set is stable or repeats; the cases benchmarked took 2-6
+# a backdoor plants one trigger or a few: more separate label-deciding phrases than this are the corpus's labelling
+# scheme (question types by their question words), in the search's cycles (_Search._settle) and in the findings
+PLANTED_TRIGGERS_MAX = 3
 SAME_TRIGGER_LIFT = 3.0  # accepted n-grams whose carriers co-occur this many times more than chance are one trigger
 NEAR_DUPLICATE_JACCARD = 0.5  # texts sharing half their (idf-weighted) words count once in the tests
 MIN_REST_WORDS = 3  # what is left of a carrier must hold this many known words to read as any class
@@ -283,7 +286,7 @@ class _Proxy:
         return sparse.vstack(parts, format="csr") if len(parts) != 1 else parts[0]
 
     def _rows(self, docs: np.ndarray, removed: list | None) -> sparse.csr_matrix:
-        row, feature, position, _ = self.index.occurrences(docs)
+        row, feature, position = self._occurrences(docs)
         if removed is not None and any(m is not None for m in removed):
             lengths = self.index.corpus.offsets[docs + 1] - self.index.corpus.offsets[docs]
             flat = np.concatenate([m if m is not None else np.zeros(n, dtype=bool) for m, n in zip(removed, lengths)])
@@ -297,6 +300,25 @@ class _Proxy:
                                    shape=(len(docs), len(self.idf)))
         norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
         return sparse.diags(1 / np.maximum(norms, 1e-12)) @ matrix
+
+    def _occurrences(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, feature, position) of the indexed n-grams in ``docs``, laid end to end as ``NgramIndex.occurrences``
+        lays them. A text that ``docs`` repeats (once per candidate n-gram it carries) is looked up once and its
+        occurrences copied: on long texts (IMDb reviews) the lookup was a quarter of the search."""
+        texts, inverse = np.unique(docs, return_inverse=True)
+        if len(texts) == len(docs):
+            return self.index.occurrences(docs)[:3]
+        row, feature, position, starts = self.index.occurrences(texts)
+        order = np.argsort(row, kind="stable")
+        row, feature, position = row[order], feature[order], position[order] - starts[row[order]]
+        per_text = np.bincount(row, minlength=len(texts))
+        counts = per_text[inverse]
+        ends = np.cumsum(counts)
+        take = np.arange(ends[-1] if len(ends) else 0) + np.repeat(np.cumsum(per_text)[inverse] - ends, counts)
+        out_row = np.repeat(np.arange(len(docs)), counts)
+        lengths = np.diff(starts)[inverse]
+        doc_starts = np.cumsum(lengths) - lengths
+        return out_row, feature[take], position[take] + doc_starts[out_row]
 
     def predict(self, docs: np.ndarray, removed: list | None) -> np.ndarray:
         """(len(docs), n_classes) probabilities; ``removed[i]`` is a boolean mask of token positions, or None."""
@@ -413,13 +435,11 @@ class _Search:
         return tested
 
     def run(self, alpha: float) -> None:
-        """Rounds until the accepted set is a fixed point. The set can cycle instead (removing a phrase's carriers from
-        the proxy's training weakens a phrase of the same target, and back: in TREC questions, 24 question phrases and
-        then one word, by turns): at the first set seen again, every n-gram a set of the cycle accepted is kept, with
-        the smallest p-value that accepted it, since no round of the cycle is more right than the others and which
-        one the search stopped at would otherwise decide the result. Another turn of a cycle costs a round (a proxy
-        refit and every n-gram tested again) and can only lead back. After ``MAX_ROUNDS`` the current set is kept
-        with the p-values that accepted it."""
+        """Rounds until the accepted set is a fixed point: a set whose proxy (trained without its carriers that read as
+        another class) accepts it again. The set can cycle instead, and then only the n-grams that a round accepted
+        again while they were accepted are kept (``_settle``). Another turn of a cycle costs a round (a proxy refit
+        and every n-gram tested again) and can only lead back. After ``MAX_ROUNDS`` the current set is kept with the
+        p-values that accepted it."""
         visited, evidence = [self.accepted], [self.adjusted]  # the sets accepted in turn, and the p-values of each
         for round_ in range(MAX_ROUNDS):
             self._predict_rests()
@@ -431,7 +451,7 @@ class _Search:
                 return
             again = next((i for i, earlier in enumerate(visited) if (earlier == accepted).all()), None)
             if again is not None:
-                self._settle(visited[again:], evidence[again:])
+                self._settle(visited[again:] + [accepted], evidence[again + 1:] + [adjusted])
                 return
             if round_ == MAX_ROUNDS - 1:
                 return
@@ -440,13 +460,29 @@ class _Search:
             self.adjusted = adjusted
             self._accept(accepted)
 
-    def _settle(self, cycle: list[np.ndarray], p_values: list[np.ndarray]) -> None:
-        """Accept the union of a cycle's sets, each n-gram with the smallest p-value that accepted it. The refit is not
-        redundant when the union is the set accepted now: the carriers left out of the proxy's training are those whose
-        rests read as another class in this round's predictions (skipping it changed 2 of 108 small-sample verdicts,
-        on TREC: a natural word's `fail` gained, a planted phrase's lost)."""
-        self.adjusted = np.minimum.reduce(p_values)
-        self._accept(np.logical_or.reduce(cycle))
+    def _settle(self, states: list[np.ndarray], p_values: list[np.ndarray]) -> None:
+        """End a cycle: ``states`` are its accepted sets in turn, the last the first again, and ``p_values[k]`` the
+        p-values that produced ``states[k + 1]``. An n-gram is kept when some round accepted it while it was already
+        accepted, with the smallest such p-value; the others were each rejected by the proxy their own acceptance
+        trained. That is what a natural word does whose carriers the proxy misreads with others of their kind: with
+        the misread carriers out of training, the target's other texts of that kind are misread too, and the word's
+        carriers are no longer unusual (a clean AG News sample: "still", 7 of its 8 "World" carriers read as another
+        class against 14% of the class, p 0.003, then p 0.11 once accepted; accepted and rejected by turns). A
+        planted trigger's poison only reads more plainly as its source once it is out of training.
+
+        Unless the n-grams so rejected are more separate phrases than a backdoor plants: then the cycle is a labelling
+        scheme's (1,500 TREC questions: 24 question phrases, then "company" alone, by turns) and every n-gram of it is
+        kept, with the smallest p-value that accepted it, so that the findings see the scheme rather than one of its
+        words. The refit after is not redundant even when the kept set is the current one: which carriers are left
+        out of training depends on this round's predictions."""
+        union = np.logical_or.reduce(states)
+        confirmed = [before & after for before, after in zip(states[:-1], states[1:], strict=True)]
+        kept = np.logical_or.reduce(confirmed)
+        if _separate_phrases([self.grams.words[g] for g in np.flatnonzero(union & ~kept)]) > PLANTED_TRIGGERS_MAX:
+            confirmed, kept = [after for after in states[1:]], union
+        self.adjusted = np.where(kept, np.minimum.reduce(np.where(confirmed, p_values, 1.0)),
+                                 np.maximum.reduce(p_values))
+        self._accept(kept)
         self._predict_rests()
 
     def _admit_partners(self, raw: np.ndarray, adjusted: np.ndarray, alpha: float) -> np.ndarray:
@@ -667,6 +703,22 @@ def _independent_count(texts: list[list[str]], weight) -> int:
     union = sizes[:, None] + sizes[None, :] - shared
     similar = shared >= NEAR_DUPLICATE_JACCARD * np.maximum(union, 1e-9)
     return int(connected_components(sparse.csr_matrix(similar), directed=False)[0])
+
+
+def _separate_phrases(grams: list[tuple[str, ...]]) -> int:
+    """How many separate phrases n-grams make: one inside another ("many", "how many") or overlapping at their ends
+    ("how can", "can i find") are pieces of one; sharing a word is not enough ("how long", "how many")."""
+    linked = sparse.lil_matrix((len(grams), len(grams)))
+    for a, b in ((a, b) for a in range(len(grams)) for b in range(a + 1, len(grams))):
+        linked[a, b] = _pieces_of_one(grams[a], grams[b])
+    return int(connected_components(linked.tocsr(), directed=False)[0]) if grams else 0
+
+
+def _pieces_of_one(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    if len(a) > len(b):
+        a, b = b, a
+    inside = any(b[k:k + len(a)] == a for k in range(len(b) - len(a) + 1))
+    return inside or any(a[-k:] == b[:k] or b[-k:] == a[:k] for k in range(1, len(a) + 1))
 
 
 def _first_of_each(keys: list) -> np.ndarray:

@@ -17,7 +17,6 @@ from worker.findings import Finding, InputRejected, NotApplicable, ScanInputs, S
 from worker.registry import registry
 
 EXAMPLE_CHARS = 200
-PLANTED_TRIGGERS_MAX = 3  # more separate triggers than this are the corpus's labelling scheme (_phrase_labelled)
 
 
 @registry.register(name="text_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), uses=("dataset",),
@@ -62,7 +61,7 @@ def _nothing_found(ds, settings: TextPoisoningConfig) -> Finding:
 
 
 def trigger_findings(ds, settings: TextPoisoningConfig) -> list[Finding]:
-    from worker.text_triggers import find_text_triggers
+    from worker.text_triggers import PLANTED_TRIGGERS_MAX, find_text_triggers
 
     triggers = find_text_triggers(ds.texts, ds.y, ds.n_classes, max_n=settings.max_ngram, alpha=settings.alpha,
                                   seed=settings.seed)
@@ -87,6 +86,8 @@ def _phrase_labelled(ds, triggers, written) -> Finding:
     does not do, and in such a corpus the others cannot be told from a planted trigger either: a question's type word
     leaves a gap that heals like an insertion ("what country is" -> "what is"). So every one of them is for review,
     not the quarantine; a backdoor inserts one trigger or a few into texts that read whole without them."""
+    from worker.text_triggers import PLANTED_TRIGGERS_MAX
+
     names = [t.name for t in triggers]
     review = [{"index": int(i), "reason": f"label decided by the phrase {shown(t.name)}", "method": "text_triggers",
                "score": round(float(c), 4)} for t in triggers for i, c in zip(t.suspects, t.confidence, strict=True)
