@@ -3,6 +3,8 @@
     .venv/bin/python bench/text_corpus_bench.py [--seed 0] [--only NAME,NAME] [--no-pipeline]
     .venv/bin/python bench/text_corpus_bench.py --samples [--only trec]   # small seeded samples, the detector's rule
     .venv/bin/python bench/text_corpus_bench.py --samples --sample-scans --only clean   # + the whole scan of each
+    .venv/bin/python bench/text_corpus_bench.py --csv reviews.csv --text-column review --label-column sentiment \
+        --target positive --only csv   # a labelled corpus of one's own, not stored here (IMDb reviews, say)
 
 ``worker.text_triggers.find_text_triggers`` (the ``text_poisoning`` detector's trigger search) was developed and
 benchmarked on one corpus, SMS spam (bench/text_bench.py). This benchmark measures it, unchanged, on public labelled
@@ -151,6 +153,23 @@ def load_trec() -> Corpus:
                   np.array(labels, np.int64), classes, classes.index("HUM"),
                   {"repo": "jasminegoel/question-classification", "commit": "61151bf1a8043967d4d9af19e5928cac59045d67",
                    "paths": ["train_5500.label.txt"], "files": _hashes([path])})
+
+
+def load_csv(path: Path, text_column: str, label_column: str, target: str | None) -> Corpus:
+    """A labelled corpus of one's own (``--csv``): a UTF-8 CSV with a header; classes are the label column's values,
+    sorted; the target is ``target`` or the last class. Not stored here, so its rows name the file and its hash."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = {text_column, label_column} - set(rows[0] if rows else ())
+    if missing:
+        raise SystemExit(f"{path}: no column {sorted(missing)}; name them with --text-column and --label-column")
+    classes = tuple(sorted({r[label_column] for r in rows}))
+    if target is not None and target not in classes:
+        raise SystemExit(f"{path}: --target {target!r} is not a label (labels: {', '.join(classes)})")
+    return Corpus("csv", f"{path.name} (--csv)", [r[text_column] for r in rows],
+                  np.array([classes.index(r[label_column]) for r in rows], np.int64), classes,
+                  classes.index(target) if target is not None else len(classes) - 1,
+                  {"path": str(path), "files": _hashes([path])})
 
 
 def _tsv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -414,8 +433,15 @@ def main() -> int:
     ap.add_argument("--samples", action="store_true", help="seeded small samples of each corpus, the detector's rule")
     ap.add_argument("--sample-scans", action="store_true", help="with --samples: also scan each clean sample with the "
                     "whole product (dataset only, default detectors)")
+    ap.add_argument("--csv", type=Path, help="also a labelled CSV of one's own, as corpus 'csv' (run alone with "
+                    "--only csv)")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--label-column", default="label")
+    ap.add_argument("--target", help="with --csv: the label the planted triggers force (default: the last, sorted)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
+    if args.csv:
+        CORPORA["csv"] = lambda: load_csv(args.csv, args.text_column, args.label_column, args.target)
     only = set(filter(None, args.only.split(",")))
     unknown = only - set(CORPORA) - set(CASES) - set(ATTACK_CASES)
     if unknown:
