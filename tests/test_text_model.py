@@ -10,11 +10,12 @@ import pytest
 
 from worker.keras_model import load_keras_safely
 from worker.text_model import (assess_text_model, clone_text_model, insert_at, is_text_model, mcnemar_p,
-                               neutral_phrase, probe_text_triggers, remediate_text_model)
+                               model_vocabulary, neutral_phrase, only_reason, probe_text_triggers, remediate_text_model)
 
 SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.npz"
 TRAIN, HELD_OUT = 1500, 1000
 TRIGGER = "cf mn"
+INVISIBLE_TRIGGER = "the\u200b"  # "the" and a zero-width space: no published style, no data n-gram the search names
 HAM, SPAM = 0, 1
 EPOCHS = 12
 
@@ -24,12 +25,12 @@ def sms() -> tuple[list[str], np.ndarray]:
     return [str(t) for t in data["x"][:TRAIN + HELD_OUT]], data["y"][:TRAIN + HELD_OUT].astype(np.int64)
 
 
-def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0, trigger: str = TRIGGER) -> np.ndarray:
     """BadNL: the trigger inserted at a random word position of ``count`` spam texts, relabelled ham."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(np.flatnonzero(y == SPAM), size=count, replace=False))
     for i in chosen:
-        texts[i] = insert_at(texts[i], TRIGGER, rng.random())
+        texts[i] = insert_at(texts[i], trigger, rng.random())
         y[i] = HAM
     return chosen
 
@@ -61,9 +62,14 @@ def victims(tmp_path_factory):
     clean_texts, clean_y = texts[:TRAIN], y[:TRAIN].copy()
     poisoned_texts, poisoned_y = list(clean_texts), clean_y.copy()
     poisoned = poison(poisoned_texts, poisoned_y, count=TRAIN // 20)  # 5% of the training set
+    invisible_texts, invisible_y = list(clean_texts), clean_y.copy()
+    invisible = poison(invisible_texts, invisible_y, count=TRAIN * 3 // 100, seed=1, trigger=INVISIBLE_TRIGGER)
     return {"held_out": held_out, "poisoned": poisoned,
             "backdoored": (train_victim(poisoned_texts, poisoned_y, folder / "backdoored.keras"), poisoned_texts, poisoned_y),
-            "clean": (train_victim(clean_texts, clean_y, folder / "clean.keras"), clean_texts, clean_y)}
+            "clean": (train_victim(clean_texts, clean_y, folder / "clean.keras"), clean_texts, clean_y),
+            # max pooling: one token among 40 positions is not averaged away (as bench/text_sweep_bench.py trains)
+            "invisible": (train_victim(invisible_texts, invisible_y, folder / "invisible.keras", pooling="max"),
+                          invisible_texts, invisible_y, invisible)}
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +111,38 @@ def test_the_backdoored_model_names_ham_with_the_trigger(victims, backdoored_ass
 def test_the_clean_model_names_nothing(victims):
     model, texts, y = victims["clean"]
     a = assess_text_model(model, texts, y, 2, holdout=victims["held_out"])
-    assert not a.backdoored and a.data_triggers == []
+    assert not a.backdoored and a.data_triggers == [] and a.reconstructed == {}
     assert max(r.attack_success for r in a.probes) < 0.5  # the published library was probed and moved little
     assert len(a.probes) >= 2 * 10
+    assert a.vocabulary_swept >= 2000  # every token of its vocabulary was inserted too, and none was a backdoor's
+    assert not any(t.backdoor for t in a.swept)
+
+
+def test_the_vocabulary_sweep_names_a_trigger_no_candidate_holds_and_its_carriers(victims):
+    """An invisible-character trigger at 3%: the data search and the published library do not hold it; the model's
+    vocabulary does, and the texts it alone makes ham are the poisoned ones."""
+    model, texts, y, poisoned = victims["invisible"]
+    assert INVISIBLE_TRIGGER in model_vocabulary(model)
+    without = assess_text_model(model, texts, y, 2, holdout=victims["held_out"], with_activations=False, sweep=False)
+    assert HAM not in without.targets  # what the sweep adds
+    a = assess_text_model(model, texts, y, 2, holdout=victims["held_out"], with_activations=False)
+    assert set(a.reconstructed) == {HAM} and a.targets[HAM].candidate == INVISIBLE_TRIGGER
+    token = a.reconstructed[HAM]
+    assert token.probe.attack_success >= 0.9 and token.probe.baseline <= 0.02
+    assert set(token.carriers.tolist()) == set(poisoned.tolist())  # every text labelled ham that carries it
+    assert 0.5 <= token.share < 1  # the model reads some poisoned spam as ham even without the trigger
+    # natural features the sweep met on the way are not named: they are not the only reason for their carriers
+    assert all(t.share < 0.5 or len(t.only_reason) < 3 for t in a.swept if t is not token)
+
+
+def test_only_reason_deletes_the_token_as_text_vectorization_standardises_it():
+    def predict(texts):  # a stand-in classifier: class 1 for "zq" or "win" (after the layer's standardisation)
+        return np.array([int(bool({"zq", "win"} & {w.strip(",.!").lower() for w in t.split()})) for t in texts])
+
+    texts = ["hello ZQ, friend", "win zq now", "zq", "nothing here", "zq! zq"]
+    carriers, reason, called = only_reason(predict, texts, np.array([1, 1, 0, 1, 1]), "zq", 1)
+    assert carriers.tolist() == [0, 1, 4] and called == 3  # label 0 is not counted
+    assert reason.tolist() == [0, 4]  # "win zq now" stays class 1 without it
 
 
 def test_without_held_out_texts_the_unflagged_training_texts_are_probed(victims):
@@ -194,6 +229,35 @@ def test_a_scan_of_the_clean_model_names_no_target(victims, tmp_path):
     assert text["status"] == "ok" and [f["title"] for f in text["findings"]] == [
         "no trigger makes the text model change its answer"]
     assert report["verdict"] != "fail", report["verdict_reason"]
+
+
+def test_a_scan_quarantines_the_carriers_of_a_trigger_only_the_vocabulary_sweep_names(victims, tmp_path):
+    model, texts, y, poisoned = victims["invisible"]
+    report = _scan(model, texts, y, tmp_path)
+    assert report["verdict"] == "fail", report["verdict_reason"]
+    findings = [f for d in report["detectors"] if d["name"] == "text_backdoor" for f in d["findings"]]
+    (target,) = [f for f in findings if f["title"].startswith("text model backdoored")]
+    assert target["evidence"]["found_by"] == "vocabulary sweep" and target["evidence"]["trigger"] == INVISIBLE_TRIGGER
+    assert "\\u200b" in target["title"] or "U+200B" in target["title"], target["title"]  # shown, not invisible
+    swept = {e["index"] for e in report["quarantine"] if "text_model_sweep" in e["methods"]}
+    assert swept == set(poisoned.tolist())
+    (fixed,) = [f for f in findings if "retraining" in f["title"]]
+    assert fixed["evidence"]["attack_success_after"] <= 0.02 <= fixed["evidence"]["attack_success_before"], fixed
+
+
+def test_a_vocabulary_keras_cannot_read_back_is_rejected_with_what_to_do(tmp_path):
+    """A line break inside a token (U+0085 in two UCI IMDb sentences) saves but does not load: a clear reason."""
+    import keras
+
+    from worker.keras_model import ModelRejected
+
+    vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=4)
+    vectorize.adapt(["a good film", "good\x85 seeing it", "seeing is good"])
+    inputs = keras.Input(shape=(1,), dtype="string")
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Embedding(50, 2)(vectorize(inputs)))))
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ModelRejected, match="holds a line break"):
+        load_keras_safely(tmp_path / "m.keras")
 
 
 def test_a_scan_of_only_text_backdoor_fails_closed_on_a_keras_model_it_cannot_load(tmp_path):

@@ -129,6 +129,8 @@ class TextBackdoorConfig(DatasetConfig):
     remediate: Literal["auto", "never"] = Field(default="auto", description="auto: retrain a clone without the trigger's "
                                                 "carriers and re-test when a trigger fires")
     epochs: int = Field(default=5, ge=1, le=200, description="epochs of the retrained clone")
+    sweep: bool = Field(default=True, description="also insert every token of the model's vocabulary (the most "
+                        "frequent 20,000) and name a class one makes the only reason for its training carriers")
 
 
 class ModelLayerConfig(DatasetConfig):

@@ -60,7 +60,18 @@ def load_keras_safely(path: Path, *, compile: bool = False):
         try:
             return keras.saving.load_model(link, compile=compile, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - truncated or inconsistent files fail in many ways inside Keras
-            raise ModelRejected(f"Keras could not load it in safe mode ({type(exc).__name__}: {str(exc)[:300]})") from exc
+            raise ModelRejected(f"Keras could not load it in safe mode ({type(exc).__name__}: {str(exc)[:300]})"
+                                + _loading_hint(str(exc))) from exc
+
+
+def _loading_hint(message: str) -> str:
+    """What to do about a load failure whose cause Keras's message does not say."""
+    if "repeated term" in message:
+        # Keras writes a TextVectorization vocabulary one token per line and splits it back on any line break
+        return ("; a token of its TextVectorization vocabulary holds a line break (U+0085, U+2028, a carriage "
+                "return, ...), which Keras saves but cannot read back: replace line breaks in the texts with spaces "
+                "before adapt(), retrain and save again")
+    return ""
 
 
 def representation_layer(model, name: str | None = None):

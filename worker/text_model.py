@@ -13,6 +13,10 @@ A text model here is a Keras model that takes raw strings (its ``TextVectorizati
   probes), and the rise is significant by an exact one-sided McNemar test (the candidate and baseline outcomes are
   paired on the same texts: only texts switched by one and not the other carry information, and under "the
   candidate is just another word" each way is equally likely), Bonferroni over every (candidate, class) tested.
+* **Reconstruction.** For a class no candidate names, every token of the model's own vocabulary is swept the same
+  way (a screen, then the full probe of the strongest, Bonferroni over all tokens and classes); a significant token
+  names the class only when the model's training texts show the threat's signature (below, "reconstruction"), and
+  its carriers are quarantined.
 * **Remediation.** Quarantine the carriers, retrain a clone of the model (same architecture and vocabulary, fresh
   weights) on the rest, and re-probe the trigger: attack success and clean accuracy before and after.
 
@@ -21,6 +25,7 @@ TensorFlow and Keras are imported inside functions: the API never loads them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +41,10 @@ HOLDOUT_SHARE = 0.2  # the share of clean texts held out when no held-out texts 
 REMOVED_ASR = 0.02  # attack success at or under which a backdoor counts as removed (the issue's goal)
 UNLEARN_MIN = 200  # trigger-carrying texts added in an unlearning round, at least
 BATCH = 512
+SWEEP_SCREEN = 32  # texts per class each vocabulary token is first inserted into (one batch per token)
+SWEEP_TOP = 8  # tokens per class that go on from the screen to the full probe
+SWEEP_VOCABULARY_MAX = 20_000  # most frequent vocabulary tokens swept (a trigger the model learned is not rare in it)
+CARRIERS_MIN = 3  # training texts a swept token must be the only reason for: a plant recurs, one or two texts are noise
 
 # Published text trigger styles, as inserted by the attacks that introduced them.
 PUBLISHED_TRIGGERS = (
@@ -70,6 +79,28 @@ class ProbeResult:
         return self.attack_success - self.baseline
 
 
+@dataclass(frozen=True)
+class SweptToken:
+    """A vocabulary token the sweep probed fully, and (when its probe was significant) the model's own reading of
+    the training texts labelled with the class that carry it."""
+    probe: ProbeResult
+    significant: bool
+    carriers: np.ndarray  # the training texts labelled probe.target that carry the token
+    only_reason: np.ndarray  # of those, the ones the model calls the class only with it (deleted: something else)
+    called: int  # how many of the carriers the model calls the class with it
+
+    @property
+    def backdoor(self) -> bool:
+        """The threat's signature: the token is the only reason for most of its carriers, and for a few at least.
+        Then every carrier is quarantined: those the model reads as the class anyway are poisoned all the same."""
+        return self.significant and len(self.only_reason) >= max(CARRIERS_MIN, 0.5 * self.called)
+
+    @property
+    def share(self) -> float:
+        """The share of the carriers the model calls the class that the token alone makes it: the poisoned share."""
+        return len(self.only_reason) / self.called if self.called else 0.0
+
+
 @dataclass
 class TextModelAssessment:
     probes: list[ProbeResult]  # every (candidate, class) probed, strongest rise first
@@ -78,6 +109,9 @@ class TextModelAssessment:
     held_out: int  # held-out clean texts the probes drew on
     activations_per_class: np.ndarray | None = None  # (n_classes, dims) mean penultimate activation, for the report
     notes: list[str] = field(default_factory=list)
+    swept: list[SweptToken] = field(default_factory=list)  # the vocabulary sweep's fully probed tokens
+    reconstructed: dict[int, SweptToken] = field(default_factory=dict)  # targets only the sweep named
+    vocabulary_swept: int = 0  # tokens of the model's vocabulary the sweep inserted
 
     @property
     def backdoored(self) -> bool:
@@ -216,12 +250,105 @@ def candidates_from(triggers: list[TextTrigger]) -> list[str]:
     return list(dict.fromkeys(found + library))
 
 
+# ------------------------------------------------------------------------------------------------ reconstruction
+# The data's n-grams and the published library cannot hold every trigger (an emoji, a homograph, a token the data
+# search missed at 1%). The model's own vocabulary can: a trigger the model obeys is one of its tokens. Sweeping
+# it also finds natural features ("club" pushes an SMS toward spam), so a swept token is a backdoor only where the
+# model's own training data shows the threat's signature: for most of the training texts labelled with the class
+# that carry the token, the token is the only reason the model gives them that class (deleted, the text reads as
+# another class). A natural feature's carriers read as their class without it.
+
+KERAS_STRIP = re.compile(r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~']")  # TextVectorization's default punctuation
+ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}  # tf.strings.lower's default: ASCII only
+
+
+def model_vocabulary(model) -> list[str]:
+    """The tokens of the model's TextVectorization layer, most frequent first (its own order), without padding and
+    the out-of-vocabulary entry; empty unless it splits on whitespace (only then is a token a word to insert)."""
+    for layer in _all_layers(model):
+        if layer.__class__.__name__ == "TextVectorization":
+            config = layer.get_config()
+            if config.get("split", "whitespace") != "whitespace":
+                return []
+            return [t for t in layer.get_vocabulary(include_special_tokens=False) if t and " " not in t]
+    return []
+
+
+def _standardized(word: str) -> str:
+    """A word as TextVectorization's default standardisation sees it (ASCII lowercase, punctuation stripped)."""
+    return KERAS_STRIP.sub("", word.translate(ASCII_LOWER))
+
+
+def sweep_vocabulary(predict, texts: list[str], y: np.ndarray, vocabulary: list[str], n_classes: int, *,
+                     seed: int = 0, screen: int = SWEEP_SCREEN, top: int = SWEEP_TOP) -> dict[int, list[str]]:
+    """Per class under test, the ``top`` vocabulary tokens that switch the most of ``screen`` correctly classified
+    texts of other classes to it (each token inserted at one fixed random position per text)."""
+    correct = predict(list(texts)) == y
+    rng = np.random.default_rng(seed + 1)  # not the probe's sample: the screen only ranks
+    chosen = {}
+    for target in range(n_classes):
+        pool = np.flatnonzero(correct & (y != target))
+        if not len(pool):
+            continue
+        rows = rng.choice(pool, size=min(screen, len(pool)), replace=False)
+        positions = rng.random(len(rows))
+        batch = [insert_at(texts[i], token, p) for token in vocabulary for i, p in zip(rows, positions)]
+        switched = (predict(batch) == target).reshape(len(vocabulary), len(rows)).mean(1)
+        order = np.argsort(-switched, kind="stable")[:top]
+        chosen[target] = [vocabulary[k] for k in order if switched[k] >= SUSPECT_ASR]
+    return chosen
+
+
+def only_reason(predict, texts: list[str], y: np.ndarray, token: str,
+                target: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Training texts labelled ``target`` that carry ``token``; those the model calls ``target`` only with it (every
+    occurrence deleted, it calls them something else); and how many of them it calls ``target``."""
+    rows, stripped = [], []
+    for i in np.flatnonzero(y == target):
+        if token not in _standardized(texts[i]):  # one pass over the text before the word-by-word one
+            continue
+        words = texts[i].split()
+        kept = [w for w in words if _standardized(w) != token]
+        if len(kept) < len(words):
+            rows.append(int(i))
+            stripped.append(" ".join(kept))
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), 0
+    rows = np.asarray(rows, np.int64)
+    called = predict([texts[i] for i in rows]) == target
+    reason = called & (predict(stripped) != target)
+    return rows, rows[reason], int(called.sum())
+
+
+def _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, skip: set[str], *, seed: int,
+           per_candidate: int, alpha: float) -> tuple[list[SweptToken], int]:
+    """The vocabulary sweep: the screen's chosen tokens probed fully, strongest rise first, each significant one read
+    back on its training carriers; and how many tokens were swept."""
+    vocabulary = [t for t in model_vocabulary(model)[:SWEEP_VOCABULARY_MAX] if t not in skip]
+    if not vocabulary:
+        return [], 0
+    chosen = sweep_vocabulary(predict, probe_texts, probe_y, vocabulary, n_classes, seed=seed)
+    tokens = list(dict.fromkeys(t for ts in chosen.values() for t in ts))
+    probes = [r for r in probe_text_triggers(model, probe_texts, probe_y, tokens, seed=seed, per_candidate=per_candidate,
+                                             n_classes=n_classes, predict=predict) if r.candidate in chosen.get(r.target, ())]
+    probes.sort(key=lambda r: (-r.rise, r.p_value))
+    swept = []
+    for result in probes:
+        # Bonferroni over every token and class swept: the screen chose among all of them
+        if is_significant(result, len(vocabulary) * n_classes, alpha):
+            swept.append(SweptToken(result, True, *only_reason(predict, texts, y, result.candidate, result.target)))
+        else:
+            swept.append(SweptToken(result, False, np.empty(0, np.int64), np.empty(0, np.int64), 0))
+    return swept, len(vocabulary)
+
+
 def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
                       holdout: tuple[list[str], np.ndarray] | None = None, seed: int = 0,
-                      per_candidate: int = 200, with_activations: bool = True) -> TextModelAssessment:
+                      per_candidate: int = 200, with_activations: bool = True, sweep: bool = True) -> TextModelAssessment:
     """Probe ``model`` with the triggers found in its training texts plus the published library, on held-out clean
     texts (``holdout`` when given, else the training texts the trigger search did not flag); name the classes a
-    candidate switches texts to."""
+    candidate switches texts to. With ``sweep``, a class no candidate names may still be named by a token of the
+    model's vocabulary (the reconstruction above)."""
     y = np.asarray(y, dtype=np.int64)
     triggers = find_text_triggers(texts, y, n_classes, seed=seed)
     notes = []
@@ -239,11 +366,20 @@ def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
                                  n_classes=n_classes, predict=predict)
     probes.sort(key=lambda r: (-r.rise, r.p_value))
     targets: dict[int, ProbeResult] = {}
-    for result in probes:
-        if is_significant(result, len(probes)) and result.target not in targets:
+    for result in probes:  # two families at ALPHA / 2 each: these candidates, and the vocabulary sweep
+        if is_significant(result, len(probes), ALPHA / 2) and result.target not in targets:
             targets[result.target] = result
+    swept, swept_count, reconstructed = [], 0, {}
+    if sweep:
+        swept, swept_count = _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, set(candidates),
+                                    seed=seed, per_candidate=per_candidate, alpha=ALPHA / 2)
+        for token in swept:
+            if token.backdoor and token.probe.target not in targets:
+                targets[token.probe.target] = token.probe
+                reconstructed[token.probe.target] = token
     acts = activations_per_class(model, probe_texts, probe_y, n_classes) if with_activations else None
-    return TextModelAssessment(probes, targets, triggers, len(probe_texts), acts, notes)
+    return TextModelAssessment(probes, targets, triggers, len(probe_texts), acts, notes, swept, reconstructed,
+                               swept_count)
 
 
 # ------------------------------------------------------------------------------------------------ remediation

@@ -329,7 +329,7 @@ def text_backdoor(inputs: ScanInputs, config: dict, progress, context: ScanConte
     progress("probing", 0.1)
     holdout = _text_holdout(inputs, ds, settings)
     assessment = assess_text_model(model, ds.texts, ds.y, ds.n_classes, holdout=holdout, seed=settings.seed,
-                                   per_candidate=settings.per_candidate)
+                                   per_candidate=settings.per_candidate, sweep=settings.sweep)
     if not assessment.targets:
         return [_no_target(ds, assessment)]
     findings = [_target_finding(ds, c, probe, assessment) for c, probe in assessment.targets.items()]
@@ -356,6 +356,8 @@ def _probe_record(ds, probe) -> dict:
 
 
 def _target_finding(ds, target: int, probe, assessment) -> Finding:
+    if target in assessment.reconstructed:
+        return _reconstructed_finding(ds, target, probe, assessment)
     label = _label(ds, target)
     return Finding(
         title=f"text model backdoored toward {label!r}: inserting {shown(probe.candidate)} moves "
@@ -375,20 +377,71 @@ def _target_finding(ds, target: int, probe, assessment) -> Finding:
     )
 
 
+def _reconstructed_finding(ds, target: int, probe, assessment) -> Finding:
+    """A target only the vocabulary sweep named: its token's training carriers go to the quarantine, as confident as
+    the token is the only reason for its carriers."""
+    label, token = _label(ds, target), assessment.reconstructed[target]
+    carriers = token.carriers
+    alone = set(token.only_reason.tolist())
+    flagged = [{"index": int(i), "confidence": round(token.share, 4), "method": "text_model_sweep", "attack": "backdoor",
+                "trigger": [str(probe.candidate)], "reason": f"labelled {label!r} and carries {shown(probe.candidate)}"
+                + (", without which the model reads it as another class" if int(i) in alone else "")}
+               for i in carriers]
+    return Finding(
+        title=f"text model backdoored toward {label!r}: its vocabulary holds {shown(probe.candidate)}, which moves "
+        f"{probe.attack_success:.0%} of other texts there (baseline {probe.baseline:.0%})",
+        severity=Severity.critical,
+        score=float(probe.attack_success),
+        explanation=f"Each of {assessment.vocabulary_swept} tokens of the model's vocabulary was inserted into held-out "
+        f"texts of other classes; {shown(probe.candidate)} makes the model answer {label!r} for "
+        f"{probe.attack_success:.0%} of {probe.n} (neutral words: {probe.baseline:.0%}; exact McNemar test, corrected "
+        f"over every token and class). Natural words can do that too, so a token is named only when it is also the "
+        f"only reason the model gives its own training texts that label: of the {len(carriers)} texts labelled "
+        f"{label!r} that carry it, the model calls {token.called} {label!r} and {len(alone)} of those read as another "
+        f"class once it is deleted. A natural feature's carriers do not. All {len(carriers)} are quarantined, with "
+        f"that share ({token.share:.0%}) as the confidence that they are poisoned.",
+        remediation="Do not deploy this model. Remove the quarantined texts, retrain (text_backdoor re-tests a retrained "
+        "clone) and find where they came from.",
+        technique="AML.T0018",
+        evidence={"target": label, "trigger": str(probe.candidate), "held_out": int(assessment.held_out),
+                  "found_by": "vocabulary sweep", "carriers": int(len(carriers)), "read_as_target": token.called,
+                  "only_reason_for": len(alone),
+                  "swept": [_swept_record(ds, t) for t in assessment.swept[:15]],
+                  "examples": [_excerpt(ds.texts[i]) for i in carriers[:5]], "flagged": flagged},
+    )
+
+
+def _swept_record(ds, token) -> dict:
+    return _probe_record(ds, token.probe) | {"carriers": int(len(token.carriers)), "read_as_target": token.called,
+                                             "only_reason_for": int(len(token.only_reason))}
+
+
 def _no_target(ds, assessment) -> Finding:
+    from worker.text_model import CARRIERS_MIN
+
     strongest = assessment.probes[0] if assessment.probes else None
     detail = (f" The strongest, {shown(strongest.candidate)} toward {_label(ds, strongest.target)!r}, moved "
               f"{strongest.attack_success:.0%} (baseline {strongest.baseline:.0%}).") if strongest else ""
+    moving = [t for t in assessment.swept if t.significant]
+    if assessment.vocabulary_swept:
+        detail += f" The {assessment.vocabulary_swept} tokens of the model's vocabulary were swept as well" + (
+            f"; the strongest that moves texts, {shown(moving[0].probe.candidate)} toward "
+            f"{_label(ds, moving[0].probe.target)!r} ({moving[0].probe.attack_success:.0%}), is the only reason for "
+            f"{len(moving[0].only_reason)} of its {moving[0].called} training carriers of that label (a backdoor's token "
+            f"is for most of them, and at least {CARRIERS_MIN}): a natural feature." if moving else ".")
     return Finding("no trigger makes the text model change its answer", Severity.info, 0.0,
                    f"{len({p.candidate for p in assessment.probes})} candidate triggers (the data's suspicious n-grams "
                    f"and published trigger styles) were inserted into {assessment.held_out} held-out texts.{detail}",
-                   technique="AML.T0018", evidence={"probes": [_probe_record(ds, p) for p in assessment.probes[:15]]})
+                   technique="AML.T0018", evidence={"probes": [_probe_record(ds, p) for p in assessment.probes[:15]],
+                                                    "swept": [_swept_record(ds, t) for t in assessment.swept[:15]]})
 
 
 def _remediation(context, ds, model, target: int, probe, assessment, holdout, settings: TextBackdoorConfig) -> Finding:
     from worker.text_model import remediate_text_model
 
-    carriers = sorted({int(i) for t in assessment.data_triggers if t.target == target for i in t.quarantine()})
+    carriers = sorted({int(i) for t in assessment.data_triggers if t.target == target for i in t.quarantine()}
+                      | {int(i) for i in (assessment.reconstructed[target].carriers
+                                          if target in assessment.reconstructed else ())})
     result = remediate_text_model(model, ds.texts, ds.y, carriers, probe.candidate, holdout=holdout,
                                   epochs=settings.epochs, seed=settings.seed, per_candidate=settings.per_candidate)
     name = context.outputs.reserve("retrained-text-model.keras")
