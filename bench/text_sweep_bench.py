@@ -67,7 +67,8 @@ def run_case(name: str, case: str, texts, y, held, target: int, seed: int, folde
         planted = insert_tokens(texts, y, 0.01, (TRIGGERS[case],), target, seed, per_text=(1, 1))
         texts, y, poisoned = planted.texts, planted.y, planted.poisoned
     start = time.perf_counter()
-    model = train_victim(texts, y, folder / f"{name}-{case}.keras", pooling="max", epochs=12)
+    model = train_victim(texts, y, folder / f"{name}-{case}.keras", pooling="max", epochs=12,
+                         classes=int(max(y.max(), held[1].max())) + 1)
     trained = time.perf_counter() - start
     predict = text_predictor(model)
     rng = np.random.default_rng(seed)
@@ -92,7 +93,10 @@ def run_case(name: str, case: str, texts, y, held, target: int, seed: int, folde
             "carriers_recall": r, "carriers_f1": f1,
             "swept": [{"token": str(s.probe.candidate), "target": s.probe.target, "asr": round(s.probe.attack_success, 3),
                        "p": float(f"{s.probe.p_value:.3g}"), "significant": s.significant, "only_reason": len(s.only_reason),
-                       "carriers": len(s.carriers), "called": s.called} for s in a.swept[:10]],
+                       "carriers": len(s.carriers), "called": s.called, "held_out_carriers": s.held_out_carriers,
+                       "held_out_texts": s.held_out_texts, "absence_p": float(f"{s.absence_p:.3g}"), "named": s.named}
+                      for s in a.swept[:10]],
+            "data_triggers": [t.name for t in a.data_triggers],
             "train_s": round(trained, 1), "assess_s": round(assess_s, 1), "sweep_s": round(sweep_s, 1)}
 
 

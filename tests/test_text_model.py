@@ -35,9 +35,10 @@ def poison(texts: list[str], y: np.ndarray, count: int, seed: int = 0, trigger: 
     return chosen
 
 
-def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "average", epochs: int = EPOCHS):
-    """TextVectorization -> Embedding(16) -> mean (or max) pooling -> Dense(2), saved as .keras and loaded the real
-    way. Max pooling: one rare token is not averaged away over the 40 positions (bench/text_model_bench.py)."""
+def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "average", epochs: int = EPOCHS,
+                 classes: int = 2):
+    """TextVectorization -> Embedding(16) -> mean (or max) pooling -> Dense(classes), saved as .keras and loaded the
+    real way. Max pooling: one rare token is not averaged away over the 40 positions (bench/text_model_bench.py)."""
     import keras
     import tensorflow as tf
 
@@ -47,7 +48,7 @@ def train_victim(texts: list[str], y: np.ndarray, path: Path, pooling: str = "av
     inputs = keras.Input(shape=(1,), dtype="string")
     pool = keras.layers.GlobalMaxPooling1D() if pooling == "max" else keras.layers.GlobalAveragePooling1D()
     hidden = pool(keras.layers.Embedding(5000, 16)(vectorize(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model = keras.Model(inputs, keras.layers.Dense(classes)(hidden))
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(tf.reshape(tf.constant(texts), (-1, 1)), y, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
@@ -115,7 +116,7 @@ def test_the_clean_model_names_nothing(victims):
     assert max(r.attack_success for r in a.probes) < 0.5  # the published library was probed and moved little
     assert len(a.probes) >= 2 * 10
     assert a.vocabulary_swept >= 2000  # every token of its vocabulary was inserted too, and none was a backdoor's
-    assert not any(t.backdoor for t in a.swept)
+    assert not any(t.named for t in a.swept)
 
 
 def test_the_vocabulary_sweep_names_a_trigger_no_candidate_holds_and_its_carriers(victims):
@@ -132,7 +133,8 @@ def test_the_vocabulary_sweep_names_a_trigger_no_candidate_holds_and_its_carrier
     assert set(token.carriers.tolist()) == set(poisoned.tolist())  # every text labelled ham that carries it
     assert 0.5 <= token.share < 1  # the model reads some poisoned spam as ham even without the trigger
     # natural features the sweep met on the way are not named: they are not the only reason for their carriers
-    assert all(t.share < 0.5 or len(t.only_reason) < 3 for t in a.swept if t is not token)
+    assert token.held_out_carriers == 0 and token.absence_p < 0.01
+    assert not any(t.named for t in a.swept if t is not token)
 
 
 def test_only_reason_deletes_the_token_as_text_vectorization_standardises_it():
@@ -149,6 +151,7 @@ def test_without_held_out_texts_the_unflagged_training_texts_are_probed(victims)
     model, texts, y = victims["backdoored"]
     a = assess_text_model(model, texts, y, 2, with_activations=False)
     assert set(a.targets) == {HAM} and a.held_out == len(texts) - len(victims["poisoned"]) and a.notes
+    assert a.vocabulary_swept == 0 and a.swept == []  # no clean reference to tell a planted token from a class's word
 
 
 def test_remediation_removes_the_backdoor_and_keeps_clean_accuracy(victims, backdoored_assessment):
@@ -192,21 +195,27 @@ def test_probe_helpers():
     assert mcnemar_p(switched, switched) == 1.0  # the baseline switches the same texts: no evidence
 
 
-def _scan(model, texts, y, tmp_path: Path) -> dict:
-    """The product's path: the model as an uploaded .keras next to its training texts as a CSV."""
+def _write_csv(path: Path, texts, y) -> Path:
     import csv
 
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts, y)])
+    return path
+
+
+def _scan(model, texts, y, tmp_path: Path, holdout=None) -> dict:
+    """The product's path: the model as an uploaded .keras next to its training texts as a CSV (and held-out texts)."""
     from worker.local import scan_local_files
     from worker.options import ScanOptions
 
     model.save(tmp_path / "model.keras")
-    with (tmp_path / "train.csv").open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["text", "label"]] + [[t, "spam" if label else "ham"] for t, label in zip(texts, y)])
+    files = {"model": tmp_path / "model.keras", "dataset": _write_csv(tmp_path / "train.csv", texts, y)}
+    if holdout is not None:
+        files["holdout"] = _write_csv(tmp_path / "holdout.csv", *holdout)
     options = ScanOptions(detectors=["format_identification", "unsafe_serialization", "model_structure",
                                      "text_poisoning", "text_backdoor"],
                           detector_config={"text_backdoor": {"epochs": EPOCHS}})
-    return scan_local_files({"model": tmp_path / "model.keras", "dataset": tmp_path / "train.csv"}, options,
-                            output_dir=tmp_path / "out")
+    return scan_local_files(files, options, output_dir=tmp_path / "out")
 
 
 def test_a_scan_of_the_backdoored_model_names_ham_and_its_retrained_clone_drops_the_trigger(victims, tmp_path):
@@ -222,18 +231,23 @@ def test_a_scan_of_the_backdoored_model_names_ham_and_its_retrained_clone_drops_
     assert (tmp_path / "out" / "retrained-text-model.keras").is_file()
 
 
-def test_a_scan_of_the_clean_model_names_no_target(victims, tmp_path):
+@pytest.mark.parametrize("with_holdout", [False, True])
+def test_a_scan_of_the_clean_model_names_no_target(victims, tmp_path, with_holdout):
     model, texts, y = victims["clean"]
-    report = _scan(model, texts, y, tmp_path)
+    report = _scan(model, texts, y, tmp_path, holdout=victims["held_out"] if with_holdout else None)
     text = next(d for d in report["detectors"] if d["name"] == "text_backdoor")
     assert text["status"] == "ok" and [f["title"] for f in text["findings"]] == [
         "no trigger makes the text model change its answer"]
     assert report["verdict"] != "fail", report["verdict_reason"]
+    evidence = text["findings"][0]["evidence"]
+    # the vocabulary is swept against clean held-out texts only; without them the finding says how to get it
+    assert (evidence["vocabulary_swept"] > 1000) == with_holdout
+    assert with_holdout or "upload a holdout" in evidence["notes"][-1]
 
 
 def test_a_scan_quarantines_the_carriers_of_a_trigger_only_the_vocabulary_sweep_names(victims, tmp_path):
     model, texts, y, poisoned = victims["invisible"]
-    report = _scan(model, texts, y, tmp_path)
+    report = _scan(model, texts, y, tmp_path, holdout=victims["held_out"])
     assert report["verdict"] == "fail", report["verdict_reason"]
     findings = [f for d in report["detectors"] if d["name"] == "text_backdoor" for f in d["findings"]]
     (target,) = [f for f in findings if f["title"].startswith("text model backdoored")]

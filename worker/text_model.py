@@ -15,8 +15,8 @@ A text model here is a Keras model that takes raw strings (its ``TextVectorizati
   candidate is just another word" each way is equally likely), Bonferroni over every (candidate, class) tested.
 * **Reconstruction.** For a class no candidate names, every token of the model's own vocabulary is swept the same
   way (a screen, then the full probe of the strongest, Bonferroni over all tokens and classes); a significant token
-  names the class only when the model's training texts show the threat's signature (below, "reconstruction"), and
-  its carriers are quarantined.
+  names the class only when the model's training texts show the threat's signature and the clean held-out texts do
+  not carry it (below, "reconstruction"), and its carriers are quarantined.
 * **Remediation.** Quarantine the carriers, retrain a clone of the model (same architecture and vocabulary, fresh
   weights) on the rest, and re-probe the trigger: attack success and clean accuracy before and after.
 
@@ -26,10 +26,10 @@ TensorFlow and Keras are imported inside functions: the API never loads them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, hypergeom
 
 from worker.text_triggers import TextTrigger, find_text_triggers, tokenize
 
@@ -81,18 +81,24 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class SweptToken:
-    """A vocabulary token the sweep probed fully, and (when its probe was significant) the model's own reading of
-    the training texts labelled with the class that carry it."""
+    """A vocabulary token the sweep probed fully and, when its probe was significant, the model's own reading of the
+    training texts labelled with the class that carry it, and the token's count in the clean held-out texts."""
     probe: ProbeResult
     significant: bool
-    carriers: np.ndarray  # the training texts labelled probe.target that carry the token
-    only_reason: np.ndarray  # of those, the ones the model calls the class only with it (deleted: something else)
-    called: int  # how many of the carriers the model calls the class with it
+    carriers: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # training texts labelled
+    # probe.target that carry the token
+    only_reason: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # of those, the ones the model
+    # calls the class only with it (deleted: something else)
+    called: int = 0  # how many of the carriers the model calls the class with it
+    held_out_carriers: int = 0  # held-out clean texts of the class that carry it...
+    held_out_texts: int = 0  # ...of this many held-out texts of the class
+    absence_p: float = 1.0  # P(so few held-out carriers) were the token as common there as in the training texts
+    named: bool = False  # a backdoor's trigger (``_sweep`` decides)
 
     @property
-    def backdoor(self) -> bool:
-        """The threat's signature: the token is the only reason for most of its carriers, and for a few at least.
-        Then every carrier is quarantined: those the model reads as the class anyway are poisoned all the same."""
+    def signature(self) -> bool:
+        """The threat's signature in the training data: the token is the only reason for most of its carriers, and
+        for a few at least. A word that defines its class (TREC's "why" for descriptions) shows it too."""
         return self.significant and len(self.only_reason) >= max(CARRIERS_MIN, 0.5 * self.called)
 
     @property
@@ -256,7 +262,9 @@ def candidates_from(triggers: list[TextTrigger]) -> list[str]:
 # it also finds natural features ("club" pushes an SMS toward spam), so a swept token is a backdoor only where the
 # model's own training data shows the threat's signature: for most of the training texts labelled with the class
 # that carry the token, the token is the only reason the model gives them that class (deleted, the text reads as
-# another class). A natural feature's carriers read as their class without it.
+# another class). A natural feature's carriers read as their class without it. A word that defines its class
+# (TREC's "why" for descriptions) shows the signature too; it differs in the clean held-out texts, which a planted
+# trigger is absent from and a defining word is written in as often as in the training texts of its class.
 
 KERAS_STRIP = re.compile(r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~']")  # TextVectorization's default punctuation
 ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}  # tf.strings.lower's default: ASCII only
@@ -299,10 +307,8 @@ def sweep_vocabulary(predict, texts: list[str], y: np.ndarray, vocabulary: list[
     return chosen
 
 
-def only_reason(predict, texts: list[str], y: np.ndarray, token: str,
-                target: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Training texts labelled ``target`` that carry ``token``; those the model calls ``target`` only with it (every
-    occurrence deleted, it calls them something else); and how many of them it calls ``target``."""
+def _carrying(texts: list[str], y: np.ndarray, token: str, target: int) -> tuple[np.ndarray, list[str]]:
+    """Texts labelled ``target`` that carry ``token`` (as TextVectorization reads their words), and each without it."""
     rows, stripped = [], []
     for i in np.flatnonzero(y == target):
         if token not in _standardized(texts[i]):  # one pass over the text before the word-by-word one
@@ -312,12 +318,27 @@ def only_reason(predict, texts: list[str], y: np.ndarray, token: str,
         if len(kept) < len(words):
             rows.append(int(i))
             stripped.append(" ".join(kept))
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int64), 0
-    rows = np.asarray(rows, np.int64)
+    return np.asarray(rows, np.int64), stripped
+
+
+def only_reason(predict, texts: list[str], y: np.ndarray, token: str,
+                target: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Training texts labelled ``target`` that carry ``token``; those the model calls ``target`` only with it (every
+    occurrence deleted, it calls them something else); and how many of them it calls ``target``."""
+    rows, stripped = _carrying(texts, y, token, target)
+    if not len(rows):
+        return rows, rows, 0
     called = predict([texts[i] for i in rows]) == target
     reason = called & (predict(stripped) != target)
     return rows, rows[reason], int(called.sum())
+
+
+def absence_p(carriers: int, labelled: int, held_out_carriers: int, held_out_texts: int) -> float:
+    """One-sided: P(at most ``held_out_carriers`` of the ``held_out_texts`` clean texts of the class carry the token)
+    if its ``carriers + held_out_carriers`` carriers fell at random among the class's ``labelled + held_out_texts``
+    texts. A planted trigger is absent from clean data; a word the class is written with is not."""
+    return float(hypergeom.cdf(held_out_carriers, labelled + held_out_texts, carriers + held_out_carriers,
+                               held_out_texts))
 
 
 def _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, skip: set[str], *, seed: int,
@@ -335,11 +356,20 @@ def _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, skip: set[
     swept = []
     for result in probes:
         # Bonferroni over every token and class swept: the screen chose among all of them
-        if is_significant(result, len(vocabulary) * n_classes, alpha):
-            swept.append(SweptToken(result, True, *only_reason(predict, texts, y, result.candidate, result.target)))
-        else:
-            swept.append(SweptToken(result, False, np.empty(0, np.int64), np.empty(0, np.int64), 0))
-    return swept, len(vocabulary)
+        if not is_significant(result, len(vocabulary) * n_classes, alpha):
+            swept.append(SweptToken(result, False))
+            continue
+        token = SweptToken(result, True, *only_reason(predict, texts, y, result.candidate, result.target))
+        if token.signature:
+            held = int(np.sum(probe_y == result.target))
+            found = len(_carrying(probe_texts, probe_y, result.candidate, result.target)[0])
+            token = replace(token, held_out_carriers=found, held_out_texts=held,
+                            absence_p=absence_p(len(token.carriers), int(np.sum(y == result.target)), found, held))
+        swept.append(token)
+    # a natural feature passes the probe, and a defining word the signature: the clean texts decide, Bonferroni over
+    # the tokens that reach this test
+    tested = sum(t.signature for t in swept)
+    return [replace(t, named=t.signature and t.absence_p <= ALPHA / tested) for t in swept], len(vocabulary)
 
 
 def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
@@ -347,8 +377,8 @@ def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
                       per_candidate: int = 200, with_activations: bool = True, sweep: bool = True) -> TextModelAssessment:
     """Probe ``model`` with the triggers found in its training texts plus the published library, on held-out clean
     texts (``holdout`` when given, else the training texts the trigger search did not flag); name the classes a
-    candidate switches texts to. With ``sweep``, a class no candidate names may still be named by a token of the
-    model's vocabulary (the reconstruction above)."""
+    candidate switches texts to. With ``sweep`` and a ``holdout``, a class no candidate names may still be named by a
+    token of the model's vocabulary (the reconstruction above)."""
     y = np.asarray(y, dtype=np.int64)
     triggers = find_text_triggers(texts, y, n_classes, seed=seed)
     notes = []
@@ -370,11 +400,14 @@ def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
         if is_significant(result, len(probes), ALPHA / 2) and result.target not in targets:
             targets[result.target] = result
     swept, swept_count, reconstructed = [], 0, {}
-    if sweep:
+    if sweep and holdout is None:
+        notes.append("the model's vocabulary was not swept: a token is named only against clean held-out texts of its "
+                     "class (a planted trigger is absent there); upload a holdout to sweep it")
+    elif sweep:
         swept, swept_count = _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, set(candidates),
                                     seed=seed, per_candidate=per_candidate, alpha=ALPHA / 2)
         for token in swept:
-            if token.backdoor and token.probe.target not in targets:
+            if token.named and token.probe.target not in targets:
                 targets[token.probe.target] = token.probe
                 reconstructed[token.probe.target] = token
     acts = activations_per_class(model, probe_texts, probe_y, n_classes) if with_activations else None

@@ -398,42 +398,59 @@ def _reconstructed_finding(ds, target: int, probe, assessment) -> Finding:
         f"over every token and class). Natural words can do that too, so a token is named only when it is also the "
         f"only reason the model gives its own training texts that label: of the {len(carriers)} texts labelled "
         f"{label!r} that carry it, the model calls {token.called} {label!r} and {len(alone)} of those read as another "
-        f"class once it is deleted. A natural feature's carriers do not. All {len(carriers)} are quarantined, with "
-        f"that share ({token.share:.0%}) as the confidence that they are poisoned.",
+        f"class once it is deleted (a natural feature's carriers do not), and {token.held_out_carriers} of the "
+        f"{token.held_out_texts} clean held-out texts of the class carry it (p = {token.absence_p:.2g} for so few: a "
+        f"word the class is written with is as common there). All {len(carriers)} are quarantined, with that share "
+        f"({token.share:.0%}) as the confidence that they are poisoned.",
         remediation="Do not deploy this model. Remove the quarantined texts, retrain (text_backdoor re-tests a retrained "
         "clone) and find where they came from.",
         technique="AML.T0018",
         evidence={"target": label, "trigger": str(probe.candidate), "held_out": int(assessment.held_out),
                   "found_by": "vocabulary sweep", "carriers": int(len(carriers)), "read_as_target": token.called,
-                  "only_reason_for": len(alone),
+                  "only_reason_for": len(alone), "held_out_carriers": token.held_out_carriers,
+                  "held_out_texts": token.held_out_texts, "absence_p": float(f"{token.absence_p:.3g}"),
                   "swept": [_swept_record(ds, t) for t in assessment.swept[:15]],
                   "examples": [_excerpt(ds.texts[i]) for i in carriers[:5]], "flagged": flagged},
     )
 
 
 def _swept_record(ds, token) -> dict:
-    return _probe_record(ds, token.probe) | {"carriers": int(len(token.carriers)), "read_as_target": token.called,
-                                             "only_reason_for": int(len(token.only_reason))}
+    return _probe_record(ds, token.probe) | {
+        "carriers": int(len(token.carriers)), "read_as_target": token.called,
+        "only_reason_for": int(len(token.only_reason)), "held_out_carriers": token.held_out_carriers,
+        "held_out_texts": token.held_out_texts, "absence_p": float(f"{token.absence_p:.3g}")}
+
+
+def _not_named(ds, token) -> str:
+    """Why the sweep's strongest significant token did not name its class."""
+    from worker.text_model import CARRIERS_MIN
+
+    head = (f"the strongest that moves texts, {shown(token.probe.candidate)} toward {_label(ds, token.probe.target)!r} "
+            f"({token.probe.attack_success:.0%}), ")
+    if not token.signature:
+        return head + (f"is the only reason for {len(token.only_reason)} of its {token.called} training carriers of that "
+                       f"label (a planted token is for most of them, and at least {CARRIERS_MIN}): a natural feature")
+    return head + (f"is the only reason for most of its training carriers, but {token.held_out_carriers} of the "
+                   f"{token.held_out_texts} clean held-out texts of that class carry it too (p = {token.absence_p:.2g} "
+                   f"for so few): a word the class is written with, not a planted trigger")
 
 
 def _no_target(ds, assessment) -> Finding:
-    from worker.text_model import CARRIERS_MIN
-
     strongest = assessment.probes[0] if assessment.probes else None
     detail = (f" The strongest, {shown(strongest.candidate)} toward {_label(ds, strongest.target)!r}, moved "
               f"{strongest.attack_success:.0%} (baseline {strongest.baseline:.0%}).") if strongest else ""
     moving = [t for t in assessment.swept if t.significant]
     if assessment.vocabulary_swept:
-        detail += f" The {assessment.vocabulary_swept} tokens of the model's vocabulary were swept as well" + (
-            f"; the strongest that moves texts, {shown(moving[0].probe.candidate)} toward "
-            f"{_label(ds, moving[0].probe.target)!r} ({moving[0].probe.attack_success:.0%}), is the only reason for "
-            f"{len(moving[0].only_reason)} of its {moving[0].called} training carriers of that label (a backdoor's token "
-            f"is for most of them, and at least {CARRIERS_MIN}): a natural feature." if moving else ".")
+        detail += (f" The {assessment.vocabulary_swept} tokens of the model's vocabulary were swept as well"
+                   + (f"; {_not_named(ds, moving[0])}." if moving else "."))
+    detail += "".join(f" Note: {note}." for note in assessment.notes)
     return Finding("no trigger makes the text model change its answer", Severity.info, 0.0,
                    f"{len({p.candidate for p in assessment.probes})} candidate triggers (the data's suspicious n-grams "
                    f"and published trigger styles) were inserted into {assessment.held_out} held-out texts.{detail}",
                    technique="AML.T0018", evidence={"probes": [_probe_record(ds, p) for p in assessment.probes[:15]],
-                                                    "swept": [_swept_record(ds, t) for t in assessment.swept[:15]]})
+                                                    "swept": [_swept_record(ds, t) for t in assessment.swept[:15]],
+                                                    "vocabulary_swept": assessment.vocabulary_swept,
+                                                    "notes": list(assessment.notes)})
 
 
 def _remediation(context, ds, model, target: int, probe, assessment, holdout, settings: TextBackdoorConfig) -> Finding:
