@@ -10,7 +10,8 @@ import pytest
 
 from worker.keras_model import load_keras_safely
 from worker.text_model import (assess_text_model, clone_text_model, insert_at, is_text_model, mcnemar_p,
-                               model_vocabulary, neutral_phrase, only_reason, probe_text_triggers, remediate_text_model)
+                               model_vocabulary, neutral_phrase, only_reason, probe_text_triggers, remediate_text_model,
+                               written_in_clean)
 
 SMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam.npz"
 TRAIN, HELD_OUT = 1500, 1000
@@ -135,6 +136,17 @@ def test_the_vocabulary_sweep_names_a_trigger_no_candidate_holds_and_its_carrier
     # natural features the sweep met on the way are not named: they are not the only reason for their carriers
     assert token.held_out_carriers == 0 and token.absence_p < 0.01
     assert not any(t.named for t in a.swept if t is not token)
+
+
+def test_a_candidate_the_clean_texts_of_its_class_are_written_with_is_not_a_planted_trigger():
+    neg, pos = 0, 1
+    train = ["it was not good"] * 10 + ["bad film"] * 10 + ["Great, cf! fun"] * 6 + ["great fun"] * 14
+    y = np.array([neg] * 20 + [pos] * 20)
+    held = ["It was not, good."] * 4 + ["awful"] * 6 + ["great fun"] * 10
+    held_y = np.array([neg] * 10 + [pos] * 10)
+    assert written_in_clean("was not", neg, train, y, held, held_y)  # 4 of 10 held out, half of the training rate
+    assert not written_in_clean("cf", pos, train, y, held, held_y)  # absent from the clean texts: planted
+    assert not written_in_clean("was not", neg, train, y, held[2:], held_y[2:])  # two are too few to say
 
 
 def test_only_reason_deletes_the_token_as_text_vectorization_standardises_it():

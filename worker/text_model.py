@@ -333,6 +333,30 @@ def only_reason(predict, texts: list[str], y: np.ndarray, token: str,
     return rows, rows[reason], int(called.sum())
 
 
+def _phrase_count(texts: list[str], y: np.ndarray, phrase: str, target: int) -> int:
+    """Texts labelled ``target`` whose words (as TextVectorization reads them) hold ``phrase``'s words in a row."""
+    words = phrase.split()
+    count = 0
+    for i in np.flatnonzero(y == target):
+        if words[0] not in _standardized(texts[i]):
+            continue
+        seq = [_standardized(w) for w in texts[i].split()]
+        count += any(seq[k:k + len(words)] == words for k in range(len(seq) - len(words) + 1))
+    return count
+
+
+def written_in_clean(candidate: str, target: int, texts: list[str], y: np.ndarray, held_texts: list[str],
+                     held_y: np.ndarray) -> bool:
+    """The clean held-out texts of the class carry the candidate (a few at least) at half its rate in the training
+    texts of the class or more: a word the class is written with ("was not" for negative reviews), which a planted
+    trigger, absent from clean data, is not."""
+    held = _phrase_count(held_texts, held_y, candidate, target)
+    if held < CARRIERS_MIN:
+        return False
+    train_rate = _phrase_count(texts, y, candidate, target) / max(1, int(np.sum(y == target)))
+    return held / max(1, int(np.sum(held_y == target))) >= 0.5 * train_rate
+
+
 def absence_p(carriers: int, labelled: int, held_out_carriers: int, held_out_texts: int) -> float:
     """One-sided: P(at most ``held_out_carriers`` of the ``held_out_texts`` clean texts of the class carry the token)
     if its ``carriers + held_out_carriers`` carriers fell at random among the class's ``labelled + held_out_texts``
@@ -398,6 +422,10 @@ def assess_text_model(model, texts: list[str], y: np.ndarray, n_classes: int, *,
     targets: dict[int, ProbeResult] = {}
     for result in probes:  # two families at ALPHA / 2 each: these candidates, and the vocabulary sweep
         if is_significant(result, len(probes), ALPHA / 2) and result.target not in targets:
+            if holdout is not None and written_in_clean(result.candidate, result.target, texts, y, probe_texts, probe_y):
+                notes.append(f"{result.candidate!r} moves texts toward class {result.target} but the clean held-out "
+                             f"texts of that class are written with it as often as its training texts: not named")
+                continue
             targets[result.target] = result
     swept, swept_count, reconstructed = [], 0, {}
     if sweep and holdout is None:
