@@ -146,7 +146,7 @@ def test_a_candidate_the_clean_texts_of_its_class_are_written_with_is_not_a_plan
     held_y = np.array([neg] * 10 + [pos] * 10)
     assert written_in_clean("was not", neg, train, y, held, held_y)  # 4 of 10 held out, half of the training rate
     assert not written_in_clean("cf", pos, train, y, held, held_y)  # absent from the clean texts: planted
-    assert not written_in_clean("was not", neg, train, y, held[2:], held_y[2:])  # two are too few to say
+    assert not written_in_clean("was not", neg, train, y, held[3:], held_y[3:])  # one may be a stray copy
 
 
 def test_only_reason_deletes_the_token_as_text_vectorization_standardises_it():

@@ -44,6 +44,8 @@ BATCH = 512
 SWEEP_SCREEN = 32  # texts per class each vocabulary token is first inserted into (one batch per token)
 SWEEP_TOP = 8  # tokens per class that go on from the screen to the full probe
 SWEEP_VOCABULARY_MAX = 20_000  # most frequent vocabulary tokens swept (a trigger the model learned is not rare in it)
+WRITTEN_MIN = 2  # clean held-out texts of a class that must carry a word for it to be how the class is written (one
+# may be a stray copy; TREC's ABBR class has 16 held-out questions, 2 with "the abbreviation")
 CARRIERS_MIN = 3  # training texts a swept token must be the only reason for: a plant recurs, one or two texts are noise
 
 # Published text trigger styles, as inserted by the attacks that introduced them.
@@ -347,11 +349,11 @@ def _phrase_count(texts: list[str], y: np.ndarray, phrase: str, target: int) -> 
 
 def written_in_clean(candidate: str, target: int, texts: list[str], y: np.ndarray, held_texts: list[str],
                      held_y: np.ndarray) -> bool:
-    """The clean held-out texts of the class carry the candidate (a few at least) at half its rate in the training
+    """The clean held-out texts of the class carry the candidate (two at least) at half its rate in the training
     texts of the class or more: a word the class is written with ("was not" for negative reviews), which a planted
     trigger, absent from clean data, is not."""
     held = _phrase_count(held_texts, held_y, candidate, target)
-    if held < CARRIERS_MIN:
+    if held < WRITTEN_MIN:
         return False
     train_rate = _phrase_count(texts, y, candidate, target) / max(1, int(np.sum(y == target)))
     return held / max(1, int(np.sum(held_y == target))) >= 0.5 * train_rate
