@@ -43,6 +43,7 @@ UNLEARN_MIN = 200  # trigger-carrying texts added in an unlearning round, at lea
 BATCH = 512
 SWEEP_SCREEN = 32  # texts per class each vocabulary token is first inserted into (one batch per token)
 SWEEP_TOP = 8  # tokens per class that go on from the screen to the full probe
+SWEEP_CHUNK = 16_384  # inserted texts built and classified at once by the sweep
 SWEEP_VOCABULARY_MAX = 20_000  # most frequent vocabulary tokens swept (a trigger the model learned is not rare in it)
 WRITTEN_MIN = 2  # clean held-out texts of a class that must carry a word for it to be how the class is written (one
 # may be a stray copy; TREC's ABBR class has 16 held-out questions, 2 with "the abbreviation")
@@ -302,8 +303,11 @@ def sweep_vocabulary(predict, texts: list[str], y: np.ndarray, vocabulary: list[
             continue
         rows = rng.choice(pool, size=min(screen, len(pool)), replace=False)
         positions = rng.random(len(rows))
-        batch = [insert_at(texts[i], token, p) for token in vocabulary for i, p in zip(rows, positions)]
-        switched = (predict(batch) == target).reshape(len(vocabulary), len(rows)).mean(1)
+        per_chunk = max(1, SWEEP_CHUNK // len(rows))  # vocabulary x screen texts at once would hold them all in memory
+        switched = np.concatenate([
+            (predict([insert_at(texts[i], token, p) for token in vocabulary[k:k + per_chunk]
+                      for i, p in zip(rows, positions)]) == target).reshape(-1, len(rows)).mean(1)
+            for k in range(0, len(vocabulary), per_chunk)])
         order = np.argsort(-switched, kind="stable")[:top]
         chosen[target] = [vocabulary[k] for k in order if switched[k] >= SUSPECT_ASR]
     return chosen
@@ -388,7 +392,7 @@ def _sweep(model, predict, texts, y, probe_texts, probe_y, n_classes, skip: set[
         token = SweptToken(result, True, *only_reason(predict, texts, y, result.candidate, result.target))
         if token.signature:
             held = int(np.sum(probe_y == result.target))
-            found = len(_carrying(probe_texts, probe_y, result.candidate, result.target)[0])
+            found = _phrase_count(probe_texts, probe_y, result.candidate, result.target)
             token = replace(token, held_out_carriers=found, held_out_texts=held,
                             absence_p=absence_p(len(token.carriers), int(np.sum(y == result.target)), found, held))
         swept.append(token)

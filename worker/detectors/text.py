@@ -456,9 +456,9 @@ def _no_target(ds, assessment) -> Finding:
 def _remediation(context, ds, model, target: int, probe, assessment, holdout, settings: TextBackdoorConfig) -> Finding:
     from worker.text_model import remediate_text_model
 
+    swept = assessment.reconstructed.get(target)
     carriers = sorted({int(i) for t in assessment.data_triggers if t.target == target for i in t.quarantine()}
-                      | {int(i) for i in (assessment.reconstructed[target].carriers
-                                          if target in assessment.reconstructed else ())})
+                      | {int(i) for i in (swept.carriers if swept else ())})
     result = remediate_text_model(model, ds.texts, ds.y, carriers, probe.candidate, holdout=holdout,
                                   epochs=settings.epochs, seed=settings.seed, per_candidate=settings.per_candidate)
     name = context.outputs.reserve("retrained-text-model.keras")
