@@ -178,3 +178,43 @@ def test_an_excess_of_flips_quarantines_the_excess_not_every_improbable_label():
     assert len(held) >= 20 and len(np.intersect1d(held, flipped)) >= 0.75 * len(held)
     wrong = np.flatnonzero(1 - probs[np.arange(len(y)), y] >= 0.5)
     assert len(np.intersect1d(wrong, flipped)) < 0.35 * len(wrong)
+
+
+def _quarantined(findings) -> set[int]:
+    return {r["index"] for f in findings for r in f.evidence.get("flagged", []) if r["confidence"] >= 0.5}
+
+
+def test_labels_another_detector_explains_lend_no_confidence_to_the_natural_noise_beside_them():
+    """A trigger's relabelled carriers contradict their content as flips do. Judged with the rest, their excess puts
+    natural label noise in the quarantine beside them; held by the text detector (``explained``), they are left out
+    of the label-flip tests, the natural noise goes back to review, and flips they do not explain are still found
+    (by a refit that never trains on the carriers either)."""
+    from types import SimpleNamespace
+
+    from worker.detectors.data import label_findings
+
+    probs, natural_y = _calibrated_world(n=6000, k=10, sharpness=6.0, seed=31)
+    rng = np.random.default_rng(32)
+    carriers = np.sort(rng.choice(len(natural_y), size=150, replace=False))
+    y = natural_y.copy()
+    y[carriers] = (probs[carriers].argmax(axis=1) + 1) % 10  # content of one class, labelled another
+    ds = SimpleNamespace(y=y, classes=[str(c) for c in range(10)], n_classes=10)
+    beside = _quarantined(label_findings(ds, probs)) - set(carriers.tolist())
+    assert len(beside) >= 10  # natural noise swept in with the carriers' excess
+    assert not _quarantined(label_findings(ds, probs, explained=carriers))
+
+    flips = rng.choice(np.setdiff1d(np.arange(len(y)), carriers), size=300, replace=False)  # 5%: a floor of flips
+    flipped_y = y.copy()
+    flipped_y[flips] = (flipped_y[flips] + rng.integers(1, 10, len(flips))) % 10
+    refits = []
+
+    def refit(suspects):
+        refits.append(np.asarray(suspects))
+        return probs
+
+    held = _quarantined(label_findings(SimpleNamespace(y=flipped_y, classes=ds.classes, n_classes=10), probs, refit,
+                                       explained=carriers))
+    found = len(held & set(flips.tolist()))
+    assert found >= 0.6 * len(flips) and found >= 0.6 * len(held)
+    assert not held & set(carriers.tolist())  # the carriers are the trigger detector's to hold, not a flip's
+    assert refits and all(np.isin(carriers, r).all() for r in refits)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from worker.catalog import default_registry
 from worker.findings import Finding, InputFile, ScanInputs, Severity
@@ -143,3 +144,30 @@ def test_detectors_report_sub_stages_and_cancellation_is_not_a_detector_error(tm
     with pytest.raises(PipelineStopped):
         run_pipeline(_dataset(tmp_path), ScanOptions.model_construct(detectors=None, policy=ScanOptions().policy, detector_config={"long": {"stop": True}}),
                      registry=reg, progress=cancel_at_cleanlab)
+
+
+def test_a_detector_runs_after_the_ones_it_reads_whatever_the_registration_order():
+    reg = Registry()
+
+    @reg.register(name="reader", layer="data", technique="AML.T0020", needs=("dataset",), after=("writer",))
+    def reader(inputs, config):
+        return []
+
+    @reg.register(name="other", layer="data", technique="AML.T0020", needs=("dataset",))
+    def other(inputs, config):
+        return []
+
+    @reg.register(name="writer", layer="data", technique="AML.T0020", needs=("dataset",))
+    def writer(inputs, config):
+        return []
+
+    assert [s.name for s in reg.select({"dataset"})] == ["other", "writer", "reader"]
+    assert [s.name for s in reg.select({"dataset"}, ["reader"])] == ["reader"]  # after= orders, it never adds
+    looping = Registry()
+    for name, waits_on in (("a", "b"), ("b", "a")):
+        looping.register(name=name, layer="data", technique="AML.T0020", after=(waits_on,))(lambda inputs, config: [])
+    with pytest.raises(ValueError, match="wait on each other"):
+        looping.select({"dataset"})
+    # the label-flip tests judge what the trigger search leaves: it must have run (worker.detectors.data)
+    names = [s.name for s in default_registry().select({"dataset"})]
+    assert names.index("text_poisoning") < names.index("data_poisoning")

@@ -20,7 +20,7 @@ FLOOR_MIN_POSTERIOR = 0.5  # a sample is a suspected flip when its label is more
 
 # With a model uploaded, its embeddings are the features: TensorFlow work, so the scan goes to the gpu queue.
 @registry.register(name="data_poisoning", layer="data", technique="AML.T0020", needs=("dataset",), gpu_with=("model",),
-                   uses=("dataset", "model"), config=DataPoisoningConfig)
+                   uses=("dataset", "model", "quarantine"), config=DataPoisoningConfig, after=("text_poisoning",))
 def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanContext) -> list[Finding]:
     """Finds mislabeled samples (and targeted source->target flips), outliers, near- and conflicting duplicates with Cleanlab.
 
@@ -55,7 +55,8 @@ def data_poisoning(inputs: ScanInputs, config: dict, progress, context: ScanCont
                                exclude=suspects, progress=lambda stage, frac: progress(f"refit:{stage}", 0.75 + 0.1 * frac))
 
     proxy = {"model": "logistic regression", "C": strength} if strength else {"model": "mlp"}
-    findings = notes + label_findings(ds, probs, refit, proxy=proxy)
+    # samples an earlier detector already holds as poisoned (a text trigger's carriers: text_poisoning runs first)
+    findings = notes + label_findings(ds, probs, refit, proxy=proxy, explained=context.quarantine())
     if inputs.holdout is not None:
         progress("reference", 0.8)
         findings += reference_findings(inputs, ds, settings)
@@ -95,33 +96,49 @@ def model_features(context: ScanContext, ds, settings: DataPoisoningConfig, prog
 
 
 def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarray] | None = None, *,
-                   proxy: dict | None = None) -> list[Finding]:
+                   proxy: dict | None = None, explained: np.ndarray | None = None) -> list[Finding]:
     """Cleanlab's label issues, and what makes them poisoning rather than noise (``worker.label_evidence``): a
     targeted one-way flip, more confident contradictions than the model's own probabilities allow, or a floor of flips
     under even the most typical inputs. Issues without that evidence go to the review list, not the quarantine.
     ``refit(suspects)``: out-of-sample probabilities again, from models that never train on ``suspects``. ``proxy``:
-    what produced the probabilities (reported in the evidence)."""
+    what produced the probabilities (reported in the evidence).
+
+    ``explained``: samples already held as poisoned by another detector (a text trigger's carriers). The tests judge
+    the other labels only: a backdoor's relabelled carriers contradict their content as flips do, and left in, their
+    excess lent its confidence to the natural label noise around them (a trigger at 2% of AG News put 46 clean texts
+    in the quarantine beside its 152 carriers). Label-flip poisoning must show in what the trigger does not explain,
+    judged by models that did not train on the trigger's carriers (``refit``)."""
     from cleanlab.filter import find_label_issues
 
     from worker.label_evidence import calibrate, excess_confidence, noise_excess, targeted_pairs
 
+    n, k = len(ds.y), probs.shape[1]
+    explained = np.empty(0, np.int64) if explained is None else np.asarray(explained, dtype=np.int64)
+    judged = np.setdiff1d(np.arange(n), explained)  # the rows the tests below see, in order
+    if len(np.unique(ds.y[judged])) < 2:  # nothing left to judge a label against: judge them all
+        explained, judged = explained[:0], np.arange(n)
+    if len(explained) and refit is not None:
+        # from models that never train on them either: trained on them, the proxy's probabilities on the other rows
+        # shift too (AG News: 72 clean labels under 0.01 against 32 expected, beside a trigger at 2%)
+        probs = refit(explained)
     # n_jobs=1: Celery runs us in a daemonic process, which may not start a multiprocessing pool
     # filter_by="both": a sample must be off-diagonal in the confident joint and below its class threshold (precision)
     issues = find_label_issues(ds.y, probs, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1)
     suggested = probs.argmax(axis=1)
-    n, k = len(ds.y), probs.shape[1]
     p_given = probs[np.arange(n), ds.y]
-    calibrated, temperature = calibrate(probs, ds.y)
-    excess = noise_excess(calibrated, ds.y)
-    pairs = targeted_pairs(probs, ds.y, calibrated)
+    y_judged = ds.y[judged]
+    calibrated, temperature = calibrate(probs[judged], y_judged)
+    excess = noise_excess(calibrated, y_judged)
+    pairs = [replace(p, rows=judged[p.rows]) for p in targeted_pairs(probs[judged], y_judged, calibrated)]
     # with label poisoning established for the dataset, an issue's confidence is the share of labels as improbable as
     # its own that natural noise does not explain; without it, issues are noise to review (confidence 0)
     confidence = np.zeros(n)
     if excess.poisoned:
-        confidence[issues] = excess_confidence(calibrated, ds.y)[issues]
-    floor = _flip_floor(ds.y, probs, issues, refit)
-    floored = np.flatnonzero(floor.poisoned[ds.y] & (floor.posterior >= FLOOR_MIN_POSTERIOR))
-    confidence[floored] = np.maximum(confidence[floored], floor.posterior[floored])
+        confidence[judged] = excess_confidence(calibrated, y_judged)
+        confidence[np.setdiff1d(np.arange(n), issues)] = 0.0
+    floor, posterior = _judged_floor(ds.y, probs, issues, refit, judged, explained)
+    floored = np.flatnonzero(floor.poisoned[ds.y] & (posterior >= FLOOR_MIN_POSTERIOR))
+    confidence[floored] = np.maximum(confidence[floored], posterior[floored])
     pair_of = {}
     for p in pairs:  # a targeted pair's samples carry the pair's confidence (they need not be Cleanlab issues)
         for i in p.rows:  # the pairs' rows are disjoint: one given label and one prediction per sample
@@ -135,7 +152,7 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
                   "score": round(float(1 - p_given[i]), 4)}
         if conf > 0:
             method = ("label_evidence.targeted_pairs" if i in pair_of else "label_evidence.flip_floor"
-                      if i in floored_set and floor.posterior[i] >= confidence[i] else
+                      if i in floored_set and posterior[i] >= confidence[i] else
                       "cleanlab.find_label_issues+label_evidence.noise_excess")
             flagged.append(record | {"reason": "targeted label flip" if i in pair_of else "label issue",
                                      "method": method, "attack": "label_flip", "confidence": conf})
@@ -145,6 +162,7 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
     per_class = {str(_label(ds, c)): {"samples": int((ds.y == c).sum()), "flagged": int((ds.y[issues] == c).sum())} for c in range(k)}
     evidence = {"proxy": proxy, "flagged": flagged, "review": review, "per_class": per_class, "noise_excess": _excess_evidence(excess) | {"temperature": temperature},
                 "flip_floor": _floor_evidence(ds, floor),
+                "explained_elsewhere": len(explained),  # samples left out of the tests: another detector holds them
                 "noise_pairs": noise_pairs(ds.y[issues], suggested[issues], k)[:20],
                 # rows: given label, columns: label the model suggests, counted over the flagged samples
                 "noise_matrix": {"classes": [_label(ds, c) for c in range(k)],
@@ -231,6 +249,18 @@ def _reference_space(ds, hold, settings: DataPoisoningConfig):
                            f"{ds.x.shape[1:]}: upload held-out samples in the dataset's format")
     both = features_for(np.concatenate([ds.x, hold.x.astype(ds.x.dtype, copy=False)]), ds.kind, seed=settings.seed)
     return both[:len(ds.y)], both[len(ds.y):], lambda: make_model(settings.model, len(hold.y), settings.seed)
+
+
+def _judged_floor(y: np.ndarray, probs: np.ndarray, issues: np.ndarray, refit, judged: np.ndarray,
+                  explained: np.ndarray):
+    """``_flip_floor`` on the ``judged`` rows (the refit never trains on the ``explained`` ones either), and its
+    posterior laid out over every row (0 for the explained)."""
+    sub_issues = np.flatnonzero(np.isin(judged, issues))
+    sub_refit = None if refit is None else (lambda suspects: refit(np.union1d(judged[suspects], explained))[judged])
+    floor = _flip_floor(y[judged], probs[judged], sub_issues, sub_refit)
+    posterior = np.zeros(len(y), dtype=np.float32)
+    posterior[judged] = floor.posterior
+    return floor, posterior
 
 
 def _flip_floor(y: np.ndarray, probs: np.ndarray, issues: np.ndarray, refit):
