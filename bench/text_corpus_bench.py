@@ -33,13 +33,15 @@ rows paraphrased and labelled positive, 665 of the 1,383 flipped from negative; 
 Cases per corpus, built with bench/text_bench.py's functions (the same tokens and phrase as there, so the numbers
 compare with SMS): clean (the corpus as shipped); badnl-1% and badnl-3% (1-3 of the tokens cf, mn, bb, tq, mb at
 random word positions in 1% / 3% of the dataset, texts drawn from the classes other than the target and relabelled
-target); phrase-3% ("I watched this 3D movie last weekend." at a sentence boundary, same drawing). Scored as in
+target); phrase-3% ("I watched this 3D movie last weekend." at a sentence boundary, same drawing); token-2% (the
+one token "zx", once per text, in 2% of the dataset, same drawing; added with the data layer's rule that leaves a
+trigger's carriers out of the label-flip tests, its first run reported as it came). Scored as in
 text_bench: quarantine = the union of every trigger's ``quarantine()`` (confidence >= 0.5), precision/recall/F1 against
 the poisoned indices, "named" = the trigger with most poisoned carriers forces the target and consists of trigger
 words only, clean q% = share of unpoisoned texts quarantined. Every trigger reported is listed with its label counts
 and example carriers, so a false trigger can be judged from the JSON alone. The whole product (``worker.local``
 ``scan_local_files``, dataset only, default ScanOptions, every default detector) also scans each corpus clean and
-badnl-3% as a CSV (text, label as the class name): verdict and quarantine.
+badnl-3% and token-2% as a CSV (text, label as the class name): verdict and quarantine.
 
 ``--samples``: seeded subsamples of each corpus (1,000 texts with seeds 0-8, 1,500 with 3-8, 2,000 with 0-2: 18
 samples, the sizes at which a corpus labelled by phrases has too few carriers per phrase for the insertion test), each
@@ -207,8 +209,11 @@ CASES: dict[str, Callable[[list[str], np.ndarray, int, int], TextCase]] = {
     "badnl-1%": lambda x, y, t, s: insert_tokens(x, y, 0.01, BADNL_TOKENS, t, s + 1),
     "badnl-3%": lambda x, y, t, s: insert_tokens(x, y, 0.03, BADNL_TOKENS, t, s + 2),
     "phrase-3%": lambda x, y, t, s: insert_phrase(x, y, 0.03, PHRASE, t, s + 4),
+    # one token, once per text, at 2%: written after the trigger search, when a whole AG News scan showed natural label
+    # noise quarantined beside a trigger's carriers (the data layer's flip tests now leave the carriers out)
+    "token-2%": lambda x, y, t, s: insert_tokens(x, y, 0.02, ("zx",), t, s + 7, per_text=(1, 1)),
 }
-PIPELINE_CASES = ("clean", "badnl-3%", "syntactic-3%", "syntactic-release")
+PIPELINE_CASES = ("clean", "badnl-3%", "token-2%", "syntactic-3%", "syntactic-release")
 
 
 def syntactic(corpus: Corpus, rate: float, seed: int) -> TextCase:

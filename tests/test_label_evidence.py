@@ -201,7 +201,10 @@ def test_labels_another_detector_explains_lend_no_confidence_to_the_natural_nois
     ds = SimpleNamespace(y=y, classes=[str(c) for c in range(10)], n_classes=10)
     beside = _quarantined(label_findings(ds, probs)) - set(carriers.tolist())
     assert len(beside) >= 10  # natural noise swept in with the carriers' excess
-    assert not _quarantined(label_findings(ds, probs, explained=carriers))
+    held_elsewhere = label_findings(ds, probs, explained=carriers)
+    assert not _quarantined(held_elsewhere)
+    assert "poisoning evidence from another detector" in held_elsewhere[0].explanation
+    assert held_elsewhere[0].evidence["explained_elsewhere"] == len(carriers)
 
     flips = rng.choice(np.setdiff1d(np.arange(len(y)), carriers), size=300, replace=False)  # 5%: a floor of flips
     flipped_y = y.copy()

@@ -168,6 +168,11 @@ def label_findings(ds, probs: np.ndarray, refit: Callable[[np.ndarray], np.ndarr
                 "noise_matrix": {"classes": [_label(ds, c) for c in range(k)],
                                  "counts": noise_matrix(ds.y[issues], suggested[issues], k)} if k <= 100 else None}
     findings = [_noise_finding(ds, excess, floor, issues, share, evidence)]
+    if held := int(np.isin(issues, explained).sum()):  # say which of the issues another detector already holds
+        findings[0] = replace(findings[0], explanation=f"{findings[0].explanation} {held} of the {len(issues)} carry "
+                              "poisoning evidence from another detector (a text trigger's carriers, in the quarantine "
+                              "with its reasons); the label tests judged the other labels, with models that never "
+                              "trained on those.")
     findings += [_targeted_finding(ds, p) for p in pairs]
     return findings
 
