@@ -433,10 +433,21 @@ def _emit(text: str) -> None:
 
 
 def rejected_report(files: dict, reason: str) -> dict:
-    """A scan that could not use its inputs: verdict fail with the reason (exit 1, never a pass)."""
+    """A scan that could not use its inputs: verdict fail with the reason (exit 1, never a pass), and the SHA-256 of
+    each file refused, so that the record says which bytes were refused."""
     return {"verdict": "fail", "verdict_reason": f"the scan could not be completed: {reason}",
-            "inputs": [{"role": r, "filename": p.name, "kind": "unknown", "sha256": None} for r, p in files.items()],
+            "inputs": [{"role": r, "filename": p.name, "kind": "unknown", "sha256": _sha256_or_none(p)}
+                       for r, p in files.items()],
             "detectors": [], "outputs": [], "quarantine": [], "review": []}
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    from worker.hashing import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:  # gone or unreadable: the reason says what went wrong
+        return None
 
 
 if __name__ == "__main__":

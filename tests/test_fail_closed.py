@@ -200,3 +200,17 @@ def test_escape_sequences_in_artifact_strings_never_reach_the_terminal(tmp_path)
 def test_finding_round_trips_through_the_sandbox_format():
     f = Finding("t", Severity.high, 0.5, "e", "r", {"k": [1, "\x1b"]}, "AML.T0010")
     assert Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+
+
+def test_a_text_file_that_is_not_utf8_fails_with_what_to_do_and_the_refused_bytes_hash(tmp_path):
+    import hashlib
+
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("text,label\r\nCaf\xe9 tr\xe8s bon,pos\r\nNever again,neg\r\n".encode("latin-1"))
+    done = cli("scan", "--dataset", str(path), "--format", "json")
+    assert done.returncode == 1, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "fail"
+    assert "not valid UTF-8: line 2" in report["verdict_reason"] and "save it as UTF-8" in report["verdict_reason"]
+    assert report["inputs"] == [{"role": "dataset", "filename": "reviews.csv", "kind": "unknown",
+                                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
