@@ -217,3 +217,22 @@ def test_neighbour_shares_exclude_the_probe_and_stay_within_one_on_a_subsampled_
     assert not (nearest == probes[:, None]).any()  # never its own neighbour
     assert np.isin(nearest, reference).all()
     assert neighbours.labelled_share(probes[:1], [0, 1]) == 1.0
+
+
+def test_a_two_class_model_is_told_apart_from_one_whose_classes_all_split():
+    """With two classes every cross-class comparison is a median and MAD over two values (each class at +-0.67), so
+    the report must not say "as the other classes do" or "no class with an unusually small trigger" as if it had
+    compared: it says that only probing can confirm a target there."""
+    from types import SimpleNamespace
+
+    from worker.detectors.assessment import _verdict
+    from worker.detectors.model import split_verdict_text
+
+    split = SimpleNamespace(stands_out=False, robust_z=0.674, flagged=np.arange(3), size=10)
+    title, why = split_verdict_text(split, "spam", classes=2)
+    assert title == "class spam holds samples that look like the other class" and "no third" in why
+    title, why = split_verdict_text(split, "7", classes=10)
+    assert title.endswith("as the other classes do") and "Most classes split the same way" in why
+    binary, ten = SimpleNamespace(n_classes=2, classes=["ham", "spam"]), SimpleNamespace(n_classes=10, classes=list(range(10)))
+    assert "only trigger probing can confirm a target" in _verdict(binary, {}, [], [], {}, uploaded=True).explanation
+    assert "With two classes" not in _verdict(ten, {}, [], [], {}, uploaded=True).explanation

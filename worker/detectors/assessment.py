@@ -370,14 +370,25 @@ def _verdict(ds, votes, backdoored, possible, evidence, uploaded: bool) -> Findi
         fired = any(votes[c] == ["probing"] for c in possible)
         return Finding(f"possible backdoor toward class {names} (one method)", Severity.medium if fired else Severity.low,
                        round(1 / 3, 3), f"One method points at class {names} in {what} ({agreement}); the others do not "
-                       f"confirm it. {_strip_text(evidence['strip'])}",
+                       f"confirm it.{_two_class_note(ds)} {_strip_text(evidence['strip'])}",
                        remediation="Probe the model with the trigger you suspect (upload it as the scan's trigger) and "
                        "with a labelled clean holdout set; inspect the reconstructed trigger images.",
                        evidence=evidence, technique=technique)
     return Finding("no backdoor found in the model", Severity.info, 0.0,
                    f"No candidate trigger switches held-out inputs to one class, Neural Cleanse finds no class with an "
-                   f"unusually small trigger, and the activation analysis finds no poisoned class in {what}.",
-                   evidence=evidence, technique=technique)
+                   f"unusually small trigger, and the activation analysis finds no poisoned class in {what}."
+                   f"{_two_class_note(ds)}", evidence=evidence, technique=technique)
+
+
+def _two_class_note(ds) -> str:
+    """What a two-class model leaves unchecked: the cross-class comparisons (a median and MAD over the classes) put
+    each of two classes at +-0.67 whatever the model, so only probing can confirm a target there."""
+    if len(ds.classes) != 2:
+        return ""
+    return (" With two classes, Neural Cleanse's and SCAn's anomaly indices and the activation split's cross-class test "
+            "cannot single out a class (each compares a class with the others: a median and MAD over two values), so "
+            "only trigger probing can confirm a target; a probe with a suspected trigger or a labelled clean holdout "
+            "is the stronger check for this model.")
 
 
 def _confirmed_poison(a: Assessment, votes: dict[int, list[str]], backdoored: list[int]) -> list[dict]:

@@ -33,6 +33,25 @@ def backdoor_activations(inputs: ScanInputs, config: dict, progress, context: Sc
     return run.notes + report_findings(run.ds, run.analysis, run.context, uploaded=run.source["model"] == "uploaded")
 
 
+def split_verdict_text(c, name, classes: int) -> tuple[str, str]:
+    """Title and the why of a suspicious class's split: it stands out from the other classes, splits like them, or,
+    with two classes, has no third to be compared with (a median and MAD over two values puts each at z +-0.67)."""
+    if c.stands_out:
+        return (f"class {name} looks like a backdoor target ({len(c.flagged)} of {c.size} samples flagged)",
+                f" No other class splits this way (robust z {c.robust_z:.1f} against all classes): samples of other "
+                "classes relabelled to one class and sorted apart by the model is what a dirty-label backdoor leaves. "
+                "One method: the backdoor assessment decides whether the model learned a trigger.")
+    if classes < 3:
+        return (f"class {name} holds samples that look like the other class",
+                " With two classes there is no third to compare the split with: the pair's natural confusion leaves "
+                "such a split too, and the cross-class test that tells a backdoor's apart needs three classes or more. "
+                "Not evidence of a backdoor on its own; the samples are in the review list, and the backdoor "
+                "assessment's trigger probing is the check that applies.")
+    return (f"class {name} holds samples that look like other classes, as the other classes do",
+            f" Most classes split the same way (robust z {c.robust_z:.1f}): label noise or naturally confusable "
+            "classes, not evidence of a backdoor on its own. The samples are in the review list.")
+
+
 def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Finding]:
     per_class = {str(_label(ds, c.label)): _class_evidence(c) for c in analysis.classes}
     technique = "AML.T0018" if uploaded else "AML.T0020"
@@ -48,15 +67,7 @@ def report_findings(ds, analysis, context: dict, *, uploaded: bool) -> list[Find
                  f"(silhouette {c.silhouette:.2f}); the inputs of one of them look like other classes "
                  f"({c.sides[c.poison_side]['input_disagreement']:.0%} of their nearest input-space neighbours carry another "
                  f"label, against {c.sides[1 - c.poison_side]['input_disagreement']:.0%} for the rest). {_agreement_text(c)}")
-        if c.stands_out:
-            title = f"class {name} looks like a backdoor target ({len(c.flagged)} of {c.size} samples flagged)"
-            why = (f" No other class splits this way (robust z {c.robust_z:.1f} against all classes): samples of other "
-                   f"classes relabelled to one class and sorted apart by the model is what a dirty-label backdoor leaves. "
-                   "One method: the backdoor assessment decides whether the model learned a trigger.")
-        else:
-            title = f"class {name} holds samples that look like other classes, as the other classes do"
-            why = (f" Most classes split the same way (robust z {c.robust_z:.1f}): label noise or naturally confusable "
-                   "classes, not evidence of a backdoor on its own. The samples are in the review list.")
+        title, why = split_verdict_text(c, name, len(analysis.classes))
         findings.append(Finding(
             title=title, severity=Severity.medium if c.stands_out else Severity.low,
             score=round(belief * min(1.0, c.sides[c.poison_side]["input_disagreement"] + c.silhouette), 3),
